@@ -1,0 +1,1 @@
+"""Host side: the main job, and (later) the serial tools that evaluate a board."""

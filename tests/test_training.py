@@ -1,0 +1,161 @@
+"""Short real trainings: every artifact is written, one seed gives one model, test clips never steer selection."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from train.cli import main
+from train.corpus import discover, load_corpus
+from train.fit import TrainConfig
+from train.run import default_frontend, train_one
+
+ARTIFACTS = [
+    "model.keras",
+    "manifest.json",
+    "frontend.json",
+    "train_config.json",
+    "history.json",
+    "metrics.json",
+    "test_predictions.json",
+    "confusion.png",
+    "training.png",
+    "summary.md",
+]
+
+
+def _short(model: str) -> TrainConfig:
+    return TrainConfig(model=model, epochs=3, batch_size=16, warmup_epochs=1)
+
+
+def _weights(run: Path) -> list[np.ndarray]:
+    import keras
+
+    return keras.models.load_model(run / "model.keras").get_weights()
+
+
+def test_cli_writes_every_artifact(synthetic_corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code = main(
+        [
+            "--model",
+            "spectrogram_resnet",
+            "--data",
+            str(synthetic_corpus),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    for name in ARTIFACTS:
+        assert (out / name).stat().st_size > 0, name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["clips"] == len(
+        [c for c in json.loads((out / "manifest.json").read_text())["clips"] if c["role"] == "test"]
+    )
+    assert metrics["mcu"]["tflm_arena_bytes"] > 0 and metrics["mcu"]["int8_model_bytes"] > 0
+    frontend = json.loads((out / "frontend.json").read_text())
+    assert frontend["kind"] == "logmel" and frontend["std"] != 1.0  # standardised on the training part
+
+
+def test_cli_reports_corpus_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_kfold_writes_fold_folders_and_summary(synthetic_corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "loso"
+    code = main(
+        [
+            "--model",
+            "audio_resnet",
+            "--data",
+            str(synthetic_corpus),
+            "--split",
+            "loso",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+            "--quiet",
+            "--no-mcu-probe",
+        ]
+    )
+    assert code == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["folds"] == 4 and len(summary["per_fold"]) == 4
+    assert all((out / f"fold-{k:02d}" / "metrics.json").exists() for k in range(4))
+    assert np.sum(summary["pooled_confusion"]) == 72
+
+
+@pytest.fixture(scope="module")
+def data(synthetic_corpus: Path):
+    clips = discover(synthetic_corpus)
+    return clips, load_corpus(synthetic_corpus, clips)
+
+
+def test_same_seed_same_weights_and_test_clips_never_reach_selection(data, tmp_path: Path) -> None:
+    clips, pcm = data
+    model = "audio_resnet"
+    runs = {}
+    for name, audio in (("a", pcm), ("b", pcm)):
+        runs[name] = train_one(
+            tmp_path / name,
+            clips,
+            audio,
+            "paper",
+            0,
+            _short(model),
+            default_frontend(model),
+            mcu_probe=False,
+            show_progress=False,
+        )
+    for x, y in zip(_weights(tmp_path / "a"), _weights(tmp_path / "b"), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+    # Replace every test clip by loud noise: if no test clip reaches training or selection,
+    # the history, the chosen epoch and the weights cannot change -- only the test score can.
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    test_paths = {c["path"] for c in manifest["clips"] if c["role"] == "test"}
+    rng = np.random.default_rng(7)
+    poisoned = [
+        rng.integers(-30000, 30000, len(p)).astype(np.int16) if c.path in test_paths else p
+        for c, p in zip(clips, pcm, strict=True)
+    ]
+    train_one(
+        tmp_path / "poisoned",
+        clips,
+        poisoned,
+        "paper",
+        0,
+        _short(model),
+        default_frontend(model),
+        mcu_probe=False,
+        show_progress=False,
+    )
+    history = [json.loads((tmp_path / r / "history.json").read_text()) for r in ("a", "poisoned")]
+    assert history[0] == history[1]
+    for x, y in zip(_weights(tmp_path / "a"), _weights(tmp_path / "poisoned"), strict=True):
+        np.testing.assert_array_equal(x, y)
+    predictions = [json.loads((tmp_path / r / "test_predictions.json").read_text()) for r in ("a", "poisoned")]
+    assert predictions[0] != predictions[1]  # the poison did reach the test part
+
+
+def test_different_seed_gives_different_weights(data, tmp_path: Path) -> None:
+    clips, pcm = data
+    model = "audio_resnet"
+    for seed in (0, 1):
+        tcfg = replace(_short(model), seed=seed, epochs=1)
+        train_one(
+            tmp_path / str(seed), clips, pcm, "paper", 0, tcfg, default_frontend(model), mcu_probe=False, show_progress=False
+        )
+    assert any(not np.array_equal(x, y) for x, y in zip(_weights(tmp_path / "0"), _weights(tmp_path / "1"), strict=True))

@@ -1,0 +1,54 @@
+"""On-the-fly augmentation of training clips, applied before the shared front end.
+
+Augmenting the int16 PCM (not the features) keeps training inputs on the exact path the board
+takes; only SpecAugment masks act on the log-mel output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from train.frontend import FrontEndConfig, fit_clip
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    gain_db: float = 6.0  # uniform in +-gain_db; small, so loudness (a real emotion cue) survives
+    noise_snr_db: tuple[float, float] = (25.0, 50.0)
+    noise_prob: float = 0.5
+    freq_masks: int = 2
+    freq_mask_width: int = 5
+    time_masks: int = 2
+    time_mask_width: int = 12
+
+
+def augment_pcm(pcm: np.ndarray, cfg: FrontEndConfig, aug: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """Random crop or loop offset, gain and noise; returns the board-input samples (int16)."""
+    n, length = len(pcm), cfg.clip_samples
+    if n > length:
+        board = fit_clip(pcm, cfg, start=int(rng.integers(0, n - length + 1)))
+    else:
+        board = fit_clip(np.roll(pcm, -int(rng.integers(0, n))) if cfg.pad == "loop" else pcm, cfg)
+    x = board.astype(np.float32) * np.float32(10 ** (rng.uniform(-aug.gain_db, aug.gain_db) / 20))
+    if rng.random() < aug.noise_prob:
+        power = float(np.mean(x**2)) + 1.0
+        snr = rng.uniform(*aug.noise_snr_db)
+        x = x + rng.standard_normal(len(x)).astype(np.float32) * np.float32(np.sqrt(power / 10 ** (snr / 10)))
+    return np.clip(np.round(x), -32768, 32767).astype(np.int16)
+
+
+def spec_augment(feat: np.ndarray, aug: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """Frequency and time masks on a (mels, frames, 1) log-mel input, filled with 0 (the mean)."""
+    out = feat.copy()
+    mels, frames = out.shape[0], out.shape[1]
+    for _ in range(aug.freq_masks):
+        w = int(rng.integers(0, aug.freq_mask_width + 1))
+        f0 = int(rng.integers(0, max(1, mels - w)))
+        out[f0 : f0 + w] = 0.0
+    for _ in range(aug.time_masks):
+        w = int(rng.integers(0, aug.time_mask_width + 1))
+        t0 = int(rng.integers(0, max(1, frames - w)))
+        out[:, t0 : t0 + w] = 0.0
+    return out

@@ -1,0 +1,121 @@
+"""``ser-train``: train and score a model on CASIA under one of three leak-free protocols."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from train.corpus import CorpusError, discover, load_corpus, resolve_root, verify_checksums
+from train.models import BUILDERS
+from train.splits import SPLITS
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="ser-train",
+        description="Train a speech-emotion model on CASIA and score it on clips no selection decision has seen.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", choices=sorted(BUILDERS), default="audio_resnet", help="architecture")
+    p.add_argument("--data", help="CASIA root (<speaker>/<emotion>/<n>.wav); default $CASIA_ROOT")
+    p.add_argument(
+        "--split", choices=SPLITS, default="paper", help="paper: stratified 80/20; kfold: 10 folds; loso: leave one speaker out"
+    )
+    p.add_argument("--fold", type=int, help="train only this test fold (kfold/loso); default all folds")
+    p.add_argument("--out", type=Path, help="run folder; default runs/<model>-<split>")
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (cosine schedule after warm-up)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-augment", action="store_true", help="train on clean clips only")
+    p.add_argument("--limit-per-class", type=int, help="use only N clips per emotion and speaker (quick checks)")
+    p.add_argument("--no-mcu-probe", action="store_true", help="skip the int8 + TFLM arena measurement")
+    p.add_argument("--no-verify", action="store_true", help="skip SHA256SUMS verification")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        root = resolve_root(args.data)
+        if not args.no_verify:
+            checked = verify_checksums(root)
+            if checked:
+                print(f"verified {checked} files against SHA256SUMS")
+        clips = discover(root)
+        if args.limit_per_class:
+            counts: dict[tuple[str, str], int] = {}
+            kept = []
+            for c in clips:
+                key = (c.speaker, c.emotion)
+                counts[key] = counts.get(key, 0) + 1
+                if counts[key] <= args.limit_per_class:
+                    kept.append(c)
+            clips = kept
+        pcm = load_corpus(root, clips)
+    except CorpusError as exc:
+        print(f"ser-train: {exc}", file=sys.stderr)
+        return 2
+
+    # Heavy imports only once the data is known to be good.
+    from train.fit import TrainConfig
+    from train.run import budget_lines, default_frontend, summarise_folds, train_one
+    from train.splits import assign_folds
+
+    tcfg = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
+    if args.no_augment:
+        tcfg = replace(tcfg, augment=None)
+    out = args.out or Path("runs") / f"{args.model}-{args.split}"
+    _, num_folds = assign_folds(clips, args.split, args.seed)
+    if args.split == "paper":
+        folds, per_fold_dirs = [0], False
+    elif args.fold is not None:
+        if not 0 <= args.fold < num_folds:
+            print(f"ser-train: --fold must be 0..{num_folds - 1} for split {args.split}", file=sys.stderr)
+            return 2
+        folds, per_fold_dirs = [args.fold], False
+    else:
+        folds, per_fold_dirs = list(range(num_folds)), True
+
+    print(f"{len(clips)} clips from {root}; {args.model}, {args.split} split, test fold(s) {folds}; writing {out}")
+    results = []
+    for fold in folds:
+        run_dir = out / f"fold-{fold:02d}" if per_fold_dirs else out
+        metrics = train_one(
+            run_dir,
+            clips,
+            pcm,
+            args.split,
+            fold,
+            tcfg,
+            default_frontend(args.model),
+            mcu_probe=not args.no_mcu_probe,
+            show_progress=not args.quiet,
+        )
+        results.append(metrics)
+        t = metrics["test"]
+        print(
+            f"fold {fold}: test accuracy {t['accuracy']:.2%}, UA {t['unweighted_accuracy']:.2%}, "
+            f"macro-F1 {t['macro_f1']:.2%} ({t['clips']} clips; "
+            f"best epoch {metrics['best_epoch']}, {metrics['train_seconds']:.0f} s)"
+        )
+    first = results[0]
+    print(f"{args.model}: {first['params']:,} parameters, {first['macs'] / 1e6:.1f} M MACs per clip")
+    for line in budget_lines(first):
+        print(line)
+    if per_fold_dirs:
+        summary = summarise_folds(out, results)
+        acc = summary["test"]["accuracy"]
+        print(f"{args.split}: accuracy {acc['mean']:.2%} +- {acc['std']:.2%} over {len(results)} folds")
+    print(f"report: {out / 'summary.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Fit one model on one split's training part; every selection decision sees validation clips only."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from train.augment import AugmentConfig, augment_pcm, spec_augment
+from train.frontend import FrontEndConfig, clip_features, clip_log_mel, features
+from train.labels import NUM_CLASSES
+from train.models import BUILDERS
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str
+    epochs: int = 60
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    warmup_epochs: int = 3
+    weight_decay: float = 1e-4
+    dropout: float = 0.3
+    label_smoothing: float = 0.1
+    seed: int = 0
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)
+
+
+def make_deterministic(seed: int) -> None:
+    """Same seed, same weights: seeds Python/NumPy/TF and forces deterministic TF kernels."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def standardise(cfg: FrontEndConfig, train_pcm: list[np.ndarray]) -> FrontEndConfig:
+    """Log-mel mean and std from the training part only (waveform configs pass through)."""
+    if cfg.kind != "logmel":
+        return cfg
+    values = np.concatenate([clip_log_mel(p, cfg).ravel() for p in train_pcm])
+    return cfg.with_standardisation(float(values.mean()), float(values.std()))
+
+
+def feature_batch(pcms: list[np.ndarray], cfg: FrontEndConfig) -> np.ndarray:
+    """Un-augmented model inputs of many clips (evaluation)."""
+    return np.stack([clip_features(p, cfg) for p in pcms])
+
+
+class AugmentedClips(keras.utils.PyDataset):
+    """Training batches, re-augmented every epoch from a seeded generator (reproducible)."""
+
+    def __init__(self, pcms, labels, cfg: FrontEndConfig, tcfg: TrainConfig) -> None:
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.pcms, self.labels, self.cfg, self.tcfg = pcms, np.asarray(labels), cfg, tcfg
+        self.epoch = 0
+        self._shuffle()
+
+    def _shuffle(self) -> None:
+        self.rng = np.random.default_rng([self.tcfg.seed, self.epoch])
+        self.order = self.rng.permutation(len(self.pcms))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.pcms) / self.tcfg.batch_size)
+
+    def __getitem__(self, index: int):
+        idx = self.order[index * self.tcfg.batch_size : (index + 1) * self.tcfg.batch_size]
+        aug = self.tcfg.augment
+        xs = []
+        for i in idx:
+            if aug is None:
+                xs.append(clip_features(self.pcms[i], self.cfg))
+                continue
+            feat = features(augment_pcm(self.pcms[i], self.cfg, aug, self.rng), self.cfg)
+            xs.append(spec_augment(feat, aug, self.rng) if self.cfg.kind == "logmel" else feat)
+        y = keras.utils.to_categorical(self.labels[idx], NUM_CLASSES)
+        return np.stack(xs), y
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self._shuffle()
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Keeps the weights of the epoch with the best validation accuracy (ties: lower validation loss)."""
+
+    def __init__(self, progress: tqdm | None) -> None:
+        super().__init__()
+        self.best_key = (-1.0, 0.0)
+        self.best_epoch = -1
+        self.best_weights = None
+        self.progress = progress
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        key = (logs["val_accuracy"], -logs["val_loss"])
+        if key > self.best_key:
+            self.best_key, self.best_epoch = key, epoch
+            self.best_weights = self.model.get_weights()
+        if self.progress is not None:
+            self.progress.update(1)
+            self.progress.set_postfix(
+                loss=f"{logs['loss']:.3f}",
+                val_acc=f"{logs['val_accuracy']:.3f}",
+                best=f"{self.best_key[0]:.3f}@{self.best_epoch + 1}",
+            )
+
+
+def _schedule(tcfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
+    total = tcfg.epochs * steps_per_epoch
+    warmup = min(tcfg.warmup_epochs * steps_per_epoch, total // 2)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=tcfg.learning_rate / 10,
+        decay_steps=max(1, total - warmup),
+        warmup_target=tcfg.learning_rate,
+        warmup_steps=warmup,
+        alpha=0.01,
+    )
+
+
+def fit_model(
+    cfg: FrontEndConfig,
+    tcfg: TrainConfig,
+    train_pcm: list[np.ndarray],
+    train_labels: np.ndarray,
+    val_pcm: list[np.ndarray],
+    val_labels: np.ndarray,
+    show_progress: bool = True,
+) -> tuple[keras.Model, dict[str, list[float]], int]:
+    """Train; returns the model at its best validation epoch, the history and that epoch (0-based)."""
+    make_deterministic(tcfg.seed)
+    model = BUILDERS[tcfg.model](cfg.input_shape, dropout=tcfg.dropout, weight_decay=tcfg.weight_decay)
+    data = AugmentedClips(train_pcm, train_labels, cfg, tcfg)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=_schedule(tcfg, len(data)), weight_decay=tcfg.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=tcfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+    x_val = feature_batch(val_pcm, cfg)
+    y_val = keras.utils.to_categorical(val_labels, NUM_CLASSES)
+    progress = tqdm(total=tcfg.epochs, desc=f"train {tcfg.model}", unit="epoch", disable=not show_progress)
+    keep = KeepBest(progress)
+    history = model.fit(data, validation_data=(x_val, y_val), epochs=tcfg.epochs, callbacks=[keep], verbose=0)
+    progress.close()
+    model.set_weights(keep.best_weights)
+    return model, {k: [float(v) for v in vals] for k, vals in history.history.items()}, keep.best_epoch

@@ -1,0 +1,188 @@
+"""One training run end to end: split, fit, score on the test part once, and write every artifact.
+
+Run folder (what conversion, emission and the host read):
+``model.keras``, ``manifest.json`` (roles train/val/test), ``frontend.json``, ``train_config.json``,
+``history.json``, ``metrics.json``, ``test_predictions.json``, ``confusion.png``, ``training.png``,
+``summary.md``. Multi-fold splits write one such folder per fold plus a top-level summary.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from train.corpus import Clip
+from train.fit import TrainConfig, feature_batch, fit_model, standardise
+from train.frontend import DEFAULT_LOGMEL, DEFAULT_WAVEFORM, FrontEndConfig
+from train.labels import EMOTIONS, label_index
+from train.mcu_probe import ARENA_BUDGET, MACS_BUDGET, MODEL_BUDGET, probe
+from train.metrics import mean_std, scores
+from train.models import FRONT_END_KIND, count_macs
+from train.plots import plot_confusion, plot_training
+from train.splits import make_manifest, save_manifest
+
+
+def default_frontend(model: str) -> FrontEndConfig:
+    return DEFAULT_WAVEFORM if FRONT_END_KIND[model] == "waveform" else DEFAULT_LOGMEL
+
+
+def _write_json(path: Path, data: object) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def train_one(
+    out: Path,
+    clips: list[Clip],
+    pcm: list[np.ndarray],
+    split: str,
+    test_fold: int,
+    tcfg: TrainConfig,
+    frontend: FrontEndConfig,
+    mcu_probe: bool = True,
+    show_progress: bool = True,
+) -> dict:
+    """Train on one fold's training part; the test part is touched once, after the model is fixed."""
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = make_manifest(clips, split, test_fold, seed=tcfg.seed)
+    save_manifest(manifest, out / "manifest.json")
+    roles = np.array([c["role"] for c in manifest["clips"]])
+    labels = np.array([label_index(c.emotion) for c in clips])
+    part = {role: np.flatnonzero(roles == role) for role in ("train", "val", "test")}
+
+    def pcm_of(role: str) -> list[np.ndarray]:
+        return [pcm[i] for i in part[role]]
+
+    frontend = standardise(frontend, pcm_of("train"))
+    frontend.save(out / "frontend.json")
+    train_cfg = asdict(tcfg)
+    _write_json(out / "train_config.json", train_cfg)
+
+    started = time.perf_counter()
+    model, history, best_epoch = fit_model(
+        frontend, tcfg, pcm_of("train"), labels[part["train"]], pcm_of("val"), labels[part["val"]], show_progress
+    )
+    train_seconds = time.perf_counter() - started
+    model.save(out / "model.keras")
+    _write_json(out / "history.json", {"best_epoch": best_epoch, **history})
+
+    # The model is final from here on: score the test part once.
+    x_test = feature_batch(pcm_of("test"), frontend)
+    probs = model.predict(x_test, verbose=0, batch_size=64)
+    predicted = probs.argmax(axis=1)
+    metrics = {
+        "model": tcfg.model,
+        "split": split,
+        "test_fold": test_fold,
+        "seed": tcfg.seed,
+        "best_epoch": best_epoch + 1,
+        "epochs": tcfg.epochs,
+        "train_seconds": round(train_seconds, 1),
+        "validation_accuracy": float(history["val_accuracy"][best_epoch]),
+        "params": int(model.count_params()),
+        "macs": count_macs(model),
+        "train_clips": len(part["train"]),
+        "val_clips": len(part["val"]),
+        "test": scores(labels[part["test"]], predicted),
+    }
+    if mcu_probe:
+        rng = np.random.default_rng(tcfg.seed)
+        rep_idx = rng.choice(part["train"], size=min(64, len(part["train"])), replace=False)
+        metrics["mcu"] = probe(model, feature_batch([pcm[i] for i in rep_idx], frontend))
+    _write_json(out / "metrics.json", metrics)
+    _write_json(
+        out / "test_predictions.json",
+        [
+            {"path": clips[i].path, "true": clips[i].emotion, "predicted": EMOTIONS[p], "probs": [round(float(v), 5) for v in pr]}
+            for i, p, pr in zip(part["test"], predicted, probs, strict=True)
+        ],
+    )
+    title = f"{tcfg.model}, {split} split, test fold {test_fold}"
+    plot_confusion(
+        metrics["test"]["confusion"], out / "confusion.png", f"{title}: test accuracy {metrics['test']['accuracy']:.1%}"
+    )
+    plot_training(history, best_epoch, out / "training.png", title)
+    (out / "summary.md").write_text(run_summary_md(metrics))
+    return metrics
+
+
+def budget_lines(metrics: dict) -> list[str]:
+    """Human-readable budget verdicts (MACs always; arena and model size when probed)."""
+    lines = [_verdict("MACs per clip", metrics["macs"], MACS_BUDGET, "")]
+    if "mcu" in metrics:
+        lines.append(_verdict("TFLM arena", metrics["mcu"]["tflm_arena_bytes"] / 1024, ARENA_BUDGET / 1024, " KB"))
+        lines.append(_verdict("int8 model", metrics["mcu"]["int8_model_bytes"] / 1024, MODEL_BUDGET / 1024, " KB"))
+    return lines
+
+
+def _verdict(what: str, value: float, budget: float, unit: str) -> str:
+    ok = "within" if value <= budget else "OVER"
+    return f"- {what}: {value:,.1f}{unit} ({ok} budget {budget:,.0f}{unit})"
+
+
+def run_summary_md(m: dict) -> str:
+    t = m["test"]
+    recall = " | ".join(f"{t['per_class_recall'][e]:.1%}" for e in EMOTIONS)
+    return "\n".join(
+        [
+            f"# {m['model']} - {m['split']} split, test fold {m['test_fold']}",
+            "",
+            f"Test clips: {t['clips']} (never used for any selection); best epoch {m['best_epoch']} of {m['epochs']} "
+            f"picked on {m['val_clips']} validation clips carved from the training part.",
+            "",
+            "| accuracy | unweighted accuracy | macro-F1 | validation accuracy | params | MACs | train time |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+            f"| {t['accuracy']:.2%} | {t['unweighted_accuracy']:.2%} | {t['macro_f1']:.2%} | {m['validation_accuracy']:.2%} "
+            f"| {m['params']:,} | {m['macs'] / 1e6:.1f} M | {m['train_seconds']:.0f} s |",
+            "",
+            "Per-class recall:",
+            "",
+            "| " + " | ".join(EMOTIONS) + " |",
+            "|" + " --- |" * len(EMOTIONS),
+            f"| {recall} |",
+            "",
+            "MCU budget (Cortex-M4, 128 KB RAM):",
+            "",
+            *budget_lines(m),
+            "",
+            "![confusion](confusion.png)",
+            "",
+            "![training](training.png)",
+            "",
+        ]
+    )
+
+
+def summarise_folds(out: Path, per_fold: list[dict]) -> dict:
+    """Top-level metrics.json and summary.md over the folds of a k-fold or LOSO run."""
+    tests = [m["test"] for m in per_fold]
+    summary = {
+        "model": per_fold[0]["model"],
+        "split": per_fold[0]["split"],
+        "folds": len(per_fold),
+        "params": per_fold[0]["params"],
+        "macs": per_fold[0]["macs"],
+        "test": mean_std(tests),
+        "per_fold": [
+            {"test_fold": m["test_fold"], "accuracy": m["test"]["accuracy"], "best_epoch": m["best_epoch"]} for m in per_fold
+        ],
+        "pooled_confusion": np.sum([t["confusion"] for t in tests], axis=0).tolist(),
+        "train_seconds": round(sum(m["train_seconds"] for m in per_fold), 1),
+    }
+    _write_json(out / "metrics.json", summary)
+    plot_confusion(
+        summary["pooled_confusion"], out / "confusion.png", f"{summary['model']}, {summary['split']}: all folds pooled"
+    )
+    s = summary["test"]
+    rows = "\n".join(f"| {f['test_fold']} | {f['accuracy']:.2%} | {f['best_epoch']} |" for f in summary["per_fold"])
+    (out / "summary.md").write_text(
+        f"# {summary['model']} - {summary['split']}, {summary['folds']} folds\n\n"
+        f"Accuracy {s['accuracy']['mean']:.2%} +- {s['accuracy']['std']:.2%}, "
+        f"unweighted accuracy {s['unweighted_accuracy']['mean']:.2%} +- {s['unweighted_accuracy']['std']:.2%}, "
+        f"macro-F1 {s['macro_f1']['mean']:.2%} +- {s['macro_f1']['std']:.2%} (mean +- std over folds).\n\n"
+        f"| test fold | accuracy | best epoch |\n| --- | --- | --- |\n{rows}\n\n![confusion](confusion.png)\n"
+    )
+    return summary

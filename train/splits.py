@@ -1,0 +1,95 @@
+"""Train/validation/test splits, written to a manifest that every later stage reads.
+
+Each clip gets a ``fold`` id; a run tests on one fold and trains on the rest. The validation part
+that drives every model-selection decision is carved from the training part only, so no test clip
+can ever influence which epoch or weights are kept.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from train.corpus import Clip
+
+SplitName = Literal["paper", "kfold", "loso"]
+SPLITS: tuple[str, ...] = ("paper", "kfold", "loso")
+PAPER_TEST_FRACTION = 0.2
+KFOLD_FOLDS = 10
+VALIDATION_FRACTION = 0.1
+
+
+def _stratified_folds(labels: Sequence[str], num_folds: int, rng: np.random.Generator) -> np.ndarray:
+    """Fold ids such that every fold holds each label in (near) equal share."""
+    folds = np.zeros(len(labels), dtype=int)
+    labels_arr = np.asarray(labels)
+    offset = 0
+    for label in sorted(set(labels)):
+        idx = np.flatnonzero(labels_arr == label)
+        idx = idx[rng.permutation(len(idx))]
+        # round-robin with a rotating start keeps fold sizes balanced across labels
+        folds[idx] = (np.arange(len(idx)) + offset) % num_folds
+        offset += len(idx)
+    return folds
+
+
+def assign_folds(clips: Sequence[Clip], split: SplitName, seed: int = 0) -> tuple[np.ndarray, int]:
+    """Fold id per clip and the number of folds."""
+    rng = np.random.default_rng(seed)
+    emotions = [c.emotion for c in clips]
+    if split == "paper":
+        folds = np.ones(len(clips), dtype=int)
+        labels_arr = np.asarray(emotions)
+        for label in sorted(set(emotions)):
+            idx = np.flatnonzero(labels_arr == label)
+            idx = idx[rng.permutation(len(idx))]
+            folds[idx[: round(PAPER_TEST_FRACTION * len(idx))]] = 0
+        return folds, 2
+    if split == "kfold":
+        return _stratified_folds(emotions, KFOLD_FOLDS, rng), KFOLD_FOLDS
+    if split == "loso":
+        speakers = sorted({c.speaker for c in clips})
+        return np.array([speakers.index(c.speaker) for c in clips]), len(speakers)
+    raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+
+
+def make_manifest(clips: Sequence[Clip], split: SplitName, test_fold: int, seed: int = 0) -> dict:
+    """The manifest of one run: every clip with its fold and its role (train, val or test)."""
+    folds, num_folds = assign_folds(clips, split, seed)
+    if not 0 <= test_fold < num_folds:
+        raise ValueError(f"split {split} has folds 0..{num_folds - 1}, not {test_fold}")
+    roles = np.where(folds == test_fold, "test", "train").astype(object)
+    train_idx = np.flatnonzero(roles == "train")
+    rng = np.random.default_rng(seed + 1000 + test_fold)
+    train_emotions = [clips[i].emotion for i in train_idx]
+    val_folds = _stratified_folds(train_emotions, round(1 / VALIDATION_FRACTION), rng)
+    roles[train_idx[val_folds == 0]] = "val"
+    entries = [dict(asdict(c), fold=int(f), role=str(r)) for c, f, r in zip(clips, folds, roles, strict=True)]
+    return {
+        "split": split,
+        "seed": seed,
+        "num_folds": num_folds,
+        "test_fold": test_fold,
+        "validation_fraction": VALIDATION_FRACTION,
+        "clips": entries,
+    }
+
+
+def save_manifest(manifest: dict, path: Path) -> None:
+    path.write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def load_manifest(path: Path) -> dict:
+    manifest = json.loads(Path(path).read_text())
+    if "clips" not in manifest or not all({"path", "emotion", "role"} <= set(c) for c in manifest["clips"]):
+        raise ValueError(f"{path}: not a split manifest (needs clips with path, emotion and role)")
+    return manifest
+
+
+def clips_with_role(manifest: dict, role: str) -> list[dict]:
+    return [c for c in manifest["clips"] if c["role"] == role]
