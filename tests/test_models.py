@@ -62,7 +62,8 @@ def test_default_models_fit_the_mcu_budget(name: str, cfg) -> None:
     assert count_macs(model) <= MACS_BUDGET
     rng = np.random.default_rng(0)
     rep = [rng.standard_normal(cfg.input_shape).astype(np.float32) * 0.5 for _ in range(4)]
-    from train.mcu_probe import quantize_int8, tflm_arena_bytes
+    from convert.interpreters import tflm_arena_bytes
+    from convert.quantize import quantize_int8
 
     tflite = quantize_int8(model, rep)
     assert _op_names(tflite) <= CMSIS_NN_OPS

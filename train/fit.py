@@ -23,8 +23,9 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_epochs: int = 3
-    weight_decay: float = 1e-4
-    dropout: float = 0.3
+    weight_decay: float = 1e-2  # AdamW, decoupled
+    l2: float = 0.0  # kernel L2 in the layers
+    dropout: float = 0.2
     label_smoothing: float = 0.1
     seed: int = 0
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
@@ -131,7 +132,7 @@ def fit_model(
 ) -> tuple[keras.Model, dict[str, list[float]], int]:
     """Train; returns the model at its best validation epoch, the history and that epoch (0-based)."""
     make_deterministic(tcfg.seed)
-    model = BUILDERS[tcfg.model](cfg.input_shape, dropout=tcfg.dropout, weight_decay=tcfg.weight_decay)
+    model = BUILDERS[tcfg.model](cfg.input_shape, dropout=tcfg.dropout, l2=tcfg.l2)
     data = AugmentedClips(train_pcm, train_labels, cfg, tcfg)
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=_schedule(tcfg, len(data)), weight_decay=tcfg.weight_decay),

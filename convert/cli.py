@@ -1,0 +1,150 @@
+"""Command lines of the conversion stage: ``ser-convert``, ``ser-emit`` and ``ser-budget``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from convert.tflite_file import ModelFileError
+
+DEFAULT_GENERATED = Path("firmware") / "generated"
+
+
+def _fail(prog: str, message: str) -> int:
+    print(f"{prog}: {message}", file=sys.stderr)
+    return 2
+
+
+def _model_path(target: Path) -> Path:
+    """A run folder stands for its model_int8.tflite; a .tflite path stands for itself."""
+    from convert.quantize import MODEL_FILE
+
+    path = target / MODEL_FILE if target.is_dir() else target
+    if not path.exists():
+        hint = f"run ser-convert {target} first" if target.is_dir() else "check the path"
+        raise FileNotFoundError(f"{path} not found ({hint})")
+    return path
+
+
+def convert_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="ser-convert",
+        description="Quantize a trained run to full int8 TFLite and verify it on the run's test clips "
+        "in TFLM and LiteRT (reference and default kernels).",
+    )
+    p.add_argument("run", type=Path, help="run folder written by ser-train (holds model.keras, manifest.json, frontend.json)")
+    p.add_argument("--data", help="CASIA root; default $CASIA_ROOT")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+
+    from train.corpus import CorpusError, resolve_root
+
+    missing = [n for n in ("model.keras", "manifest.json", "frontend.json") if not (args.run / n).exists()]
+    if missing:
+        return _fail("ser-convert", f"{args.run} is not a finished run (missing {', '.join(missing)}); train it with ser-train")
+    try:
+        root = resolve_root(args.data)
+        from convert.ops import check_ops
+        from convert.quantize import convert_run
+        from convert.verify import report_md, verify_run
+
+        path = convert_run(args.run, root)
+        check_ops(path.read_bytes())
+        report = verify_run(args.run, root, show_progress=not args.quiet)
+    except (CorpusError, ModelFileError) as exc:
+        return _fail("ser-convert", str(exc))
+    (args.run / "conversion.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.run / "conversion.md").write_text(report_md(report, args.run))
+    print(report_md(report, args.run))
+    print(f"wrote {path} and {args.run / 'conversion.md'}")
+    if report["accuracy_drop_too_large"]:
+        print(
+            f"ser-convert: WARNING: int8 loses {report['accuracy_drop']:.2%} accuracy against float. "
+            "Try more calibration data or quantization-aware training before deploying.",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def emit_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="ser-emit",
+        description="Emit the model, op resolver, config header and front-end tables for the firmware.",
+    )
+    p.add_argument("model", type=Path, help="a run folder (its model_int8.tflite) or any int8 .tflite")
+    p.add_argument("--out", type=Path, default=DEFAULT_GENERATED, help="generated folder in the firmware tree")
+    args = p.parse_args(argv)
+    from convert.emit import emit
+
+    try:
+        written = emit(_model_path(args.model).read_bytes(), args.out)
+    except (FileNotFoundError, ModelFileError, ValueError) as exc:
+        return _fail("ser-emit", str(exc))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def budget_main(argv: list[str] | None = None) -> int:
+    from convert.budget import FIXED_FLASH_ALLOWANCE, FIXED_RAM_ALLOWANCE, board, boards, elf_usage, pre_build, table_md
+
+    p = argparse.ArgumentParser(
+        prog="ser-budget",
+        description="Check that a model (before a build) or a firmware ELF (after one) fits a board's flash and RAM.",
+    )
+    p.add_argument("model", type=Path, nargs="?", help="a run folder or an int8 .tflite (before a build)")
+    p.add_argument("--board", required=True, choices=sorted(boards()), help="board from convert/boards.json")
+    p.add_argument("--elf", type=Path, help="a linked firmware ELF (after a build)")
+    p.add_argument("--fixed-flash", type=int, default=FIXED_FLASH_ALLOWANCE, help="firmware flash besides the model")
+    p.add_argument("--fixed-ram", type=int, default=FIXED_RAM_ALLOWANCE, help="firmware RAM besides the arena")
+    p.add_argument("--json", type=Path, help="also write the verdict as JSON")
+    args = p.parse_args(argv)
+    if args.model is None and args.elf is None:
+        return _fail("ser-budget", "give a model (run folder or .tflite) and/or --elf FIRMWARE.elf")
+    b = board(args.board)
+    sections = []
+    try:
+        if args.model is not None:
+            from convert.emit import arena_with_margin
+            from convert.interpreters import tflm_arena_bytes
+
+            tflite = _model_path(args.model).read_bytes()
+            arena = arena_with_margin(tflm_arena_bytes(tflite))
+            sections.append(
+                (
+                    "before build: model + arena + firmware allowance",
+                    pre_build(b, len(tflite), arena, args.fixed_flash, args.fixed_ram),
+                )
+            )
+        if args.elf is not None:
+            sections.append((f"after build: {args.elf.name}", elf_usage(args.elf, b)))
+    except (FileNotFoundError, ModelFileError, ValueError) as exc:
+        return _fail("ser-budget", str(exc))
+    print(f"## {b.name} ({b.part}): {b.flash // 1024} KiB flash, {b.ram // 1024} KiB RAM\n")
+    verdict = []
+    for title, lines in sections:
+        print(table_md(lines, title))
+        verdict += [
+            {
+                "check": title,
+                "memory": line.memory,
+                "used": line.used,
+                "capacity": line.capacity,
+                "fits": line.fits,
+                "parts": line.parts,
+            }
+            for line in lines
+        ]
+    if args.json:
+        args.json.write_text(json.dumps({"board": b.name, "lines": verdict}, indent=2) + "\n")
+    over = [v for v in verdict if not v["fits"]]
+    if over:
+        what = "; ".join(f"{v['memory']} needs {v['used']:,} B of {v['capacity']:,} B ({v['check']})" for v in over)
+        return _fail("ser-budget", f"does NOT fit {b.name}: {what}. Choose a smaller model or a larger board.")
+    print(f"fits {b.name}")
+    return 0

@@ -1,0 +1,106 @@
+"""Run an int8 model in the real runtimes: TFLM (the board's reference) and LiteRT (two kernel sets).
+
+The input is quantized once, in float32 exactly as the board does it, and the same int8 array is fed
+to every interpreter, so differences come from kernels only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from convert.tflite_file import TensorSpec
+
+
+def quantize_input(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """float -> int8 with the model's input scale and zero point: round-half-even of x / scale, in float32.
+
+    TFLM reports its scale as np.float32; dividing by it (not by a Python float) is what the
+    board's float32 code does, so host and board agree to the bit.
+    """
+    q = np.round(np.asarray(x, np.float32) / np.float32(spec.scale)) + spec.zero_point
+    return np.clip(q, -128, 127).astype(np.int8)
+
+
+def dequantize(q: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    return (np.asarray(q, np.float32) - np.float32(spec.zero_point)) * np.float32(spec.scale)
+
+
+@contextlib.contextmanager
+def quiet_fds() -> Iterator[None]:
+    """Silence C++ logging that writes straight to fd 1/2 (TFLM's allocation failures, LiteRT's INFO lines)."""
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
+class TflmRunner:
+    """TFLM's own interpreter (the ``tflite-micro`` package): what the firmware must reproduce."""
+
+    name = "tflm"
+
+    def __init__(self, tflite: bytes, arena_size: int | None = None) -> None:
+        from tflite_micro.python.tflite_micro import runtime
+
+        self._interp = runtime.Interpreter.from_bytes(tflite, arena_size=arena_size)
+
+    def __call__(self, q_input: np.ndarray) -> np.ndarray:
+        self._interp.reset()
+        self._interp.set_input(q_input.reshape(self._interp.get_input_details(0)["shape"]), 0)
+        self._interp.invoke()
+        return np.array(self._interp.get_output(0)).reshape(-1)
+
+
+class LiteRtRunner:
+    """LiteRT (``ai-edge-litert``) with either the reference kernels or its default (optimized) ones."""
+
+    def __init__(self, tflite: bytes, reference_kernels: bool) -> None:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        resolver = OpResolverType.BUILTIN_REF if reference_kernels else OpResolverType.AUTO
+        self.name = "litert_reference" if reference_kernels else "litert_default"
+        with quiet_fds():
+            self._interp = Interpreter(model_content=tflite, experimental_op_resolver_type=resolver)
+            self._interp.allocate_tensors()
+        self._in = self._interp.get_input_details()[0]
+        self._out = self._interp.get_output_details()[0]
+
+    def __call__(self, q_input: np.ndarray) -> np.ndarray:
+        self._interp.set_tensor(self._in["index"], q_input.reshape(self._in["shape"]))
+        self._interp.invoke()
+        return np.array(self._interp.get_tensor(self._out["index"])).reshape(-1)
+
+
+def tflm_arena_bytes(tflite: bytes, upper: int = 8 * 1024 * 1024) -> int:
+    """Smallest arena (to 16 bytes) with which TFLM allocates and invokes the model."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    def works(size: int) -> bool:
+        try:
+            with quiet_fds():
+                runtime.Interpreter.from_bytes(tflite, arena_size=size).invoke()
+            return True
+        except (RuntimeError, ValueError):
+            return False
+
+    if not works(upper):
+        raise RuntimeError(f"TFLM cannot run this model even with a {upper // 1024} KB arena")
+    lo, hi = 0, upper  # lo fails (or is 0), hi works
+    while hi - lo > 16:
+        mid = (lo + hi) // 2 // 16 * 16
+        if works(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi

@@ -1,0 +1,154 @@
+"""Read and edit a ``.tflite`` flatbuffer: ops with versions, I/O quantization, our metadata, alignment.
+
+Parsing uses the TFLite schema bindings that ship with ``tflite-micro``, so what we read is what
+TFLM reads. Alignment uses TFLM's own ``tflite_flatbuffer_align`` (C++ re-serialization with
+16-byte buffer alignment, which CMSIS-NN kernels and the board's ``alignas(16)`` array expect).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import flatbuffers
+import numpy as np
+from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+METADATA_NAME = "ser_tinyml"  # our entry in the model's metadata table
+_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+_TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+_DELEGATE_OPS = {"DELEGATE"}
+
+
+class ModelFileError(Exception):
+    """The file is not a model this pipeline can put on a board; the message says why."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float
+    zero_point: int
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "scale": self.scale,
+            "zero_point": self.zero_point,
+        }
+
+
+def _load(tflite: bytes) -> schema.ModelT:
+    if len(tflite) < 8 or tflite[4:8] != b"TFL3":
+        raise ModelFileError("not a TFLite flatbuffer (missing the 'TFL3' identifier)")
+    try:
+        return schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(tflite, 0))
+    except Exception as exc:  # corrupt flatbuffers raise anything from struct.error to IndexError
+        raise ModelFileError(f"corrupt TFLite flatbuffer ({type(exc).__name__}: {exc})") from None
+
+
+def sha256(tflite: bytes) -> str:
+    return hashlib.sha256(tflite).hexdigest()
+
+
+def op_versions(tflite: bytes) -> list[tuple[str, int]]:
+    """(builtin op name, version) of every operator code the graph uses, in first-use order.
+
+    Delegate placeholders are skipped; custom ops appear as ``CUSTOM:<name>``.
+    """
+    model = _load(tflite)
+    used = []
+    for subgraph in model.subgraphs or []:
+        for op in subgraph.operators or []:
+            if op.opcodeIndex not in used:
+                used.append(op.opcodeIndex)
+    result = []
+    for index in used:
+        code = model.operatorCodes[index]
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        name = _OP_NAMES.get(builtin, f"BUILTIN_{builtin}")
+        if name == "CUSTOM":
+            custom = code.customCode.decode() if isinstance(code.customCode, bytes) else str(code.customCode)
+            name = f"CUSTOM:{custom}"
+        if name in _DELEGATE_OPS:
+            continue
+        result.append((name, int(code.version)))
+    return result
+
+
+def _tensor_spec(model: schema.ModelT, index: int) -> TensorSpec:
+    tensor = model.subgraphs[0].tensors[index]
+    q = tensor.quantization
+    scale = float(q.scale[0]) if q is not None and q.scale is not None and len(q.scale) else 0.0
+    zero = int(q.zeroPoint[0]) if q is not None and q.zeroPoint is not None and len(q.zeroPoint) else 0
+    name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+    return TensorSpec(name, tuple(int(d) for d in tensor.shape), _TYPE_NAMES.get(tensor.type, str(tensor.type)), scale, zero)
+
+
+def io_specs(tflite: bytes) -> tuple[TensorSpec, TensorSpec]:
+    """The single input and single output of the model (the firmware handles exactly one of each)."""
+    model = _load(tflite)
+    if len(model.subgraphs) != 1:
+        raise ModelFileError(f"model has {len(model.subgraphs)} subgraphs; the firmware runs single-subgraph models")
+    graph = model.subgraphs[0]
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise ModelFileError(f"model has {len(graph.inputs)} inputs and {len(graph.outputs)} outputs; expected one of each")
+    return _tensor_spec(model, int(graph.inputs[0])), _tensor_spec(model, int(graph.outputs[0]))
+
+
+def read_metadata(tflite: bytes, name: str = METADATA_NAME) -> dict | None:
+    """Our JSON metadata entry, or None for a model that has none (a foreign model)."""
+    model = _load(tflite)
+    for entry in model.metadata or []:
+        entry_name = entry.name.decode() if isinstance(entry.name, bytes) else str(entry.name)
+        if entry_name == name:
+            return json.loads(bytes(np.asarray(model.buffers[entry.buffer].data, dtype=np.uint8)).decode())
+    return None
+
+
+def with_metadata(tflite: bytes, payload: dict, name: str = METADATA_NAME) -> bytes:
+    """A copy of the model carrying ``payload`` as JSON in its metadata table, 16-byte aligned."""
+    model = _load(tflite)
+    data = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    model.metadata = [m for m in (model.metadata or []) if (m.name.decode() if isinstance(m.name, bytes) else m.name) != name]
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(data, dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = name
+    entry.buffer = len(model.buffers) - 1
+    model.metadata.append(entry)
+    builder = flatbuffers.Builder(len(tflite) + len(data) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return align(bytes(builder.Output()))
+
+
+def align(tflite: bytes) -> bytes:
+    """Re-serialize with TFLM's aligner so every buffer starts on a 16-byte boundary."""
+    from tflite_micro.tensorflow.lite.micro.tools import tflite_flatbuffer_align_wrapper as aligner
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "in.tflite", Path(tmp) / "out.tflite"
+        src.write_bytes(tflite)
+        aligner.align_tflite_model(str(src), str(dst))
+        return dst.read_bytes()
+
+
+def buffers_aligned(tflite: bytes, alignment: int = 16) -> bool:
+    """True when every non-empty constant buffer starts at a multiple of ``alignment`` in the file."""
+    root = schema.Model.GetRootAsModel(tflite, 0)
+    for i in range(root.BuffersLength()):
+        buf = root.Buffers(i)
+        if buf.DataLength() == 0:
+            continue
+        start = buf._tab.Vector(buf._tab.Offset(4))
+        if start % alignment:
+            return False
+    return True
