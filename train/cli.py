@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from dataclasses import replace
@@ -37,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-mcu-probe", action="store_true", help="skip the int8 + TFLM arena measurement")
     p.add_argument("--no-verify", action="store_true", help="skip SHA256SUMS verification")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--retrain", action="store_true", help="k-fold/LOSO: train folds again even when finished earlier")
     return p.parse_args(argv)
 
 
@@ -87,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for fold in folds:
         run_dir = out / f"fold-{fold:02d}" if per_fold_dirs else out
+        finished = run_dir / "metrics.json"
+        if per_fold_dirs and finished.exists() and not args.retrain:
+            print(f"fold {fold}: finished earlier, reusing {finished} (--retrain to train again)")
+            results.append(json.loads(finished.read_text()))
+            continue
         metrics = train_one(
             run_dir,
             clips,

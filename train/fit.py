@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 
 import keras
@@ -51,37 +52,39 @@ def feature_batch(pcms: list[np.ndarray], cfg: FrontEndConfig) -> np.ndarray:
 
 
 class AugmentedClips(keras.utils.PyDataset):
-    """Training batches, re-augmented every epoch from a seeded generator (reproducible)."""
+    """Training batches, re-augmented every epoch; reproducible under parallel loading.
 
-    def __init__(self, pcms, labels, cfg: FrontEndConfig, tcfg: TrainConfig) -> None:
-        super().__init__(workers=1, use_multiprocessing=False)
+    Batches are made by worker threads (overlapping NumPy feature work with training), so nothing
+    may depend on call order: each batch's clips and random draws follow from (seed, epoch, batch),
+    and a batch's epoch is how many times that batch index has been asked for before.
+    """
+
+    def __init__(self, pcms, labels, cfg: FrontEndConfig, tcfg: TrainConfig, workers: int = 2) -> None:
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=4)
         self.pcms, self.labels, self.cfg, self.tcfg = pcms, np.asarray(labels), cfg, tcfg
-        self.epoch = 0
-        self._shuffle()
-
-    def _shuffle(self) -> None:
-        self.rng = np.random.default_rng([self.tcfg.seed, self.epoch])
-        self.order = self.rng.permutation(len(self.pcms))
+        self._requests = np.zeros(len(self), dtype=int)
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return math.ceil(len(self.pcms) / self.tcfg.batch_size)
 
     def __getitem__(self, index: int):
-        idx = self.order[index * self.tcfg.batch_size : (index + 1) * self.tcfg.batch_size]
+        with self._lock:
+            epoch = int(self._requests[index])
+            self._requests[index] += 1
+        order = np.random.default_rng([self.tcfg.seed, epoch]).permutation(len(self.pcms))
+        idx = order[index * self.tcfg.batch_size : (index + 1) * self.tcfg.batch_size]
+        rng = np.random.default_rng([self.tcfg.seed, epoch, index])
         aug = self.tcfg.augment
         xs = []
         for i in idx:
             if aug is None:
                 xs.append(clip_features(self.pcms[i], self.cfg))
                 continue
-            feat = features(augment_pcm(self.pcms[i], self.cfg, aug, self.rng), self.cfg)
-            xs.append(spec_augment(feat, aug, self.rng) if self.cfg.kind == "logmel" else feat)
+            feat = features(augment_pcm(self.pcms[i], self.cfg, aug, rng), self.cfg)
+            xs.append(spec_augment(feat, aug, rng) if self.cfg.kind == "logmel" else feat)
         y = keras.utils.to_categorical(self.labels[idx], NUM_CLASSES)
         return np.stack(xs), y
-
-    def on_epoch_end(self) -> None:
-        self.epoch += 1
-        self._shuffle()
 
 
 class KeepBest(keras.callbacks.Callback):
