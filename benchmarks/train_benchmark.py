@@ -21,7 +21,7 @@ def main() -> int:
     p.add_argument("--data", help="CASIA root; default $CASIA_ROOT")
     p.add_argument("--models", nargs="+", default=["audio_resnet", "spectrogram_resnet"])
     p.add_argument("--splits", nargs="+", default=["paper", "kfold", "loso"])
-    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--epochs", type=int, default=80)
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = p.parse_args()
 

@@ -4,7 +4,8 @@ Output (a generated folder; nothing in it is edited by hand, the same inputs giv
 ``model_data.h/.cc`` (the model as an aligned const array, its length and SHA-256),
 ``op_resolver.h`` (a MicroMutableOpResolver with exactly the model's ops),
 ``model_config.h`` (I/O shapes and quantization, labels, arena size, front-end constants) and
-``frontend_tables.c`` (Hann window and sparse mel filter bank for the board's front end).
+``frontend_tables.c`` (Hann window, FFT twiddles and sparse mel filter bank for the board's front end,
+``firmware/app/ser_frontend.c``; ``SER_FE_CONFIG_INIT`` in ``model_config.h`` fills its ``ser_fe_config``).
 A model without our metadata (a foreign ``.tflite``) is emitted with ``SER_FE_KIND_NONE``: the
 firmware then takes the model input directly.
 """
@@ -20,7 +21,8 @@ import numpy as np
 from convert.interpreters import tflm_arena_bytes
 from convert.ops import FIRMWARE_OPS, check_ops
 from convert.tflite_file import io_specs, read_metadata, sha256
-from train.frontend import FrontEndConfig, hann_window, mel_filterbank
+from train.frontend import FrontEndConfig, fft_twiddles, hann_window, mel_filterbank, sparse_mel
+from train.frontend_c import KINDS, workspace_floats
 from train.labels import EMOTIONS
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -44,19 +46,6 @@ def _lines(values: list[str], per_line: int) -> list[str]:
 def arena_with_margin(measured: int) -> int:
     margin = max(ARENA_MARGIN_MIN, int(measured * ARENA_MARGIN_FRACTION))
     return (measured + margin + 15) // 16 * 16
-
-
-def sparse_mel(fb: np.ndarray) -> tuple[list[int], list[int], list[int], np.ndarray]:
-    """Each band's contiguous non-zero bin range, and the concatenated weights."""
-    starts, counts, offsets, weights = [], [], [], []
-    for row in fb:
-        nz = np.flatnonzero(row)
-        start, stop = (int(nz[0]), int(nz[-1]) + 1) if len(nz) else (0, 0)
-        starts.append(start)
-        counts.append(stop - start)
-        offsets.append(sum(len(w) for w in weights))
-        weights.append(row[start:stop])
-    return starts, counts, offsets, np.concatenate(weights).astype(np.float32)
 
 
 def render(tflite: bytes, arena_measured: int | None = None) -> dict[str, str]:
@@ -93,12 +82,17 @@ def render(tflite: bytes, arena_measured: int | None = None) -> dict[str, str]:
         "arena_bytes": arena_with_margin(measured),
         "frontend": frontend,
         "frontend_note": "from the model's metadata" if frontend else "none: the model input is sent as is",
+        "fe_kind_code": KINDS[frontend.kind] if frontend else 0,
+        "fe_workspace_floats": workspace_floats(frontend) if frontend else 0,
     }
     if frontend is not None and frontend.kind == "logmel":
         starts, counts, offsets, weights = sparse_mel(mel_filterbank(frontend))
+        cos, sin = fft_twiddles(frontend)
         context |= {
             "num_frames": frontend.num_frames,
             "window_lines": _lines([cfloat(v) for v in hann_window(frontend)], 6),
+            "fft_cos_lines": _lines([cfloat(v) for v in cos], 6),
+            "fft_sin_lines": _lines([cfloat(v) for v in sin], 6),
             "mel_start": starts,
             "mel_count": counts,
             "mel_offset": offsets,

@@ -152,3 +152,24 @@ def buffers_aligned(tflite: bytes, alignment: int = 16) -> bool:
         if start % alignment:
             return False
     return True
+
+
+def count_macs(tflite: bytes) -> int:
+    """Multiply-accumulates of one inference: CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED."""
+    model = _load(tflite)
+    graph = model.subgraphs[0]
+    macs = 0
+    for op in graph.operators or []:
+        code = model.operatorCodes[op.opcodeIndex]
+        name = _OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+        if name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            continue
+        out = int(np.prod(graph.tensors[op.outputs[0]].shape))
+        weights = [int(d) for d in graph.tensors[op.inputs[1]].shape]
+        if name == "CONV_2D":  # weights (out_ch, kh, kw, in_ch)
+            macs += out * weights[1] * weights[2] * weights[3]
+        elif name == "DEPTHWISE_CONV_2D":  # weights (1, kh, kw, out_ch)
+            macs += out * weights[1] * weights[2]
+        else:  # weights (units, inputs)
+            macs += out * weights[1]
+    return macs

@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--data", help="CASIA root; default $CASIA_ROOT")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="folder for the run folders and the report")
-    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--epochs", type=int, default=80)
     p.add_argument("--retrain", action="store_true", help="train again even when a finished run exists")
     return p.parse_args(argv)
 

@@ -15,7 +15,7 @@ from train.frontend import FrontEndConfig, fit_clip
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    gain_db: float = 6.0  # uniform in +-gain_db; small, so loudness (a real emotion cue) survives
+    gain_db: float = 3.0  # uniform in +-gain_db; small, so loudness (a real emotion cue) survives
     noise_snr_db: tuple[float, float] = (25.0, 50.0)
     noise_prob: float = 0.5
     freq_masks: int = 2

@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--fold", type=int, help="train only this test fold (kfold/loso); default all folds")
     p.add_argument("--out", type=Path, help="run folder; default runs/<model>-<split>")
-    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--epochs", type=int, default=80)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (cosine schedule after warm-up)")
     p.add_argument("--seed", type=int, default=0)

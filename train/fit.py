@@ -20,7 +20,7 @@ from train.models import BUILDERS
 @dataclass(frozen=True)
 class TrainConfig:
     model: str
-    epochs: int = 60
+    epochs: int = 80
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_epochs: int = 3

@@ -1,0 +1,333 @@
+/* The portable application: serial protocol in, front end and model, results out.
+ *
+ * Flow per clip (firmware/PROTOCOL.md): START -> NEXT, then CHUNK -> NEXT ... CHUNK -> RESULT. The
+ * board pulls each chunk when it is ready, streams it through the front end straight into the
+ * model's input tensor (no clip is ever buffered) and runs the model after the last sample.
+ * A command repeated with the same sequence number (the host retrying after a lost reply) gets the
+ * stored reply again and is not processed twice. Everything is static; nothing is allocated.
+ */
+#include <stdbool.h>
+#include <string.h>
+
+#include "model_config.h"
+#include "model_data.h"
+#include "ser_frontend.h"
+#include "ser_model.h"
+#include "ser_pcm_codec.h"
+#include "ser_port.h"
+#include "ser_protocol.h"
+
+#define MAX_CHUNK_SAMPLES SER_CHUNK_MAX_RAW_SAMPLES
+#define INTER_BYTE_TIMEOUT_MS 200u
+
+#if defined(SER_FE_KIND_LOGMEL)
+#define FE_KIND SER_FE_LOGMEL
+#define FE_WORKSPACE_FLOATS SER_FE_WORKSPACE_FLOATS
+#define CLIP_SAMPLES SER_FE_CLIP_SAMPLES
+#elif defined(SER_FE_KIND_WAVEFORM)
+#define FE_KIND SER_FE_WAVEFORM
+#define FE_WORKSPACE_FLOATS 1 /* the waveform path needs none (SER_FE_WORKSPACE_FLOATS is 0) */
+#define CLIP_SAMPLES SER_FE_CLIP_SAMPLES
+#else /* a model without our front end: the host sends the int8 input values as samples */
+#define FE_KIND SER_FE_NONE
+#define FE_WORKSPACE_FLOATS 1
+#define CLIP_SAMPLES SER_INPUT_ELEMENTS
+#endif
+
+static const char *const kLabels[SER_NUM_LABELS] = SER_LABELS;
+static const int32_t kInputShape[SER_INPUT_DIMS] = SER_INPUT_SHAPE;
+
+#if FE_KIND != SER_FE_NONE
+static const ser_fe_config kFrontEnd = {
+    .kind = FE_KIND,
+    .clip_samples = SER_FE_CLIP_SAMPLES,
+#if FE_KIND == SER_FE_WAVEFORM
+    .waveform_gain = SER_FE_WAVEFORM_GAIN,
+#else
+    .n_fft = SER_FE_N_FFT,
+    .hop = SER_FE_HOP,
+    .n_mels = SER_FE_N_MELS,
+    .num_frames = SER_FE_NUM_FRAMES,
+    .log_offset = SER_FE_LOG_OFFSET,
+    .mean = SER_FE_MEAN,
+    .std = SER_FE_STD,
+    .window = g_fe_window,
+    .fft_cos = g_fe_fft_cos,
+    .fft_sin = g_fe_fft_sin,
+    .mel_start = g_fe_mel_start,
+    .mel_count = g_fe_mel_count,
+    .mel_offset = g_fe_mel_offset,
+    .mel_weights = g_fe_mel_weights,
+#endif
+    .input_scale = SER_INPUT_SCALE,
+    .input_zero_point = SER_INPUT_ZERO_POINT,
+};
+static float fe_workspace[FE_WORKSPACE_FLOATS];
+static ser_fe_state fe_state;
+#endif
+
+static ser_parser parser;
+static uint8_t payload[SER_MAX_PAYLOAD];
+static uint8_t tx[SER_FRAME_MAX_SIZE];
+static int16_t pcm[MAX_CHUNK_SAMPLES];
+static bool model_ok;
+
+/* The clip being received. */
+static struct {
+  bool active;
+  uint32_t clip_id, expected_offset, fe_cycles;
+} clip;
+
+/* The last command processed and the reply it got, for retries. */
+static struct {
+  bool valid;
+  uint8_t type, seq;
+  uint32_t clip_id, offset;
+  size_t reply_len;
+  uint8_t reply[SER_FRAME_MAX_SIZE];
+} last;
+
+static void send_frame(uint8_t type, uint8_t seq, const uint8_t *data, size_t len, bool remember) {
+  size_t n = ser_frame_encode(type, seq, data, (uint16_t)len, tx, sizeof(tx));
+  ser_port_uart_write(tx, n);
+  if (remember) {
+    memcpy(last.reply, tx, n);
+    last.reply_len = n;
+  }
+}
+
+/* remember: the error answers a command already marked as processed, so a retry must get it again. */
+static void send_error_reply(uint8_t code, uint8_t type, uint8_t seq, const char *message, bool remember) {
+  ser_error e = {code, type, seq, message, (uint16_t)strlen(message)};
+  send_frame(SER_MSG_ERROR, seq, payload, ser_error_encode(&e, payload, sizeof(payload)), remember);
+}
+
+static void send_error(uint8_t code, uint8_t type, uint8_t seq, const char *message) {
+  send_error_reply(code, type, seq, message, false);
+}
+
+static void remember_command(const ser_frame *f, uint32_t clip_id, uint32_t offset) {
+  last.valid = true;
+  last.type = f->type;
+  last.seq = f->seq;
+  last.clip_id = clip_id;
+  last.offset = offset;
+}
+
+static bool is_retry(const ser_frame *f, uint32_t clip_id, uint32_t offset) {
+  return last.valid && last.type == f->type && last.seq == f->seq && last.clip_id == clip_id && last.offset == offset;
+}
+
+static uint8_t hex_nibble(char c) { return (uint8_t)(c <= '9' ? c - '0' : c - 'a' + 10); }
+
+static size_t info_payload(uint8_t *out, size_t cap) {
+  static ser_info info;
+  memset(&info, 0, sizeof(info));
+  info.present = SER_INFO_ALL;
+  info.proto_version = SER_PROTO_VERSION;
+  info.reset_code = ser_port_reset_reason();
+  info.reset_text = ser_cstr(ser_port_reset_reason_text());
+  info.board = ser_cstr(ser_port_board_name());
+  info.core_clock_hz = ser_port_core_clock_hz();
+  info.cycle_counter = ser_cstr(ser_port_counter_kind());
+  for (int i = 0; i < 32; i++) {
+    info.model_sha256[i] = (uint8_t)(hex_nibble(g_model_sha256[2 * i]) << 4 | hex_nibble(g_model_sha256[2 * i + 1]));
+  }
+  info.input.dtype = SER_DTYPE_INT8;
+  info.input.scale = SER_INPUT_SCALE;
+  info.input.zero_point = SER_INPUT_ZERO_POINT;
+  info.input.n_dims = SER_INPUT_DIMS;
+  for (int i = 0; i < SER_INPUT_DIMS; i++) info.input.dims[i] = (uint32_t)kInputShape[i];
+  info.output.dtype = SER_DTYPE_INT8;
+  info.output.scale = SER_OUTPUT_SCALE;
+  info.output.zero_point = SER_OUTPUT_ZERO_POINT;
+  info.output.n_dims = 2;
+  info.output.dims[0] = 1;
+  info.output.dims[1] = SER_OUTPUT_ELEMENTS;
+  info.fe_kind = FE_KIND;
+  info.clip_samples = CLIP_SAMPLES;
+#if FE_KIND != SER_FE_NONE
+  info.sample_rate = SER_FE_SAMPLE_RATE;
+#endif
+  info.n_labels = SER_NUM_LABELS;
+  for (int i = 0; i < SER_NUM_LABELS; i++) info.labels[i] = ser_cstr(kLabels[i]);
+  info.arena_size = (uint32_t)ser_model_arena_size();
+  info.arena_used = (uint32_t)ser_model_arena_used();
+  info.max_chunk_samples = MAX_CHUNK_SAMPLES;
+  info.build_id = ser_cstr(SER_BUILD_ID);
+  info.pcm_encodings = SER_PCM_ENCODINGS_SUPPORTED;
+  return ser_info_encode(&info, out, cap);
+}
+
+static void send_next(const ser_frame *f) {
+  uint32_t left = CLIP_SAMPLES - clip.expected_offset;
+  ser_next next = {clip.clip_id, clip.expected_offset, (uint16_t)(left < MAX_CHUNK_SAMPLES ? left : MAX_CHUNK_SAMPLES)};
+  send_frame(SER_MSG_NEXT, f->seq, payload, ser_next_encode(&next, payload, sizeof(payload)), true);
+}
+
+static void handle_start(const ser_frame *f) {
+  ser_start m;
+  int err = ser_start_decode(f->payload, f->len, &m);
+  if (err) {
+    send_error((uint8_t)err, f->type, f->seq, "START payload must be 8 bytes");
+    return;
+  }
+  if (is_retry(f, m.clip_id, 0)) {
+    ser_port_uart_write(last.reply, last.reply_len);
+    return;
+  }
+  if (!model_ok) {
+    send_error(SER_ERR_MODEL_FAILED, f->type, f->seq, ser_model_error());
+    return;
+  }
+  if (m.n_samples != CLIP_SAMPLES) {
+    send_error(SER_ERR_BAD_CLIP, f->type, f->seq, "clip must have exactly the front end's clip_samples (see INFO)");
+    return;
+  }
+#if FE_KIND != SER_FE_NONE
+  if (ser_fe_init(&fe_state, &kFrontEnd, fe_workspace, FE_WORKSPACE_FLOATS) != SER_FE_OK) {
+    send_error(SER_ERR_MODEL_FAILED, f->type, f->seq, "front-end tables in model_config.h are inconsistent");
+    return;
+  }
+#endif
+  clip.active = true;
+  clip.clip_id = m.clip_id;
+  clip.expected_offset = 0;
+  clip.fe_cycles = 0;
+  remember_command(f, m.clip_id, 0);
+  send_next(f);
+}
+
+static void finish_clip(const ser_frame *f) {
+  uint32_t invoke_cycles = 0;
+  clip.active = false;
+  if (ser_model_invoke(&invoke_cycles) != 0) {
+    send_error_reply(SER_ERR_MODEL_FAILED, f->type, f->seq, ser_model_error(), true);
+    return;
+  }
+  const int8_t *scores = ser_model_output();
+  uint8_t best = 0;
+  for (uint8_t i = 1; i < SER_OUTPUT_ELEMENTS; i++) {
+    if (scores[i] > scores[best]) best = i;
+  }
+  ser_result r = {clip.clip_id, best, SER_OUTPUT_ELEMENTS, scores, clip.fe_cycles, invoke_cycles};
+  send_frame(SER_MSG_RESULT, f->seq, payload, ser_result_encode(&r, payload, sizeof(payload)), true);
+}
+
+static void handle_chunk(const ser_frame *f) {
+  ser_chunk m;
+  int err = ser_chunk_decode(f->payload, f->len, &m);
+  if (err) {
+    send_error((uint8_t)err, f->type, f->seq, "malformed CHUNK");
+    return;
+  }
+  if (is_retry(f, m.clip_id, m.offset)) {
+    ser_port_uart_write(last.reply, last.reply_len);
+    return;
+  }
+  if (!clip.active || m.clip_id != clip.clip_id || m.offset != clip.expected_offset) {
+    send_error(SER_ERR_OUT_OF_ORDER, f->type, f->seq, clip.active ? "chunk is not the one asked for by NEXT" : "no clip started");
+    return;
+  }
+  if (m.n_samples > MAX_CHUNK_SAMPLES || m.n_samples > CLIP_SAMPLES - clip.expected_offset) {
+    send_error(SER_ERR_BAD_LENGTH, f->type, f->seq, "chunk longer than NEXT's max_samples");
+    return;
+  }
+  err = ser_pcm_decode(m.encoding, m.data, m.data_len, pcm, m.n_samples);
+  if (err) {
+    send_error((uint8_t)err, f->type, f->seq, "PCM chunk does not decode");
+    return;
+  }
+  uint32_t start = ser_port_cycles();
+#if FE_KIND != SER_FE_NONE
+  if (ser_fe_push(&fe_state, pcm, m.n_samples, ser_model_input()) != SER_FE_OK) {
+    send_error(SER_ERR_OUT_OF_ORDER, f->type, f->seq, "front end refused the chunk");
+    return;
+  }
+#else
+  int8_t *input = ser_model_input() + clip.expected_offset;
+  for (uint16_t i = 0; i < m.n_samples; i++) input[i] = (int8_t)(pcm[i] < -128 ? -128 : pcm[i] > 127 ? 127 : pcm[i]);
+#endif
+  clip.fe_cycles += ser_port_cycles() - start;
+  clip.expected_offset += m.n_samples;
+  remember_command(f, m.clip_id, m.offset);
+  if (clip.expected_offset == CLIP_SAMPLES) {
+    finish_clip(f);
+  } else {
+    send_next(f);
+  }
+}
+
+static void handle_profile(const ser_frame *f) {
+  const ser_profile_event *events;
+  size_t n = ser_model_profile(&events);
+  ser_profile_writer w;
+  ser_profile_begin(&w, payload, sizeof(payload));
+  for (size_t i = 0; i < n; i++) {
+    if (!ser_profile_add(&w, events[i].tag ? events[i].tag : "?", events[i].ticks)) break;
+  }
+  send_frame(SER_MSG_PROFILE_DATA, f->seq, payload, w.len, false);
+}
+
+static void handle_frame(const ser_frame *f) {
+  bool empty_ok = ser_empty_decode(f->payload, f->len) == 0;
+  switch (f->type) {
+    case SER_MSG_HELLO:
+      if (empty_ok) {
+        send_frame(SER_MSG_INFO, f->seq, payload, info_payload(payload, sizeof(payload)), false);
+        return;
+      }
+      break;
+    case SER_MSG_START:
+      handle_start(f);
+      return;
+    case SER_MSG_CHUNK:
+      handle_chunk(f);
+      return;
+    case SER_MSG_PROFILE:
+      if (empty_ok) {
+        handle_profile(f);
+        return;
+      }
+      break;
+    case SER_MSG_RESET:
+      if (empty_ok) ser_port_reset();
+      break;
+    default:
+      send_error(SER_ERR_UNKNOWN_TYPE, f->type, f->seq, "unknown message type");
+      return;
+  }
+  send_error(SER_ERR_BAD_LENGTH, f->type, f->seq, "this message has an empty payload");
+}
+
+int main(void) {
+  ser_port_init();
+  ser_parser_init(&parser);
+  model_ok = ser_model_init() == 0;
+  send_frame(SER_MSG_BOOT, 0, payload, info_payload(payload, sizeof(payload)), false);
+  ser_port_led(model_ok);
+
+  uint32_t last_byte_ms = ser_port_millis();
+  for (;;) {
+    uint8_t byte;
+    if (!ser_port_uart_read(&byte)) {
+      if (ser_parser_in_frame(&parser) && ser_port_millis() - last_byte_ms > INTER_BYTE_TIMEOUT_MS) {
+        uint8_t type = parser.frame.type, seq = parser.frame.seq;
+        ser_parser_reset(&parser);
+        send_error(SER_ERR_TRUNCATED, type, seq, "frame incomplete at the inter-byte timeout");
+      } else {
+        ser_port_idle();
+      }
+      continue;
+    }
+    last_byte_ms = ser_port_millis();
+    int status = ser_parser_feed(&parser, byte);
+    if (status == SER_PARSE_FRAME) {
+      handle_frame(&parser.frame);
+    } else if (status == SER_PARSE_ERR_CRC) {
+      send_error(SER_ERR_BAD_CRC, parser.frame.type, parser.frame.seq, "CRC mismatch");
+    } else if (status == SER_PARSE_ERR_TOO_LONG) {
+      send_error(SER_ERR_TOO_LONG, parser.frame.type, parser.frame.seq, "payload longer than 2048 bytes");
+    }
+  }
+}

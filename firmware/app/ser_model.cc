@@ -1,0 +1,101 @@
+/* TFLM wrapper. Everything is statically allocated; nothing is allocated after start-up. */
+#include "ser_model.h"
+
+#include <new>
+
+#include "model_config.h"
+#include "model_data.h"
+#include "op_resolver.h"
+#include "ser_port.h"
+#include "tensorflow/lite/micro/cortex_m_generic/debug_log_callback.h"
+#include "tensorflow/lite/micro/micro_interpreter.h"
+#include "tensorflow/lite/micro/micro_profiler_interface.h"
+#include "tensorflow/lite/schema/schema_generated.h"
+
+/* TFLM's tick source is the board's counter (micro_time.cc is not linked). */
+namespace tflite {
+uint32_t ticks_per_second() { return ser_port_core_clock_hz(); }
+uint32_t GetCurrentTimeTicks() { return ser_port_cycles(); }
+}  // namespace tflite
+
+namespace {
+
+/* Records each operator's ticks during Invoke (TFLM calls BeginEvent/EndEvent around every op). */
+class LayerProfiler : public tflite::MicroProfilerInterface {
+ public:
+  uint32_t BeginEvent(const char *tag) override {
+    if (count_ >= SER_PROFILE_MAX_EVENTS) return SER_PROFILE_MAX_EVENTS;
+    events_[count_] = {tag, ser_port_cycles()};
+    return count_++;
+  }
+  void EndEvent(uint32_t handle) override {
+    if (handle < SER_PROFILE_MAX_EVENTS) events_[handle].ticks = ser_port_cycles() - events_[handle].ticks;
+  }
+  void Clear() { count_ = 0; }
+  size_t Events(const ser_profile_event **events) const {
+    *events = events_;
+    return count_;
+  }
+
+ private:
+  ser_profile_event events_[SER_PROFILE_MAX_EVENTS] = {};
+  uint32_t count_ = 0;
+};
+
+alignas(16) uint8_t g_arena[SER_ARENA_BYTES];
+alignas(tflite::MicroInterpreter) uint8_t g_interpreter_storage[sizeof(tflite::MicroInterpreter)];
+tflite::MicroInterpreter *g_interpreter = nullptr;
+ModelOpResolver g_resolver;
+LayerProfiler g_profiler;
+char g_error[96] = "";
+
+void SetError(const char *message) {
+  size_t i = 0;
+  for (; message[i] != '\0' && i + 1 < sizeof(g_error); i++) g_error[i] = message[i];
+  g_error[i] = '\0';
+}
+
+/* TFLM's log lines are kept (the last one) for the error frame; the UART carries only frames. */
+void KeepLog(const char *line) { SetError(line); }
+
+}  // namespace
+
+extern "C" int ser_model_init(void) {
+  RegisterDebugLogCallback(KeepLog);
+  const tflite::Model *model = tflite::GetModel(g_model_data);
+  if (model->version() != TFLITE_SCHEMA_VERSION) {
+    SetError("model schema version differs from TFLM's");
+    return -1;
+  }
+  if (RegisterModelOps(g_resolver) != kTfLiteOk) {
+    SetError("op registration failed");
+    return -1;
+  }
+  g_interpreter = new (g_interpreter_storage)
+      tflite::MicroInterpreter(model, g_resolver, g_arena, sizeof(g_arena), nullptr, &g_profiler);
+  if (g_interpreter->AllocateTensors() != kTfLiteOk) return -1; /* the log callback said why */
+  TfLiteTensor *input = g_interpreter->input(0);
+  TfLiteTensor *output = g_interpreter->output(0);
+  if (input->type != kTfLiteInt8 || input->bytes != SER_INPUT_ELEMENTS || output->type != kTfLiteInt8 ||
+      output->bytes != SER_OUTPUT_ELEMENTS) {
+    SetError("model tensors differ from model_config.h");
+    return -1;
+  }
+  return 0;
+}
+
+extern "C" const char *ser_model_error(void) { return g_error; }
+extern "C" int8_t *ser_model_input(void) { return g_interpreter->input(0)->data.int8; }
+extern "C" const int8_t *ser_model_output(void) { return g_interpreter->output(0)->data.int8; }
+extern "C" size_t ser_model_arena_size(void) { return sizeof(g_arena); }
+extern "C" size_t ser_model_arena_used(void) { return g_interpreter ? g_interpreter->arena_used_bytes() : 0; }
+
+extern "C" int ser_model_invoke(uint32_t *ticks) {
+  g_profiler.Clear();
+  uint32_t start = ser_port_cycles();
+  TfLiteStatus status = g_interpreter->Invoke();
+  *ticks = ser_port_cycles() - start;
+  return status == kTfLiteOk ? 0 : -1;
+}
+
+extern "C" size_t ser_model_profile(const ser_profile_event **events) { return g_profiler.Events(events); }

@@ -1,0 +1,35 @@
+/* The int8 model under TensorFlow Lite Micro: one interpreter, a static arena, a per-layer profiler. */
+#ifndef SER_MODEL_H_
+#define SER_MODEL_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SER_PROFILE_MAX_EVENTS 64
+
+typedef struct {
+  const char *tag;
+  uint32_t ticks;
+} ser_profile_event;
+
+/* Builds the interpreter and allocates tensors; 0 on success. The message explains a failure. */
+int ser_model_init(void);
+const char *ser_model_error(void);
+int8_t *ser_model_input(void);
+const int8_t *ser_model_output(void);
+size_t ser_model_arena_size(void);
+size_t ser_model_arena_used(void);
+/* Runs the model; fills *ticks with the counter difference around Invoke. 0 on success. */
+int ser_model_invoke(uint32_t *ticks);
+/* Per-layer ticks of the last Invoke. */
+size_t ser_model_profile(const ser_profile_event **events);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SER_MODEL_H_ */

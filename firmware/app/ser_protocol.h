@@ -1,0 +1,248 @@
+/* Board <-> host serial protocol, version 1 (spec: firmware/PROTOCOL.md; Python twin: host/protocol.py).
+ *
+ * Frame: 0xA5 0x5A | type u8 | seq u8 | len u16 LE | payload[len] | crc16 LE, where the CRC is
+ * CRC-16/CCITT-FALSE over type..payload. Every multi-byte field is little-endian.
+ *
+ * Portable C11, no allocation, no global state: the parser and every buffer belong to the caller.
+ * Decoders never copy: the texts, scores and data they return point into the caller's payload,
+ * which must outlive them. Decoders return 0 or the SER_ERR_* code the board sends back.
+ */
+#ifndef SER_PROTOCOL_H_
+#define SER_PROTOCOL_H_
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SER_PROTO_VERSION 1
+#define SER_MAX_PAYLOAD 2048
+#define SER_SYNC0 0xA5u
+#define SER_SYNC1 0x5Au
+#define SER_FRAME_HEADER_SIZE 6 /* sync pair, type, seq, len */
+#define SER_FRAME_OVERHEAD 8    /* header + CRC */
+#define SER_FRAME_MAX_SIZE (SER_MAX_PAYLOAD + SER_FRAME_OVERHEAD)
+
+enum {
+  SER_MSG_HELLO = 0x01,
+  SER_MSG_START = 0x02,
+  SER_MSG_CHUNK = 0x03,
+  SER_MSG_PROFILE = 0x04,
+  SER_MSG_RESET = 0x05,
+  SER_MSG_BOOT = 0x80,
+  SER_MSG_INFO = 0x81,
+  SER_MSG_NEXT = 0x82,
+  SER_MSG_RESULT = 0x83,
+  SER_MSG_PROFILE_DATA = 0x84,
+  SER_MSG_ERROR = 0xEE
+};
+
+enum { SER_PARSE_NONE = 0, SER_PARSE_FRAME = 1, SER_PARSE_ERR_CRC = -1, SER_PARSE_ERR_TOO_LONG = -2 };
+
+/* ERROR codes (0 is "no error" for the decoders, never sent). */
+enum {
+  SER_ERR_NONE = 0,
+  SER_ERR_BAD_CRC = 1,
+  SER_ERR_TOO_LONG = 2,
+  SER_ERR_UNKNOWN_TYPE = 3,
+  SER_ERR_BAD_LENGTH = 4,
+  SER_ERR_OUT_OF_ORDER = 5,
+  SER_ERR_BAD_CLIP = 6,
+  SER_ERR_MODEL_FAILED = 7,
+  SER_ERR_BAD_ENCODING = 8,
+  SER_ERR_TRUNCATED = 9,
+  SER_ERR_BUSY = 10
+};
+
+/* PCM chunk encodings (CHUNK.encoding; bit n of INFO's PCM_ENCODINGS = encoding n supported). */
+enum { SER_PCM_RAW = 0, SER_PCM_RICE = 1 };
+
+/* ---- framing ---- */
+
+typedef struct {
+  uint8_t type, seq;
+  uint16_t len;
+  uint8_t payload[SER_MAX_PAYLOAD];
+} ser_frame;
+
+/* After SER_PARSE_FRAME, frame holds the frame until the next feed. After an error, frame.type and
+ * frame.seq name the offending frame (as received) and frame.len is 0. */
+typedef struct {
+  uint8_t state;
+  uint16_t pos;    /* payload bytes received */
+  uint16_t crc;    /* running CRC over type..payload */
+  uint16_t crc_rx; /* received CRC */
+  ser_frame frame;
+} ser_parser;
+
+void ser_parser_init(ser_parser *p);
+/* Drop a partial frame and hunt for the next sync pair (the application's inter-byte timeout). */
+void ser_parser_reset(ser_parser *p);
+/* Feed one received byte; returns SER_PARSE_*. */
+int ser_parser_feed(ser_parser *p, uint8_t byte);
+/* True once a sync pair has been seen and the frame is not complete yet: a timeout now is TRUNCATED. */
+bool ser_parser_in_frame(const ser_parser *p);
+
+/* Writes the whole frame to out; returns its size, or 0 if len > SER_MAX_PAYLOAD or it does not
+ * fit in out_size. payload may already sit at out + SER_FRAME_HEADER_SIZE (no copy then). */
+size_t ser_frame_encode(uint8_t type, uint8_t seq, const uint8_t *payload, uint16_t len, uint8_t *out, size_t out_size);
+uint16_t ser_crc16(const uint8_t *data, size_t n);
+uint16_t ser_crc16_update(uint16_t crc, uint8_t byte);
+
+/* ---- message payloads ----
+ * ser_X_encode writes the payload of message X to out and returns its size, 0 if it does not fit.
+ * ser_X_decode checks the size exactly (SER_ERR_BAD_LENGTH otherwise) and fills *m.
+ * HELLO, PROFILE and RESET have empty payloads: ser_empty_decode checks that. */
+
+typedef struct {
+  const char *s; /* not NUL-terminated when decoded */
+  uint8_t len;
+} ser_text;
+
+/* A C string as a ser_text, cut at 255 bytes. */
+ser_text ser_cstr(const char *s);
+
+int ser_empty_decode(const uint8_t *payload, size_t len);
+
+#define SER_START_SIZE 8
+typedef struct {
+  uint32_t clip_id, n_samples;
+} ser_start;
+size_t ser_start_encode(const ser_start *m, uint8_t *out, size_t cap);
+int ser_start_decode(const uint8_t *payload, size_t len, ser_start *m);
+
+#define SER_NEXT_SIZE 10
+typedef struct {
+  uint32_t clip_id, offset;
+  uint16_t max_samples;
+} ser_next;
+size_t ser_next_encode(const ser_next *m, uint8_t *out, size_t cap);
+int ser_next_decode(const uint8_t *payload, size_t len, ser_next *m);
+
+#define SER_CHUNK_HEADER_SIZE 11
+#define SER_CHUNK_MAX_DATA (SER_MAX_PAYLOAD - SER_CHUNK_HEADER_SIZE)
+#define SER_CHUNK_MAX_RAW_SAMPLES (SER_CHUNK_MAX_DATA / 2) /* 1018: a raw chunk never carries more */
+typedef struct {
+  uint32_t clip_id, offset;
+  uint16_t n_samples;
+  uint8_t encoding;
+  const uint8_t *data;
+  uint16_t data_len;
+} ser_chunk;
+/* Decode checks n_samples >= 1 and, for SER_PCM_RAW, data_len == 2 * n_samples; other encodings
+ * are left to ser_pcm_decode (ser_pcm_codec.h). */
+size_t ser_chunk_encode(const ser_chunk *m, uint8_t *out, size_t cap);
+int ser_chunk_decode(const uint8_t *payload, size_t len, ser_chunk *m);
+
+#define SER_RESULT_SIZE(n_scores) (14u + (size_t)(n_scores))
+typedef struct {
+  uint32_t clip_id;
+  uint8_t class_index;
+  uint8_t n_scores;
+  const int8_t *scores;
+  uint32_t frontend_cycles, invoke_cycles;
+} ser_result;
+size_t ser_result_encode(const ser_result *m, uint8_t *out, size_t cap);
+int ser_result_decode(const uint8_t *payload, size_t len, ser_result *m);
+
+#define SER_ERROR_HEADER_SIZE 3
+typedef struct {
+  uint8_t code, offending_type, offending_seq;
+  const char *message; /* UTF-8, not NUL-terminated when decoded */
+  uint16_t message_len;
+} ser_error;
+/* Encode cuts the message to what fits (at most SER_MAX_PAYLOAD - 3 bytes); 0 only if cap < 3. */
+size_t ser_error_encode(const ser_error *m, uint8_t *out, size_t cap);
+int ser_error_decode(const uint8_t *payload, size_t len, ser_error *m);
+
+/* PROFILE_DATA: count u16, then count x (name_len u8, name, ticks u32). Built one entry at a time. */
+typedef struct {
+  uint8_t *out;
+  size_t cap, len;
+  uint16_t count;
+} ser_profile_writer;
+typedef struct {
+  ser_text name;
+  uint32_t ticks;
+} ser_profile_entry;
+/* false if cap < 2. */
+bool ser_profile_begin(ser_profile_writer *w, uint8_t *out, size_t cap);
+/* Appends one entry (name cut at 255 bytes); false, leaving the payload as it was, if it does not fit. */
+bool ser_profile_add(ser_profile_writer *w, const char *name, uint32_t ticks);
+/* Checks the whole payload, sets *count and fills the first min(count, max_entries) entries. */
+int ser_profile_decode(const uint8_t *payload, size_t len, ser_profile_entry *entries, size_t max_entries, uint16_t *count);
+
+/* ---- INFO / BOOT: a TLV list (tag u8, len u8, value[len]) ----
+ * Decoders skip unknown tags. A known tag's value may grow at its end in later versions: decoders
+ * read the fields they know and ignore the rest; a value shorter than its fields is BAD_LENGTH. */
+enum {
+  SER_TAG_PROTO_VERSION = 0x01,     /* u8 */
+  SER_TAG_RESET_REASON = 0x02,      /* code u8 (ser_port.h SER_RESET_*, 0 unknown), text */
+  SER_TAG_BOARD = 0x03,             /* text */
+  SER_TAG_CORE_CLOCK = 0x04,        /* Hz u32 */
+  SER_TAG_CYCLE_COUNTER = 0x05,     /* text: what the cycle fields count */
+  SER_TAG_MODEL_SHA256 = 0x06,      /* 32 bytes */
+  SER_TAG_INPUT = 0x07,             /* tensor spec, below */
+  SER_TAG_OUTPUT = 0x08,            /* tensor spec */
+  SER_TAG_FRONTEND = 0x09,          /* kind u8 (ser_frontend.h SER_FE_*), clip_samples u32, sample_rate u32 */
+  SER_TAG_LABEL = 0x0A,             /* text; one tag per label, in output order */
+  SER_TAG_ARENA = 0x0B,             /* size u32, used u32 */
+  SER_TAG_MAX_CHUNK_SAMPLES = 0x0C, /* u16 */
+  SER_TAG_BUILD_ID = 0x0D,          /* text */
+  SER_TAG_PCM_ENCODINGS = 0x0E      /* bitmask u8: bit n = encoding n */
+};
+
+/* ser_info.present: one bit per tag above (1 << tag); the LABEL bit stands for all n_labels labels. */
+#define SER_INFO_HAS(tag) (1ul << (tag))
+#define SER_INFO_ALL 0x7FFEul
+
+/* Tensor dtypes: TfLiteType codes. */
+enum { SER_DTYPE_FLOAT32 = 1, SER_DTYPE_UINT8 = 3, SER_DTYPE_INT16 = 7, SER_DTYPE_INT8 = 9 };
+
+#define SER_INFO_MAX_DIMS 6
+#define SER_INFO_MAX_LABELS 32
+
+/* Tensor spec value: dtype u8, scale f32, zero_point i32, n_dims u8, dims u32[n_dims]. */
+typedef struct {
+  uint8_t dtype;
+  float scale;
+  int32_t zero_point;
+  uint8_t n_dims;
+  uint32_t dims[SER_INFO_MAX_DIMS];
+} ser_tensor_spec;
+
+typedef struct {
+  uint32_t present; /* SER_INFO_HAS(tag) bits: encode writes these tags, decode reports them */
+  uint8_t proto_version;
+  uint8_t reset_code;
+  ser_text reset_text;
+  ser_text board;
+  uint32_t core_clock_hz;
+  ser_text cycle_counter;
+  uint8_t model_sha256[32];
+  ser_tensor_spec input, output;
+  uint8_t fe_kind;
+  uint32_t clip_samples, sample_rate;
+  uint8_t n_labels;
+  ser_text labels[SER_INFO_MAX_LABELS];
+  uint32_t arena_size, arena_used;
+  uint16_t max_chunk_samples;
+  ser_text build_id;
+  uint8_t pcm_encodings;
+} ser_info;
+
+size_t ser_info_encode(const ser_info *info, uint8_t *out, size_t cap);
+/* BAD_LENGTH for a TLV running past the payload, a short known value, more than
+ * SER_INFO_MAX_LABELS labels or SER_INFO_MAX_DIMS dims (limits of this decoder, not of the protocol). */
+int ser_info_decode(const uint8_t *payload, size_t len, ser_info *info);
+/* Appends one TLV at out[len]; returns the new length, 0 if it does not fit in cap. */
+size_t ser_tlv_append(uint8_t *out, size_t cap, size_t len, uint8_t tag, const void *value, uint8_t value_len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SER_PROTOCOL_H_ */

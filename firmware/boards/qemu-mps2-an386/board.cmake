@@ -1,0 +1,10 @@
+# QEMU mps2-an386: Cortex-M4F, code memory at 0x0 (4 MB), SRAM at 0x20000000 (4 MB), CMSDK UART0.
+set(SER_CPU_FLAGS -mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16)
+set(SER_ARM_CPU ARMCM4)
+set(SER_FLASH_ORIGIN 0x00000000)
+set(SER_FLASH_SIZE 4M)
+set(SER_RAM_ORIGIN 0x20000000)
+set(SER_RAM_SIZE 4M)
+set(SER_STACK_SIZE 0x4000)
+set(SER_PORT_SOURCES ${CMAKE_CURRENT_LIST_DIR}/port.c)
+set(SER_QEMU_MACHINE mps2-an386)

@@ -1,0 +1,99 @@
+"""Start a firmware ELF on an emulated board (QEMU) with its UART on a local TCP socket.
+
+QEMU listens on 127.0.0.1:<port> and waits for the client; the board's BOOT frame is the first
+thing it sends. ``-icount shift=0`` makes time instruction-derived, so the board's cycle counts
+are deterministic emulator instruction counts (not silicon cycles).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+# machine and the -serial arguments that come before the board's protocol UART
+MACHINES = {
+    "qemu-mps2-an386": ("mps2-an386", []),
+    "qemu-mps2-an500": ("mps2-an500", []),
+    "qemu-netduinoplus2": ("netduinoplus2", ["-serial", "null"]),
+}
+
+
+class QemuError(RuntimeError):
+    """QEMU is missing, or the emulated board did not come up."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class EmulatedBoard:
+    board: str
+    elf: Path
+    port: int
+    process: subprocess.Popen
+
+    @property
+    def url(self) -> str:
+        """A pyserial URL for the board's UART."""
+        return f"socket://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start(board: str, elf: Path, port: int | None = None) -> EmulatedBoard:
+    """Launch QEMU; the client connects to ``url`` (retrying until QEMU listens)."""
+    if board not in MACHINES:
+        raise QemuError(f"{board} is not an emulated board; emulated boards: {', '.join(MACHINES)}")
+    if shutil.which("qemu-system-arm") is None:
+        raise QemuError("qemu-system-arm not found: install qemu-system-arm (scripts/bootstrap does)")
+    if not Path(elf).exists():
+        raise QemuError(f"{elf} not found: build the firmware first (cmake --build --preset {board})")
+    machine, before = MACHINES[board]
+    port = port or free_port()
+    cmd = [
+        "qemu-system-arm",
+        "-M",
+        machine,
+        "-nographic",
+        "-monitor",
+        "none",
+        "-icount",
+        "shift=0",
+        *before,
+        "-serial",
+        f"tcp:127.0.0.1:{port},server=on,wait=on",
+        "-kernel",
+        str(elf),
+    ]
+    process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(0.2)
+    if process.poll() is not None:
+        raise QemuError(f"QEMU exited at start: {process.stderr.read().decode(errors='replace').strip()}")
+    # QEMU runs the guest only once a client connects, so the client sees the BOOT frame.
+    return EmulatedBoard(board, Path(elf), port, process)
+
+
+@contextlib.contextmanager
+def running(board: str, elf: Path) -> Iterator[EmulatedBoard]:
+    """An emulated board for the duration of a with-block; stopped on exit, error or Ctrl-C."""
+    emu = start(board, elf)
+    try:
+        yield emu
+    finally:
+        emu.stop()

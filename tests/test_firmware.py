@@ -1,0 +1,231 @@
+"""Firmware: every board's code cross-compiles warning-free; with TFLM sources, the emulated boards
+boot in QEMU and classify clips bit for bit like the host's TFLM reference."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from convert.budget import board as board_spec
+from convert.budget import elf_usage
+from convert.emit import emit
+from convert.interpreters import TflmRunner
+from convert.quantize import quantize_int8
+from convert.tflite_file import io_specs, with_metadata
+from host import qemu
+from host.board import BoardError, BoardLink
+from host.firmware import FIRMWARE, build
+from host.protocol import ErrorCode, Hello, MsgType, Parser, Start, decode_message, encode_frame, encode_message
+from tests.conftest import synthetic_clip
+from train.frontend import DEFAULT_LOGMEL, DEFAULT_WAVEFORM, FrontEndConfig, fit_clip, model_input_int8
+from train.labels import EMOTIONS
+from train.models import BUILDERS
+
+DEPS = os.environ.get("SER_DEPS_DIR")
+needs_tflm = pytest.mark.skipif(
+    not DEPS,
+    reason="TFLM sources not given: set SER_DEPS_DIR to local copies of tflite-micro, flatbuffers, gemmlowp, ruy, "
+    "CMSIS_6, CMSIS-NN, Cortex_DFP and kissfft (README: Third-party sources) to build and run the firmware",
+)
+BOARDS = sorted(p.parent.name for p in (FIRMWARE / "boards").glob("*/board.cmake"))
+
+
+def _model(name: str, cfg: FrontEndConfig) -> bytes:
+    """An int8 model of the real architecture (untrained weights) carrying its front end."""
+    keras.utils.set_random_seed(0)
+    model = BUILDERS[name](cfg.input_shape)
+    rng = np.random.default_rng(0)
+    rep = [rng.standard_normal(cfg.input_shape).astype(np.float32) for _ in range(8)]
+    meta = {"format": 1, "frontend": cfg.__dict__, "labels": list(EMOTIONS)}
+    return with_metadata(quantize_int8(model, rep), meta)
+
+
+@pytest.fixture(scope="module")
+def logmel_model() -> bytes:
+    return _model("spectrogram_resnet", DEFAULT_LOGMEL.with_standardisation(-9.0, 4.0))
+
+
+def _cmake_list(board_cmake: str, name: str) -> list[str]:
+    match = re.search(rf"set\({name} (.*?)\)\n", board_cmake, re.S)
+    assert match, f"{name} missing"
+    return match.group(1).split()
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_board_code_cross_compiles_warning_free(board: str, logmel_model: bytes, tmp_path: Path) -> None:
+    """The portable app and the board's port build with -Wall -Wextra -Werror (no TFLM needed)."""
+    if shutil.which("arm-none-eabi-gcc") is None:
+        pytest.skip("arm-none-eabi-gcc not installed: run scripts/bootstrap")
+    gen = tmp_path / "gen"
+    emit(logmel_model, gen, arena_measured=60000)
+    board_dir = FIRMWARE / "boards" / board
+    text = (board_dir / "board.cmake").read_text()
+    flags = _cmake_list(text, "SER_CPU_FLAGS")
+    ports = [s.replace("${CMAKE_CURRENT_LIST_DIR}", str(board_dir)) for s in _cmake_list(text, "SER_PORT_SOURCES")]
+    app = FIRMWARE / "app"
+    sources = [
+        app / "ser_app.c",
+        app / "ser_protocol.c",
+        app / "ser_pcm_codec.c",
+        app / "ser_frontend.c",
+        FIRMWARE / "boards" / "common" / "startup_cortexm.c",
+        *map(Path, ports),
+    ]
+    for src in sources:
+        subprocess.run(
+            [
+                "arm-none-eabi-gcc",
+                *flags,
+                "-std=c11",
+                "-O2",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-ffp-contract=off",
+                f"-I{app}",
+                f"-I{FIRMWARE / 'boards' / 'common'}",
+                f"-I{gen}",
+                f'-DSER_BOARD_NAME="{board}"',
+                '-DSER_BUILD_ID="test"',
+                "-c",
+                str(src),
+                "-o",
+                str(tmp_path / (src.stem + ".o")),
+            ],
+            check=True,
+        )
+
+
+# ---- with TFLM sources: real builds, real emulator ----
+
+
+@pytest.fixture(scope="module")
+def an386_elf(logmel_model: bytes) -> Path:
+    return build("qemu-mps2-an386", logmel_model, DEPS)
+
+
+def _clips(cfg: FrontEndConfig, n: int) -> list[np.ndarray]:
+    clips = [fit_clip(synthetic_clip(i % 6, i % 4, i, 1.0 + 0.6 * i), cfg) for i in range(n)]
+    root = os.environ.get("CASIA_ROOT")
+    if root and Path(root).is_dir():
+        from train.corpus import discover, read_wav
+
+        real = discover(Path(root))[::397][:n]
+        clips += [fit_clip(read_wav(Path(root) / c.path), cfg) for c in real]
+    return clips
+
+
+def _reference(tflite: bytes, cfg: FrontEndConfig, pcm: np.ndarray) -> np.ndarray:
+    """The host's answer: the same C front end compiled for the host, then TFLM's interpreter."""
+    spec, _ = io_specs(tflite)
+    return TflmRunner(tflite)(model_input_int8(pcm, cfg, spec.scale, spec.zero_point))
+
+
+@needs_tflm
+def test_emulated_board_matches_host_tflm_bit_for_bit(an386_elf: Path, logmel_model: bytes) -> None:
+    cfg = DEFAULT_LOGMEL.with_standardisation(-9.0, 4.0)
+    with qemu.running("qemu-mps2-an386", an386_elf) as emu, BoardLink(emu.url) as link:
+        info = link.hello()
+        assert info.board == "qemu-mps2-an386" and info.labels == tuple(EMOTIONS)
+        assert info.model_sha256.hex() == __import__("hashlib").sha256(logmel_model).hexdigest()
+        assert 0 < info.arena_used <= info.arena_size
+        assert "emulator" in info.cycle_counter
+        for clip_id, pcm in enumerate(_clips(cfg, 3)):
+            result = link.classify(pcm, clip_id)
+            expected = _reference(logmel_model, cfg, pcm)
+            assert list(result.scores) == expected.tolist()
+            assert result.class_index == int(np.argmax(expected))
+            assert result.invoke_cycles > 0 and result.frontend_cycles > 0
+        profile = link.profile()
+        assert [tag for tag, _ in profile.entries][:1] == ["CONV_2D"] and all(t > 0 for _, t in profile.entries)
+
+
+@needs_tflm
+def test_emulated_board_survives_garbage_truncation_and_bad_frames(an386_elf: Path, logmel_model: bytes) -> None:
+    cfg = DEFAULT_LOGMEL.with_standardisation(-9.0, 4.0)
+    with qemu.running("qemu-mps2-an386", an386_elf) as emu:
+        sock = _connect(emu.port)
+        parser = Parser()
+
+        def exchange(data: bytes, wait: float = 1.5) -> list:
+            sock.sendall(data)
+            deadline, frames = time.monotonic() + wait, []
+            while time.monotonic() < deadline:
+                try:
+                    chunk = sock.recv(4096)
+                except TimeoutError:
+                    continue
+                frames += [decode_message(f) for f in parser.feed(chunk) if not hasattr(f, "kind")]
+            return frames
+
+        exchange(b"", wait=1.0)  # BOOT
+        bad_crc = bytearray(encode_message(Hello(), 7))
+        bad_crc[-1] ^= 0xFF
+        oversize = b"\xa5\x5a\x01\x08\xff\xff"
+        out_of_order = encode_frame(MsgType.CHUNK, 9, bytes(11) + b"\x00\x00")
+        replies = exchange(b"garbage\x00\xa5" + bytes(bad_crc) + oversize + out_of_order)
+        codes = [r.code for r in replies if type(r).__name__ == "Error"]
+        assert ErrorCode.BAD_CRC in codes and ErrorCode.TOO_LONG in codes and ErrorCode.OUT_OF_ORDER in codes
+        replies = exchange(encode_message(Start(1, cfg.clip_samples), 10)[:7], wait=1.5)  # cut mid-frame
+        assert any(type(r).__name__ == "Error" and r.code == ErrorCode.TRUNCATED for r in replies)
+        sock.close()
+        with BoardLink(emu.url) as link:  # and it still classifies correctly afterwards
+            link.hello()
+            pcm = _clips(cfg, 1)[0]
+            assert list(link.classify(pcm, 5).scores) == _reference(logmel_model, cfg, pcm).tolist()
+            with pytest.raises(BoardError, match="BAD_CLIP"):
+                link.classify(pcm[:1000], 6)
+
+
+def _connect(port: int) -> socket.socket:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=0.2)
+            sock.settimeout(0.2)
+            return sock
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@needs_tflm
+def test_waveform_model_on_emulated_board() -> None:
+    tflite = _model("audio_resnet", DEFAULT_WAVEFORM)
+    elf = build("qemu-mps2-an386", tflite, DEPS)
+    with qemu.running("qemu-mps2-an386", elf) as emu, BoardLink(emu.url) as link:
+        assert link.hello().clip_samples == DEFAULT_WAVEFORM.clip_samples
+        pcm = _clips(DEFAULT_WAVEFORM, 1)[0]
+        assert list(link.classify(pcm, 1).scores) == _reference(tflite, DEFAULT_WAVEFORM, pcm).tolist()
+
+
+@needs_tflm
+def test_stm32f4_code_runs_on_netduinoplus2(logmel_model: bytes) -> None:
+    elf = build("qemu-netduinoplus2", logmel_model, DEPS)
+    cfg = DEFAULT_LOGMEL.with_standardisation(-9.0, 4.0)
+    with qemu.running("qemu-netduinoplus2", elf) as emu, BoardLink(emu.url) as link:
+        info = link.hello()
+        assert info.board == "qemu-netduinoplus2" and info.core_clock_hz == 168_000_000
+        pcm = _clips(cfg, 1)[0]
+        assert list(link.classify(pcm, 1).scores) == _reference(logmel_model, cfg, pcm).tolist()
+
+
+@needs_tflm
+@pytest.mark.parametrize("board", ["nucleo-f446re", "nrf52840dk"])
+def test_real_board_builds_fit_their_budget(board: str, logmel_model: bytes) -> None:
+    elf = build(board, logmel_model, DEPS)
+    for suffix in (".bin", ".hex", ".map"):
+        assert elf.with_suffix(suffix).stat().st_size > 0
+    flash, ram = elf_usage(elf, board_spec(board))
+    assert flash.fits and ram.fits
+    assert flash.used > len(logmel_model)
