@@ -13,16 +13,12 @@ from collections.abc import Iterator
 import numpy as np
 
 from convert.tflite_file import TensorSpec
+from train import frontend
 
 
 def quantize_input(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    """float -> int8 with the model's input scale and zero point: round-half-even of x / scale, in float32.
-
-    TFLM reports its scale as np.float32; dividing by it (not by a Python float) is what the
-    board's float32 code does, so host and board agree to the bit.
-    """
-    q = np.round(np.asarray(x, np.float32) / np.float32(spec.scale)) + spec.zero_point
-    return np.clip(q, -128, 127).astype(np.int8)
+    """float -> int8 with the model's input scale and zero point, exactly as the board does it."""
+    return frontend.quantize_input(x, spec.scale, spec.zero_point)
 
 
 def dequantize(q: np.ndarray, spec: TensorSpec) -> np.ndarray:

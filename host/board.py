@@ -96,8 +96,11 @@ class BoardLink:
             elif self.parser.in_frame and time.monotonic() > deadline - self.timeout / 2:
                 self.parser.reset()
 
-    def request(self, msg, expect: tuple[type, ...], timeout: float | None = None):
-        """Send ``msg`` and return the board's reply of a type in ``expect``."""
+    def request(self, msg, expect: tuple[type, ...], timeout: float | None = None, boot_ok: bool = False):
+        """Send ``msg`` and return the board's reply of a type in ``expect``.
+
+        ``boot_ok``: a BOOT frame meanwhile is expected (a board just started), not a reset to report.
+        """
         frame = self.sequencer.command(msg)
         for attempt in range(self.retries + 1):
             if attempt:
@@ -105,7 +108,7 @@ class BoardLink:
                 frame = self.sequencer.retry()
             self.port.write(frame)
             self.stats.bytes_sent += len(frame)
-            reply = self._await_reply(expect, timeout or self.timeout)
+            reply = self._await_reply(expect, timeout or self.timeout, boot_ok)
             if reply is not None:
                 return reply
         raise BoardError(
@@ -113,7 +116,7 @@ class BoardLink:
             f"on {self.url}: is the board running this firmware, at this baud rate?"
         )
 
-    def _await_reply(self, expect: tuple[type, ...], timeout: float):
+    def _await_reply(self, expect: tuple[type, ...], timeout: float, boot_ok: bool):
         for item in self._frames(time.monotonic() + timeout):
             if not isinstance(item, Frame):
                 self.stats.garbled += 1
@@ -126,6 +129,8 @@ class BoardLink:
             if isinstance(message, Boot):
                 self.boots.append(message)
                 self.info = message
+                if boot_ok:
+                    continue
                 raise BoardReset(message)
             if not self.sequencer.is_reply(item):
                 continue  # a late answer to an earlier attempt
@@ -142,7 +147,7 @@ class BoardLink:
     def hello(self) -> Info:
         self.parser.reset()
         self.port.reset_input_buffer()
-        self.info = self.request(Hello(), (Info,))
+        self.info = self.request(Hello(), (Info,), boot_ok=True)
         return self.info
 
     def classify(self, pcm: np.ndarray, clip_id: int, compress: bool = True) -> Result:

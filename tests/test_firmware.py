@@ -24,7 +24,7 @@ from convert.tflite_file import io_specs, with_metadata
 from host import qemu
 from host.board import BoardError, BoardLink
 from host.firmware import FIRMWARE, build
-from host.protocol import ErrorCode, Hello, MsgType, Parser, Start, decode_message, encode_frame, encode_message
+from host.protocol import Chunk, ErrorCode, Hello, Parser, Start, decode_message, encode_message
 from tests.conftest import synthetic_clip
 from train.frontend import DEFAULT_LOGMEL, DEFAULT_WAVEFORM, FrontEndConfig, fit_clip, model_input_int8
 from train.labels import EMOTIONS
@@ -171,7 +171,7 @@ def test_emulated_board_survives_garbage_truncation_and_bad_frames(an386_elf: Pa
         bad_crc = bytearray(encode_message(Hello(), 7))
         bad_crc[-1] ^= 0xFF
         oversize = b"\xa5\x5a\x01\x08\xff\xff"
-        out_of_order = encode_frame(MsgType.CHUNK, 9, bytes(11) + b"\x00\x00")
+        out_of_order = encode_message(Chunk(clip_id=3, offset=0, n_samples=1, encoding=0, data=b"\x00\x00"), 9)
         replies = exchange(b"garbage\x00\xa5" + bytes(bad_crc) + oversize + out_of_order)
         codes = [r.code for r in replies if type(r).__name__ == "Error"]
         assert ErrorCode.BAD_CRC in codes and ErrorCode.TOO_LONG in codes and ErrorCode.OUT_OF_ORDER in codes

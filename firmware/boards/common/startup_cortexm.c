@@ -63,6 +63,10 @@ void Default_Handler(void) {
   }
 }
 
+/* __libc_init_array calls _init (normally from crti.o, which -nostartfiles leaves out). */
+void _init(void);
+void _init(void) {}
+
 /* No heap: nothing may allocate after start-up (or before). A call to malloc fails loudly here. */
 void *_sbrk(int increment) {
   (void)increment;
