@@ -4,6 +4,7 @@
 #include "ser_port.h"
 
 #include "cortexm_regs.h"
+#include "rx_ring.h"
 
 #define REG(addr) (*(volatile uint32_t *)(addr))
 #define CLOCK_TASKS_HFCLKSTART REG(0x40000000u)
@@ -31,19 +32,13 @@
 #define BAUD_921600 0x0F000000u
 #define BOUNDED_WAIT 1000000u
 
-#define RX_RING 4096u
-static volatile uint8_t rx_ring[RX_RING];
-static volatile uint32_t rx_head, rx_tail;
 static uint8_t reset_reason = SER_RESET_OTHER;
 
 void ser_irq2_handler(void) {
   while (UART_EVENTS_RXDRDY) {
     UART_EVENTS_RXDRDY = 0;
     uint8_t byte = (uint8_t)UART_RXD;
-    if (rx_head - rx_tail < RX_RING) {
-      rx_ring[rx_head & (RX_RING - 1u)] = byte;
-      rx_head++;
-    }
+    ser_rx_ring_put(byte);
   }
 }
 
@@ -84,13 +79,6 @@ uint32_t ser_port_cycles(void) { return DWT_CYCCNT; }
 
 uint32_t ser_port_millis(void) { return (uint32_t)(ser_systick_ticks() / 64000u); }
 
-int ser_port_uart_read(uint8_t *byte) {
-  if (rx_head == rx_tail) return 0;
-  *byte = rx_ring[rx_tail & (RX_RING - 1u)];
-  rx_tail++;
-  return 1;
-}
-
 void ser_port_uart_write(const uint8_t *data, size_t n) {
   for (size_t i = 0; i < n; i++) {
     UART_EVENTS_TXDRDY = 0;
@@ -98,12 +86,6 @@ void ser_port_uart_write(const uint8_t *data, size_t n) {
     for (uint32_t w = 0; w < BOUNDED_WAIT && !UART_EVENTS_TXDRDY; w++) {
     }
   }
-}
-
-void ser_port_idle(void) {
-  ser_disable_irq();
-  if (rx_head == rx_tail) ser_wfi();
-  ser_enable_irq();
 }
 
 void ser_port_led(int on) {

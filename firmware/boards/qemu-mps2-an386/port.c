@@ -4,6 +4,7 @@
 #include "ser_port.h"
 
 #include "cortexm_regs.h"
+#include "rx_ring.h"
 
 #define SYSCLK_HZ 25000000u
 #define INSTRUCTIONS_PER_TICK 40u /* 1 GHz of virtual instruction time / 25 MHz */
@@ -21,17 +22,10 @@ typedef struct {
 #define UART_INT_RX 2u
 #define UART0_RX_IRQ 0
 
-#define RX_RING 4096u /* power of two */
-static volatile uint8_t rx_ring[RX_RING];
-static volatile uint32_t rx_head, rx_tail;
-
 static void drain_uart(void) {
   while (UART0->STATE & UART_STATE_RXFULL) {
     uint8_t byte = (uint8_t)UART0->DATA;
-    if (rx_head - rx_tail < RX_RING) {
-      rx_ring[rx_head & (RX_RING - 1u)] = byte;
-      rx_head++;
-    } /* else: ring full; the protocol's CRC and retries recover the lost byte */
+    ser_rx_ring_put(byte);
   }
 }
 
@@ -57,25 +51,12 @@ const char *ser_port_counter_kind(void) {
 uint32_t ser_port_cycles(void) { return (uint32_t)(ser_systick_ticks() * INSTRUCTIONS_PER_TICK); }
 uint32_t ser_port_millis(void) { return (uint32_t)(ser_systick_ticks() / (SYSCLK_HZ / 1000u)); }
 
-int ser_port_uart_read(uint8_t *byte) {
-  if (rx_head == rx_tail) return 0;
-  *byte = rx_ring[rx_tail & (RX_RING - 1u)];
-  rx_tail++;
-  return 1;
-}
-
 void ser_port_uart_write(const uint8_t *data, size_t n) {
   for (size_t i = 0; i < n; i++) {
     while (UART0->STATE & UART_STATE_TXFULL) {
     }
     UART0->DATA = data[i];
   }
-}
-
-void ser_port_idle(void) {
-  ser_disable_irq();
-  if (rx_head == rx_tail) ser_wfi(); /* an interrupt pending at WFI wakes it at once */
-  ser_enable_irq();
 }
 
 void ser_port_led(int on) { (void)on; /* the FPGA LEDs are not visible under QEMU */ }

@@ -5,6 +5,7 @@
 #include "ser_port.h"
 
 #include "cortexm_regs.h"
+#include "rx_ring.h"
 
 #ifndef SER_BAUD
 #define SER_BAUD 921600u
@@ -53,10 +54,6 @@ static uint32_t apb1_hz = HSI_HZ;
 static int emulated = 0;
 static int dwt_counts = 0;
 static uint8_t reset_reason = SER_RESET_OTHER;
-
-#define RX_RING 4096u
-static volatile uint8_t rx_ring[RX_RING];
-static volatile uint32_t rx_head, rx_tail;
 
 static int wait_set(volatile uint32_t *reg, uint32_t mask) {
   for (uint32_t i = 0; i < BOUNDED_WAIT; i++) {
@@ -113,10 +110,7 @@ static void drain_uart(void) {
   uint32_t sr;
   while ((sr = USART2_SR) & (SR_RXNE | SR_ORE)) {
     uint8_t byte = (uint8_t)USART2_DR; /* reading DR after SR also clears an overrun */
-    if ((sr & SR_RXNE) && rx_head - rx_tail < RX_RING) {
-      rx_ring[rx_head & (RX_RING - 1u)] = byte;
-      rx_head++;
-    }
+    if (sr & SR_RXNE) ser_rx_ring_put(byte);
   }
 }
 
@@ -161,25 +155,12 @@ const char *ser_port_counter_kind(void) {
 uint32_t ser_port_cycles(void) { return dwt_counts ? DWT_CYCCNT : (uint32_t)ser_systick_ticks(); }
 uint32_t ser_port_millis(void) { return (uint32_t)(ser_systick_ticks() / (core_hz / 1000u)); }
 
-int ser_port_uart_read(uint8_t *byte) {
-  if (rx_head == rx_tail) return 0;
-  *byte = rx_ring[rx_tail & (RX_RING - 1u)];
-  rx_tail++;
-  return 1;
-}
-
 void ser_port_uart_write(const uint8_t *data, size_t n) {
   for (size_t i = 0; i < n; i++) {
     for (uint32_t w = 0; w < BOUNDED_WAIT && !(USART2_SR & SR_TXE); w++) {
     }
     USART2_DR = data[i];
   }
-}
-
-void ser_port_idle(void) {
-  ser_disable_irq();
-  if (rx_head == rx_tail) ser_wfi();
-  ser_enable_irq();
 }
 
 void ser_port_led(int on) {
