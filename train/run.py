@@ -120,7 +120,8 @@ def budget_lines(metrics: dict) -> list[str]:
 
 def _verdict(what: str, value: float, budget: float, unit: str) -> str:
     ok = "within" if value <= budget else "OVER"
-    return f"- {what}: {value:,.1f}{unit} ({ok} budget {budget:,.0f}{unit})"
+    shown = f"{value:,.1f}" if unit else f"{value:,.0f}"
+    return f"- {what}: {shown}{unit} ({ok} budget {budget:,.0f}{unit})"
 
 
 def run_summary_md(m: dict) -> str:
