@@ -116,6 +116,7 @@ def main() -> int:
     args = p.parse_args()
 
     from convert.budget import board as board_spec
+    from convert.budget import elf_usage
 
     spec = board_spec(args.board)
     report = []
@@ -131,6 +132,8 @@ def main() -> int:
         macs = count_macs(tflite)
         fast = measure(args.board, tflite, clips, reference=False)
         memory = map_sections(Path(fast["elf"]).with_suffix(".map"), spec.ram_origin)
+        flash_line, ram_line = elf_usage(Path(fast["elf"]), spec)  # totals from the ELF itself
+        memory["ram"]["stack and other"] = ram_line.used - sum(memory["ram"].values())
         row = {
             "model": str(target),
             "board": args.board,
@@ -139,8 +142,8 @@ def main() -> int:
             "model_bytes": len(tflite),
             "arena_size": fast["info"].arena_size,
             "arena_used": fast["info"].arena_used,
-            "flash_bytes": sum(memory["flash"].values()),
-            "ram_bytes": sum(memory["ram"].values()),
+            "flash_bytes": flash_line.used,
+            "ram_bytes": ram_line.used,
             "memory_by_component": memory,
             "frontend_instructions": float(np.mean(fast["frontend"])),
             "invoke_instructions": float(np.mean(fast["invoke"])),
