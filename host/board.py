@@ -36,6 +36,7 @@ from host.protocol import (
 )
 
 DEFAULT_BAUD = 921600
+INTER_BYTE_TIMEOUT = 0.5  # seconds; the board's own is 0.2 s (firmware/PROTOCOL.md)
 RETRYABLE = {ErrorCode.BAD_CRC, ErrorCode.TRUNCATED, ErrorCode.TOO_LONG}
 
 
@@ -83,17 +84,21 @@ class BoardLink:
     # ---- one request/reply exchange, with retries ----
 
     def _frames(self, deadline: float):
+        """Frames and parse errors until ``deadline``; a frame stalled for INTER_BYTE_TIMEOUT is dropped."""
         pending: list = []
+        last_byte = time.monotonic()
         while True:
             while pending:
                 yield pending.pop(0)
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 return
             data = self.port.read(max(1, self.port.in_waiting))
             if data:
+                last_byte = now
                 self.stats.bytes_received += len(data)
                 pending = self.parser.feed(data)
-            elif self.parser.in_frame and time.monotonic() > deadline - self.timeout / 2:
+            elif self.parser.in_frame and now - last_byte > INTER_BYTE_TIMEOUT:
                 self.parser.reset()
 
     def request(self, msg, expect: tuple[type, ...], timeout: float | None = None, boot_ok: bool = False):

@@ -20,7 +20,7 @@ from convert.budget import elf_usage
 from convert.emit import emit
 from convert.interpreters import TflmRunner
 from convert.quantize import quantize_int8
-from convert.tflite_file import io_specs, with_metadata
+from convert.tflite_file import io_specs, sha256, with_metadata
 from host import qemu
 from host.board import BoardError, BoardLink
 from host.firmware import FIRMWARE, build
@@ -136,7 +136,7 @@ def test_emulated_board_matches_host_tflm_bit_for_bit(an386_elf: Path, logmel_mo
     with qemu.running("qemu-mps2-an386", an386_elf) as emu, BoardLink(emu.url) as link:
         info = link.hello()
         assert info.board == "qemu-mps2-an386" and info.labels == tuple(EMOTIONS)
-        assert info.model_sha256.hex() == __import__("hashlib").sha256(logmel_model).hexdigest()
+        assert info.model_sha256.hex() == sha256(logmel_model)
         assert 0 < info.arena_used <= info.arena_size
         assert "emulator" in info.cycle_counter
         for clip_id, pcm in enumerate(_clips(cfg, 3)):

@@ -35,6 +35,17 @@ void ser_port_led(int on);
 enum { SER_RESET_POWER_ON = 1, SER_RESET_PIN = 2, SER_RESET_SOFTWARE = 3, SER_RESET_WATCHDOG = 4, SER_RESET_OTHER = 5 };
 uint8_t ser_port_reset_reason(void);
 const char *ser_port_reset_reason_text(void);
+
+/* The text of a SER_RESET_* code, with the board's own words for a cause it cannot name. */
+static inline const char *ser_reset_reason_name(uint8_t code, const char *other) {
+  switch (code) {
+    case SER_RESET_POWER_ON: return "power-on";
+    case SER_RESET_PIN: return "reset pin";
+    case SER_RESET_SOFTWARE: return "software reset";
+    case SER_RESET_WATCHDOG: return "watchdog";
+    default: return other;
+  }
+}
 void ser_port_reset(void) __attribute__((noreturn));
 
 #ifdef __cplusplus

@@ -173,13 +173,7 @@ void ser_port_led(int on) {
 
 uint8_t ser_port_reset_reason(void) { return reset_reason; }
 const char *ser_port_reset_reason_text(void) {
-  switch (reset_reason) {
-    case SER_RESET_POWER_ON: return "power-on";
-    case SER_RESET_PIN: return "reset pin";
-    case SER_RESET_SOFTWARE: return "software reset";
-    case SER_RESET_WATCHDOG: return "watchdog";
-    default: return emulated ? "unknown (QEMU models no RCC_CSR)" : "unknown";
-  }
+  return ser_reset_reason_name(reset_reason, emulated ? "unknown (QEMU models no RCC_CSR)" : "unknown");
 }
 
 void ser_port_reset(void) { ser_system_reset(); }
