@@ -6,16 +6,23 @@
 For each model: builds the firmware (CMSIS-NN kernels, and TFLM's reference kernels for the
 speed-up), reads flash and RAM by component from the linker map (TFLM, CMSIS-NN, model, app,
 libc), runs clips on the emulated board and prints front-end and Invoke instruction counts (QEMU
--icount: emulator counts, not silicon cycles), instructions per MAC and the aims of the issue.
+-icount: emulator counts, not silicon cycles), instructions per MAC, the deepest stack use (the
+start-up code paints the stack; the words still painted are read through QEMU's GDB stub after the
+clips) and, for each aim of the issue, whether it is met.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
+import socket
+import subprocess
 import sys
+import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +30,20 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from convert.tflite_file import count_macs, read_metadata  # noqa: E402
+from convert.tflite_file import MODEL_FILE, count_macs, layer_macs, read_metadata  # noqa: E402
 from host import qemu  # noqa: E402
 from host.board import BoardLink  # noqa: E402
 from host.firmware import build  # noqa: E402
 from train.frontend import FrontEndConfig, fit_clip  # noqa: E402
 
+STACK_PAINT = 0x5AC4C0DE  # SER_STACK_PAINT in firmware/boards/common/startup_cortexm.c
+AIMS = {  # issue #5, per model and board
+    "instructions_per_mac": 1.5,  # Invoke, at most
+    "cmsis_nn_speedup": 4.0,  # over TFLM's reference kernels, at least
+    "frontend_share_of_invoke": 0.25,  # at most
+    "flash_over_model": 64 * 1024,  # flash <= model + this
+    "ram_over_arena": 16 * 1024,  # RAM <= arena + this
+}
 MAP_LINE = re.compile(r"^\s*(\.\S+)?\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+(\S+)$")
 
 
@@ -90,18 +105,97 @@ def clips_for(cfg: FrontEndConfig | None, count: int, data: str | None, elements
     return [fit_clip((rng.standard_normal(cfg.clip_samples) * 3000).astype(np.int16), cfg) for _ in range(count)]
 
 
+def stack_bounds(elf: Path) -> tuple[int, int]:
+    """The stack's lowest address and its top (linker symbols __stack_limit__, __stack_top__)."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(elf, "rb") as f:
+        symbols = ELFFile(f).get_section_by_name(".symtab")
+        return tuple(symbols.get_symbol_by_name(name)[0]["st_value"] for name in ("__stack_limit__", "__stack_top__"))
+
+
+@contextlib.contextmanager
+def board_with_gdb_stub(board: str, elf: Path) -> Iterator[tuple[qemu.EmulatedBoard, int]]:
+    """As host.qemu.running, plus QEMU's GDB stub on a local port (to read the board's RAM)."""
+    if board not in qemu.MACHINES:
+        raise qemu.QemuError(f"{board} is not an emulated board")
+    machine, before = qemu.MACHINES[board]
+    port, gdb_port = qemu.free_port(), qemu.free_port()
+    cmd = ["qemu-system-arm", "-M", machine, "-nographic", "-monitor", "none", "-icount", "shift=0",
+           "-gdb", f"tcp:127.0.0.1:{gdb_port}", *before,
+           "-serial", f"tcp:127.0.0.1:{port},server=on,wait=on", "-kernel", str(elf)]  # fmt: skip
+    process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(0.2)
+    if process.poll() is not None:
+        raise qemu.QemuError(f"QEMU exited at start: {process.stderr.read().decode(errors='replace').strip()}")
+    emu = qemu.EmulatedBoard(board, Path(elf), port, process)
+    try:
+        yield emu, gdb_port
+    finally:
+        emu.stop()
+
+
+def _gdb_command(sock: socket.socket, command: str) -> str:
+    """One GDB remote-protocol exchange; returns the reply's body with run-length coding undone.
+    Stop notices that arrive meanwhile (QEMU reports the halt on attach) are skipped."""
+    data = command.encode()
+    sock.sendall(b"$" + data + b"#%02x" % (sum(data) & 0xFF))
+    buf = b""
+    while True:
+        match = re.search(rb"\$([^#]*)#..", buf)
+        if match is None:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("GDB stub closed the connection")
+            buf += chunk
+            continue
+        sock.sendall(b"+")
+        buf = buf[match.end() :]
+        body = match.group(1).decode()
+        if command == "?" or not body.startswith(("T", "S")):
+            break
+    out: list[str] = []
+    i = 0
+    while i < len(body):
+        if body[i] == "*":  # run-length: repeat the previous character (count - 29) more times
+            out.append(out[-1] * (ord(body[i + 1]) - 29))
+            i += 2
+        else:
+            out.append(body[i])
+            i += 1
+    return "".join(out)
+
+
+def stack_used(gdb_port: int, low: int, top: int) -> int:
+    """Deepest stack use so far: bytes from the top down to the lowest word no longer painted.
+    Attaching halts the emulated CPU, so call it after the clips."""
+    with socket.create_connection(("127.0.0.1", gdb_port), timeout=10) as sock:
+        _gdb_command(sock, "?")  # halts the CPU and reports why
+        memory = b""
+        for addr in range(low, top, 1024):
+            memory += bytes.fromhex(_gdb_command(sock, f"m{addr:x},{min(1024, top - addr):x}"))
+    words = np.frombuffer(memory, dtype="<u4")
+    painted = np.flatnonzero(words != STACK_PAINT)
+    return top - (low + 4 * int(painted[0])) if painted.size else 0
+
+
 def measure(board: str, tflite: bytes, clips: list[np.ndarray], reference: bool) -> dict:
     elf = build(board, tflite, cmsis_nn=not reference)
-    with qemu.running(board, elf) as emu, BoardLink(emu.url) as link:
+    low, top = stack_bounds(elf)
+    with board_with_gdb_stub(board, elf) as (emu, gdb_port), BoardLink(emu.url) as link:
         info = link.hello()
         results = [link.classify(pcm, i) for i, pcm in enumerate(clips)]
         profile = link.profile()
+        link.hello()
+        stack = stack_used(gdb_port, low, top)
     return {
         "elf": str(elf),
         "info": info,
         "frontend": [r.frontend_cycles for r in results],
         "invoke": [r.invoke_cycles for r in results],
         "profile": profile.entries,
+        "stack_used": stack,
+        "stack_size": top - low,
     }
 
 
@@ -121,7 +215,7 @@ def main() -> int:
     spec = board_spec(args.board)
     report = []
     for target in args.models:
-        path = target / "model_int8.tflite" if target.is_dir() else target
+        path = target / MODEL_FILE if target.is_dir() else target
         tflite = path.read_bytes()
         meta = read_metadata(tflite)
         cfg = FrontEndConfig(**meta["frontend"]) if meta else None
@@ -145,16 +239,20 @@ def main() -> int:
             "flash_bytes": flash_line.used,
             "ram_bytes": ram_line.used,
             "memory_by_component": memory,
+            "stack_used": fast["stack_used"],
+            "stack_size": fast["stack_size"],
             "frontend_instructions": float(np.mean(fast["frontend"])),
             "invoke_instructions": float(np.mean(fast["invoke"])),
             "profile": fast["profile"],
         }
         row["instructions_per_mac"] = row["invoke_instructions"] / macs
         row["frontend_share_of_invoke"] = row["frontend_instructions"] / row["invoke_instructions"]
+        row["layers"] = layer_table(tflite, fast["profile"])
         if not args.no_reference:
             ref = measure(args.board, tflite, clips, reference=True)
             row["reference_invoke_instructions"] = float(np.mean(ref["invoke"]))
             row["cmsis_nn_speedup"] = row["reference_invoke_instructions"] / row["invoke_instructions"]
+        row["aims"] = aims(row)
         report.append(row)
         print_row(row)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -163,35 +261,51 @@ def main() -> int:
     return 0
 
 
-def print_row(r: dict) -> None:
-    def aim(ok: bool) -> str:
-        return "meets aim" if ok else "MISSES aim"
+def layer_table(tflite: bytes, profile: list) -> list[dict]:
+    """Per layer of the last Invoke: tag, instructions, MACs and instructions per MAC (MAC layers)."""
+    macs = layer_macs(tflite)
+    return [
+        {"op": tag, "instructions": ticks, "macs": m, "per_mac": ticks / m if m else None}
+        for (tag, ticks), m in zip(profile, macs[: len(profile)], strict=True)
+    ]
 
+
+def aims(r: dict) -> dict[str, dict]:
+    """Each aim of the issue: the measured value, the bound and whether it is met."""
+    result = {
+        "instructions per MAC (Invoke)": (r["instructions_per_mac"], AIMS["instructions_per_mac"], "<="),
+        "front end / Invoke": (r["frontend_share_of_invoke"], AIMS["frontend_share_of_invoke"], "<="),
+        "flash bytes": (r["flash_bytes"], r["model_bytes"] + AIMS["flash_over_model"], "<="),
+        "RAM bytes": (r["ram_bytes"], r["arena_size"] + AIMS["ram_over_arena"], "<="),
+    }
+    if "cmsis_nn_speedup" in r:
+        result["CMSIS-NN speed-up over reference kernels"] = (r["cmsis_nn_speedup"], AIMS["cmsis_nn_speedup"], ">=")
+    return {
+        name: {"value": value, "bound": bound, "met": value <= bound if op == "<=" else value >= bound, "op": op}
+        for name, (value, bound, op) in result.items()
+    }
+
+
+def print_row(r: dict) -> None:
     print(f"\n## {r['model']} on {r['board']} ({r['counter']})")
     print(f"MACs {r['macs'] / 1e6:.2f} M, model {r['model_bytes']:,} B, arena {r['arena_used']:,} of {r['arena_size']:,} B")
+    print(f"stack: deepest use {r['stack_used']:,} of {r['stack_size']:,} B")
     print("| memory | component | bytes |\n| --- | --- | --- |")
     for mem in ("flash", "ram"):
         for comp, size in sorted(r["memory_by_component"][mem].items(), key=lambda kv: -kv[1]):
             print(f"| {mem} | {comp} | {size:,} |")
-    print(
-        f"flash {r['flash_bytes']:,} B vs model + 64 KiB = {r['model_bytes'] + 65536:,}: "
-        f"{aim(r['flash_bytes'] <= r['model_bytes'] + 65536)}"
-    )
-    ram_aim = r["arena_size"] + 16384
-    print(f"RAM {r['ram_bytes']:,} B vs arena + 16 KiB = {ram_aim:,}: {aim(r['ram_bytes'] <= ram_aim)}")
-    print(
-        f"Invoke {r['invoke_instructions']:,.0f} instructions = {r['instructions_per_mac']:.2f} per MAC "
-        f"({aim(r['instructions_per_mac'] <= 1.5)} <= 1.5)"
-    )
-    print(
-        f"front end {r['frontend_instructions']:,.0f} = {r['frontend_share_of_invoke']:.1%} of Invoke "
-        f"({aim(r['frontend_share_of_invoke'] <= 0.25)} <= 25 %)"
-    )
-    if "cmsis_nn_speedup" in r:
-        print(
-            f"reference kernels {r['reference_invoke_instructions']:,.0f}: CMSIS-NN is {r['cmsis_nn_speedup']:.1f}x faster "
-            f"({aim(r['cmsis_nn_speedup'] >= 4)} >= 4x)"
-        )
+    print("\n| layer | op | instructions | MACs | per MAC |\n| --- | --- | --- | --- | --- |")
+    for i, layer in enumerate(r["layers"]):
+        per_mac = f"{layer['per_mac']:.2f}" if layer["per_mac"] else ""
+        print(f"| {i} | {layer['op']} | {layer['instructions']:,} | {layer['macs']:,} | {per_mac} |")
+    print(f"\nInvoke {r['invoke_instructions']:,.0f}, front end {r['frontend_instructions']:,.0f} instructions per clip")
+    if "reference_invoke_instructions" in r:
+        print(f"Invoke with TFLM's reference kernels {r['reference_invoke_instructions']:,.0f}")
+    print("\n| aim | measured | bound | |\n| --- | --- | --- | --- |")
+    for name, a in r["aims"].items():
+        fmt = "{:,.0f}" if a["bound"] >= 100 else "{:.3f}"
+        verdict = "met" if a["met"] else "MISSED"
+        print(f"| {name} | {fmt.format(a['value'])} | {a['op']} {fmt.format(a['bound'])} | {verdict} |")
 
 
 if __name__ == "__main__":

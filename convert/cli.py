@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -40,6 +41,13 @@ def convert_main(argv: list[str] | None = None) -> int:
     p.add_argument("run", type=Path, help="run folder written by ser-train (holds model.keras, manifest.json, frontend.json)")
     p.add_argument("--data", help="CASIA root; default $CASIA_ROOT")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--qat",
+        action="store_true",
+        help="also fine-tune with fake int8 quantization on the training clips (QAT) and deploy that model; "
+        "the PTQ model is kept as model_int8_ptq.tflite and the report compares both",
+    )
+    p.add_argument("--qat-epochs", type=int, default=10, help="QAT fine-tuning epochs")
     args = p.parse_args(argv)
 
     from train.corpus import CorpusError, resolve_root
@@ -56,6 +64,8 @@ def convert_main(argv: list[str] | None = None) -> int:
         path = convert_run(args.run, root)
         check_ops(path.read_bytes())
         report = verify_run(args.run, root, show_progress=not args.quiet)
+        if args.qat:
+            report = _qat(args.run, root, report, args.qat_epochs, show_progress=not args.quiet)
     except (CorpusError, ModelFileError) as exc:
         return _fail("ser-convert", str(exc))
     (args.run / "conversion.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -63,12 +73,27 @@ def convert_main(argv: list[str] | None = None) -> int:
     print(report_md(report, args.run))
     print(f"wrote {path} and {args.run / 'conversion.md'}")
     if report["accuracy_drop_too_large"]:
-        print(
-            f"ser-convert: WARNING: int8 loses {report['accuracy_drop']:.2%} accuracy against float. "
-            "Try more calibration data or quantization-aware training before deploying.",
-            file=sys.stderr,
-        )
+        from convert.verify import drop_warning
+
+        bar = "!" * 100
+        print(f"{bar}\nser-convert: {drop_warning(report, args.run)}\n{bar}", file=sys.stderr)
     return 0
+
+
+def _qat(run: Path, root: Path, ptq_report: dict, epochs: int, show_progress: bool) -> dict:
+    """Keep the PTQ model aside, fine-tune with fake quantization, convert and verify again; the report holds both."""
+    from convert.ops import check_ops
+    from convert.qat import QAT_MODEL_FILE, QatConfig, fine_tune
+    from convert.quantize import MODEL_FILE, PTQ_MODEL_FILE, convert_run
+    from convert.verify import verify_run
+
+    shutil.copyfile(run / MODEL_FILE, run / PTQ_MODEL_FILE)
+    model, history = fine_tune(run, root, QatConfig(epochs=epochs), show_progress=show_progress)
+    model.save(run / QAT_MODEL_FILE)
+    path = convert_run(run, root, model, keras_file=QAT_MODEL_FILE, quantization="qat")
+    check_ops(path.read_bytes())
+    report = verify_run(run, root, show_progress=show_progress)
+    return report | {"ptq": ptq_report, "qat": history}
 
 
 def emit_main(argv: list[str] | None = None) -> int:

@@ -12,13 +12,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from convert.tflite_file import METADATA_NAME, sha256, with_metadata
+from convert.tflite_file import METADATA_NAME, MODEL_FILE, sha256, with_metadata
 from train.corpus import read_wav
 from train.frontend import FrontEndConfig, clip_features
 from train.labels import EMOTIONS
 from train.splits import clips_with_role, load_manifest
 
-MODEL_FILE = "model_int8.tflite"
+PTQ_MODEL_FILE = "model_int8_ptq.tflite"  # with ser-convert --qat: the post-training-quantized model, kept for comparison
+KERAS_FILE = "model.keras"
 CALIBRATION_CLIPS = 200
 
 
@@ -51,23 +52,32 @@ def calibration_inputs(run: Path, root: Path, count: int = CALIBRATION_CLIPS, se
     return [clip_features(read_wav(root / train[i]["path"]), cfg) for i in chosen]
 
 
-def model_metadata(run: Path) -> dict:
-    """What travels inside the .tflite: the front end, labels and where the model came from."""
+def model_metadata(run: Path, keras_file: str = KERAS_FILE, quantization: str = "ptq") -> dict:
+    """What travels inside the .tflite: the front end, labels and where the model came from.
+
+    ``keras_file`` is the float model that was quantized (``model_qat.keras`` after QAT).
+    """
     manifest = load_manifest(run / "manifest.json")
     return {
         "format": 1,
         "frontend": FrontEndConfig.load(run / "frontend.json").__dict__,
         "labels": list(EMOTIONS),
-        "keras_model_sha256": sha256((run / "model.keras").read_bytes()),
+        "keras_model_sha256": sha256((run / keras_file).read_bytes()),
+        "quantization": quantization,
         "split": manifest["split"],
         "test_fold": manifest["test_fold"],
     }
 
 
-def convert_run(run: Path, root: Path, model: keras.Model | None = None) -> Path:
-    """Write ``model_int8.tflite`` (with metadata ``ser_tinyml``, 16-byte aligned) beside the run."""
-    model = model or keras.models.load_model(run / "model.keras")
+def convert_run(
+    run: Path, root: Path, model: keras.Model | None = None, keras_file: str = KERAS_FILE, quantization: str = "ptq"
+) -> Path:
+    """Write ``model_int8.tflite`` (with metadata ``ser_tinyml``, 16-byte aligned) beside the run.
+
+    ``model`` defaults to the run's ``keras_file``; ``quantization`` ("ptq" or "qat") is recorded in the metadata.
+    """
+    model = model or keras.models.load_model(run / keras_file)
     tflite = quantize_int8(model, calibration_inputs(run, root))
     out = run / MODEL_FILE
-    out.write_bytes(with_metadata(tflite, model_metadata(run), METADATA_NAME))
+    out.write_bytes(with_metadata(tflite, model_metadata(run, keras_file, quantization), METADATA_NAME))
     return out

@@ -18,6 +18,7 @@ import numpy as np
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
 METADATA_NAME = "ser_tinyml"  # our entry in the model's metadata table
+MODEL_FILE = "model_int8.tflite"  # the deployable model in a run folder
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 _TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
 _DELEGATE_OPS = {"DELEGATE"}
@@ -103,6 +104,14 @@ def io_specs(tflite: bytes) -> tuple[TensorSpec, TensorSpec]:
     return _tensor_spec(model, int(graph.inputs[0])), _tensor_spec(model, int(graph.outputs[0]))
 
 
+def stored_tensors(tflite: bytes) -> list[TensorSpec]:
+    """The graph input and every operator's output, in execution order: the tensors the int8 model stores."""
+    model = _load(tflite)
+    graph = model.subgraphs[0]
+    indices = [int(i) for i in graph.inputs] + [int(op.outputs[0]) for op in graph.operators or []]
+    return [_tensor_spec(model, i) for i in indices]
+
+
 def read_metadata(tflite: bytes, name: str = METADATA_NAME) -> dict | None:
     """Our JSON metadata entry, or None for a model that has none (a foreign model)."""
     model = _load(tflite)
@@ -154,22 +163,29 @@ def buffers_aligned(tflite: bytes, alignment: int = 16) -> bool:
     return True
 
 
-def count_macs(tflite: bytes) -> int:
-    """Multiply-accumulates of one inference: CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED."""
+def layer_macs(tflite: bytes) -> list[int]:
+    """Multiply-accumulates of each operator in execution order (0 for all but CONV_2D, DEPTHWISE_CONV_2D
+    and FULLY_CONNECTED)."""
     model = _load(tflite)
     graph = model.subgraphs[0]
-    macs = 0
+    macs = []
     for op in graph.operators or []:
         code = model.operatorCodes[op.opcodeIndex]
         name = _OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
         if name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            macs.append(0)
             continue
         out = int(np.prod(graph.tensors[op.outputs[0]].shape))
         weights = [int(d) for d in graph.tensors[op.inputs[1]].shape]
         if name == "CONV_2D":  # weights (out_ch, kh, kw, in_ch)
-            macs += out * weights[1] * weights[2] * weights[3]
+            macs.append(out * weights[1] * weights[2] * weights[3])
         elif name == "DEPTHWISE_CONV_2D":  # weights (1, kh, kw, out_ch)
-            macs += out * weights[1] * weights[2]
+            macs.append(out * weights[1] * weights[2])
         else:  # weights (units, inputs)
-            macs += out * weights[1]
+            macs.append(out * weights[1])
     return macs
+
+
+def count_macs(tflite: bytes) -> int:
+    """Multiply-accumulates of one inference."""
+    return sum(layer_macs(tflite))

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
+from convert.compare import agreement, error_metrics
 from convert.interpreters import LiteRtRunner, TflmRunner, dequantize, quantize_input, tflm_arena_bytes
 from convert.quantize import MODEL_FILE
 from convert.tflite_file import io_specs, op_versions, sha256
@@ -24,31 +25,8 @@ from train.splits import clips_with_role, load_manifest
 ACCURACY_DROP_LIMIT = 0.01  # more than one point lost to int8 is reported loudly
 
 
-def error_metrics(reference: np.ndarray, candidate: np.ndarray) -> dict:
-    """ST validate-on-target style errors between two score arrays (flattened)."""
-    ref, cand = np.asarray(reference, np.float64).ravel(), np.asarray(candidate, np.float64).ravel()
-    diff = cand - ref
-    norm = np.linalg.norm(ref) * np.linalg.norm(cand)
-    return {
-        "rmse": float(np.sqrt(np.mean(diff**2))),
-        "mae": float(np.mean(np.abs(diff))),
-        "l2_relative": float(np.linalg.norm(diff) / max(np.linalg.norm(ref), 1e-12)),
-        "cosine": float(ref @ cand / norm) if norm else 0.0,
-    }
-
-
-def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict:
-    """Bit-exactness of int8 outputs: identical clips, max LSB difference, same predicted class."""
-    ref, cand = np.asarray(reference, np.int32), np.asarray(candidate, np.int32)
-    return {
-        "bit_exact_clips": int(np.all(ref == cand, axis=1).sum()),
-        "clips": len(ref),
-        "max_lsb_diff": int(np.abs(ref - cand).max()) if len(ref) else 0,
-        "same_prediction": int((ref.argmax(1) == cand.argmax(1)).sum()),
-    }
-
-
 def verify_run(run: Path, root: Path, show_progress: bool = True) -> dict:
+    """Float (the run's ``model.keras``) vs its int8 ``model_int8.tflite`` on the run's test clips."""
     tflite = (run / MODEL_FILE).read_bytes()
     in_spec, out_spec = io_specs(tflite)
     cfg = FrontEndConfig.load(run / "frontend.json")
@@ -115,6 +93,47 @@ def report_md(r: dict, run: Path) -> str:
         lines.append(
             f"| {name} | {a['bit_exact_clips']}/{a['clips']} | {a['max_lsb_diff']} | {a['same_prediction']}/{a['clips']} |"
         )
+    if "ptq" in r:
+        lines += ["", *qat_lines(r)]
     if r["accuracy_drop_too_large"]:
-        lines += ["", f"**WARNING: int8 loses {r['accuracy_drop']:.2%} of accuracy (limit {ACCURACY_DROP_LIMIT:.0%}).**"]
+        lines += ["", f"**{drop_warning(r, run)}**"]
     return "\n".join(lines) + "\n"
+
+
+def drop_warning(r: dict, run: Path) -> str:
+    """The loud message for an int8 model that loses more than the limit, naming the remedy."""
+    lost = (
+        f"WARNING: int8 loses {100 * r['accuracy_drop']:.2f} points of accuracy against float "
+        f"({r['float']['accuracy']:.2%} -> {r['int8']['accuracy']:.2%}; limit {100 * ACCURACY_DROP_LIMIT:g} point)"
+    )
+    if "ptq" in r:
+        ptq = 100 * r["ptq"]["accuracy_drop"]
+        return f"{lost} even after quantization-aware training (post-training quantization lost {ptq:.2f} points)."
+    return f"{lost}. Recover it with quantization-aware training: ser-convert {run} --qat"
+
+
+def qat_lines(r: dict) -> list[str]:
+    """PTQ vs QAT: the accuracy table and how the fine-tune went (chosen on validation clips only)."""
+    q, p = r["qat"], r["ptq"]
+
+    def row(name: str, s: dict, drop: float | None) -> str:
+        change = "" if drop is None else f"{-drop:+.2%}"
+        return f"| {name} | {s['accuracy']:.2%} | {change} | {s['unweighted_accuracy']:.2%} | {s['macro_f1']:.2%} |"
+
+    k = q["best_epoch"]
+    return [
+        "## Post-training quantization (PTQ) vs quantization-aware training (QAT)",
+        "",
+        f"| on {r['test_clips']} test clips | accuracy | vs float | unweighted accuracy | macro-F1 |",
+        "| --- | --- | --- | --- | --- |",
+        row("float (Keras)", r["float"], None),
+        row("int8 PTQ (TFLM, `model_int8_ptq.tflite`)", p["int8"], p["accuracy_drop"]),
+        row("int8 QAT (TFLM, `model_int8.tflite`)", r["int8"], r["accuracy_drop"]),
+        "",
+        f"QAT: {q['epochs']} epochs of fine-tuning with fake int8 weights and activations (at the converter's "
+        f"scales) on {q['train_clips']} training clips, peak learning rate {q['learning_rate']:g}. Epoch kept: "
+        f"{k} (0 = not fine-tuned), the lowest validation loss of the fake-quantized model on {q['val_clips']} "
+        f"validation clips ({q['val_loss'][0]:.4f} before, {q['val_loss'][k]:.4f} kept; validation accuracy "
+        f"{q['val_accuracy'][0]:.2%} before, {q['val_accuracy'][k]:.2%} kept). "
+        "Test clips played no part in it.",
+    ]

@@ -71,6 +71,7 @@ class BoardLink:
         self.stats = LinkStats()
         self.info: Info | None = None
         self.boots: list[Boot] = []
+        self._pending: list = []  # parsed but not yet handled: a BOOT right behind a reply must not be lost
 
     def close(self) -> None:
         self.port.close()
@@ -85,11 +86,10 @@ class BoardLink:
 
     def _frames(self, deadline: float):
         """Frames and parse errors until ``deadline``; a frame stalled for INTER_BYTE_TIMEOUT is dropped."""
-        pending: list = []
         last_byte = time.monotonic()
         while True:
-            while pending:
-                yield pending.pop(0)
+            while self._pending:
+                yield self._pending.pop(0)
             now = time.monotonic()
             if now > deadline:
                 return
@@ -97,7 +97,7 @@ class BoardLink:
             if data:
                 last_byte = now
                 self.stats.bytes_received += len(data)
-                pending = self.parser.feed(data)
+                self._pending += self.parser.feed(data)
             elif self.parser.in_frame and now - last_byte > INTER_BYTE_TIMEOUT:
                 self.parser.reset()
 
@@ -111,6 +111,7 @@ class BoardLink:
             if attempt:
                 self.stats.retries += 1
                 frame = self.sequencer.retry()
+                self.parser.reset()  # a reply garbled into a long bogus frame must not swallow the retry's reply
             self.port.write(frame)
             self.stats.bytes_sent += len(frame)
             reply = self._await_reply(expect, timeout or self.timeout, boot_ok)
@@ -151,6 +152,7 @@ class BoardLink:
 
     def hello(self) -> Info:
         self.parser.reset()
+        self._pending.clear()
         self.port.reset_input_buffer()
         self.info = self.request(Hello(), (Info,), boot_ok=True)
         return self.info
@@ -167,7 +169,9 @@ class BoardLink:
                 n, encoding, data = pcm_codec.fit_chunk(part, reply.max_samples, CHUNK_MAX_DATA)
             else:
                 n, encoding, data = len(part), pcm_codec.RAW, part.astype("<i2").tobytes()
-            reply = self.request(Chunk(clip_id, reply.offset, n, encoding, data), (Next, Result), timeout=self.timeout + 10)
+            last = reply.offset + n >= len(pcm)  # only the last chunk waits for the inference (PROTOCOL.md 4)
+            chunk = Chunk(clip_id, reply.offset, n, encoding, data)
+            reply = self.request(chunk, (Next, Result), timeout=self.timeout + 10 if last else None)
         if reply.clip_id != clip_id:
             raise BoardError(f"result for clip {reply.clip_id} while waiting for clip {clip_id}")
         return reply
@@ -181,7 +185,11 @@ def _open(url: str, baud: int, open_timeout: float) -> serial.SerialBase:
     deadline = time.monotonic() + open_timeout
     while True:
         try:
-            return serial.serial_for_url(url, baudrate=baud, timeout=0.05, write_timeout=10)
+            port = serial.serial_for_url(url, baudrate=baud, timeout=0.05, write_timeout=10, do_not_open=True)
+            if "://" not in url:
+                port.exclusive = True  # a port another program holds is refused, not shared
+            port.open()
+            return port
         except serial.SerialException as exc:
             if not url.startswith("socket://") or time.monotonic() > deadline:
                 raise BoardError(f"cannot open {url}: {exc}") from None

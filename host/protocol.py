@@ -129,6 +129,11 @@ class Parser:
     def in_frame(self) -> bool:
         return self._state >= _TYPE
 
+    @property
+    def partial_header(self) -> tuple[int, int]:
+        """type and seq of the frame being received (0 where not yet received): what TRUNCATED reports."""
+        return (self._type if self._state > _TYPE else 0, self._seq if self._state > _SEQ else 0)
+
     def feed(self, data: bytes) -> list[Frame | ParseError]:
         """Feed received bytes; returns the frames and errors they complete, in order."""
         events: list[Frame | ParseError] = []

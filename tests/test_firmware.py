@@ -186,6 +186,52 @@ def test_emulated_board_survives_garbage_truncation_and_bad_frames(an386_elf: Pa
                 link.classify(pcm[:1000], 6)
 
 
+@needs_tflm
+def test_emulated_board_replays_kept_replies_to_retries(an386_elf: Path, logmel_model: bytes) -> None:
+    """A command resent with the same seq gets the very same reply and is not processed twice
+    (PROTOCOL.md section 4): START and CHUNK get their NEXT again, the last CHUNK its RESULT,
+    which still matches the host's TFLM (the board keeps only these short replies)."""
+    cfg = DEFAULT_LOGMEL.with_standardisation(-9.0, 4.0)
+    pcm = _clips(cfg, 1)[0]
+    with qemu.running("qemu-mps2-an386", an386_elf) as emu:
+        sock = _connect(emu.port)
+        parser = Parser()
+
+        def ask(message: object, seq: int) -> object:
+            sock.sendall(encode_message(message, seq))
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    chunk = sock.recv(4096)
+                except TimeoutError:
+                    continue
+                replies = [decode_message(f) for f in parser.feed(chunk) if not hasattr(f, "kind")]
+                replies = [r for r in replies if type(r).__name__ != "Boot"]
+                if replies:
+                    assert len(replies) == 1
+                    return replies[0]
+            raise AssertionError("no reply")
+
+        seq = 1
+        start = Start(9, cfg.clip_samples)
+        nxt = ask(start, seq)
+        assert ask(start, seq) == nxt and nxt.offset == 0
+        offset = 0
+        while offset < cfg.clip_samples:
+            n = min(nxt.max_samples, cfg.clip_samples - offset)
+            seq = (seq + 1) % 256
+            chunk = Chunk(
+                clip_id=9, offset=offset, n_samples=n, encoding=0, data=pcm[offset : offset + n].astype("<i2").tobytes()
+            )
+            reply = ask(chunk, seq)
+            assert ask(chunk, seq) == reply  # the retry: same reply, offset not advanced twice
+            offset += n
+            nxt = reply
+        assert type(reply).__name__ == "Result" and reply.clip_id == 9
+        assert list(reply.scores) == _reference(logmel_model, cfg, pcm).tolist()
+        sock.close()
+
+
 def _connect(port: int) -> socket.socket:
     deadline = time.monotonic() + 15
     while True:

@@ -5,6 +5,10 @@
  * model's input tensor (no clip is ever buffered) and runs the model after the last sample.
  * A command repeated with the same sequence number (the host retrying after a lost reply) gets the
  * stored reply again and is not processed twice. Everything is static; nothing is allocated.
+ *
+ * RAM: replies are encoded straight into the transmit frame, the decoded PCM of a chunk shares that
+ * buffer (it is consumed before the reply is built), and only the short replies a retry may need
+ * are kept.
  */
 #include <stdbool.h>
 #include <string.h>
@@ -67,10 +71,21 @@ static ser_fe_state fe_state;
 #endif
 
 static ser_parser parser;
-static uint8_t payload[SER_MAX_PAYLOAD];
-static uint8_t tx[SER_FRAME_MAX_SIZE];
-static int16_t pcm[MAX_CHUNK_SAMPLES];
+/* The frame being sent; a reply's payload is encoded in place (ser_frame_encode then copies
+ * nothing). A CHUNK's decoded samples live here too: they are consumed before the reply is built. */
+static union {
+  uint8_t frame[SER_FRAME_MAX_SIZE];
+  int16_t pcm[MAX_CHUNK_SAMPLES];
+} tx;
+static uint8_t *const payload = tx.frame + SER_FRAME_HEADER_SIZE;
+static int16_t *const pcm = tx.pcm;
 static bool model_ok;
+
+/* Replies that a retry gets again (NEXT, RESULT, MODEL_FAILED) are short: an error message is cut
+ * to fit (PROTOCOL.md allows it). */
+#define KEPT_PAYLOAD_MAX 120u
+_Static_assert(SER_NEXT_SIZE <= KEPT_PAYLOAD_MAX, "NEXT must fit the kept reply");
+_Static_assert(SER_RESULT_SIZE(SER_OUTPUT_ELEMENTS) <= KEPT_PAYLOAD_MAX, "RESULT must fit the kept reply");
 
 /* The clip being received. */
 static struct {
@@ -84,22 +99,27 @@ static struct {
   uint8_t type, seq;
   uint32_t clip_id, offset;
   size_t reply_len;
-  uint8_t reply[SER_FRAME_MAX_SIZE];
+  uint8_t reply[KEPT_PAYLOAD_MAX + SER_FRAME_OVERHEAD];
 } last;
 
-static void send_frame(uint8_t type, uint8_t seq, const uint8_t *data, size_t len, bool remember) {
-  size_t n = ser_frame_encode(type, seq, data, (uint16_t)len, tx, sizeof(tx));
-  ser_port_uart_write(tx, n);
+/* Sends the payload encoded at `payload`; remember: keep the frame for a retry. */
+static void send_frame(uint8_t type, uint8_t seq, size_t len, bool remember) {
+  size_t n = ser_frame_encode(type, seq, payload, (uint16_t)len, tx.frame, sizeof(tx.frame));
+  ser_port_uart_write(tx.frame, n);
   if (remember) {
-    memcpy(last.reply, tx, n);
-    last.reply_len = n;
+    if (n <= sizeof(last.reply)) { /* always, by the asserts and the error cap above */
+      memcpy(last.reply, tx.frame, n);
+      last.reply_len = n;
+    } else {
+      last.valid = false; /* never replay a stale reply */
+    }
   }
 }
 
 /* remember: the error answers a command already marked as processed, so a retry must get it again. */
 static void send_error_reply(uint8_t code, uint8_t type, uint8_t seq, const char *message, bool remember) {
   ser_error e = {code, type, seq, message, (uint16_t)strlen(message)};
-  send_frame(SER_MSG_ERROR, seq, payload, ser_error_encode(&e, payload, sizeof(payload)), remember);
+  send_frame(SER_MSG_ERROR, seq, ser_error_encode(&e, payload, remember ? KEPT_PAYLOAD_MAX : SER_MAX_PAYLOAD), remember);
 }
 
 static void send_error(uint8_t code, uint8_t type, uint8_t seq, const char *message) {
@@ -162,7 +182,7 @@ static size_t info_payload(uint8_t *out, size_t cap) {
 static void send_next(const ser_frame *f) {
   uint32_t left = CLIP_SAMPLES - clip.expected_offset;
   ser_next next = {clip.clip_id, clip.expected_offset, (uint16_t)(left < MAX_CHUNK_SAMPLES ? left : MAX_CHUNK_SAMPLES)};
-  send_frame(SER_MSG_NEXT, f->seq, payload, ser_next_encode(&next, payload, sizeof(payload)), true);
+  send_frame(SER_MSG_NEXT, f->seq, ser_next_encode(&next, payload, SER_MAX_PAYLOAD), true);
 }
 
 static void handle_start(const ser_frame *f) {
@@ -211,7 +231,7 @@ static void finish_clip(const ser_frame *f) {
     if (scores[i] > scores[best]) best = i;
   }
   ser_result r = {clip.clip_id, best, SER_OUTPUT_ELEMENTS, scores, clip.fe_cycles, invoke_cycles};
-  send_frame(SER_MSG_RESULT, f->seq, payload, ser_result_encode(&r, payload, sizeof(payload)), true);
+  send_frame(SER_MSG_RESULT, f->seq, ser_result_encode(&r, payload, SER_MAX_PAYLOAD), true);
 }
 
 static void handle_chunk(const ser_frame *f) {
@@ -262,11 +282,11 @@ static void handle_profile(const ser_frame *f) {
   const ser_profile_event *events;
   size_t n = ser_model_profile(&events);
   ser_profile_writer w;
-  ser_profile_begin(&w, payload, sizeof(payload));
+  ser_profile_begin(&w, payload, SER_MAX_PAYLOAD);
   for (size_t i = 0; i < n; i++) {
     if (!ser_profile_add(&w, events[i].tag ? events[i].tag : "?", events[i].ticks)) break;
   }
-  send_frame(SER_MSG_PROFILE_DATA, f->seq, payload, w.len, false);
+  send_frame(SER_MSG_PROFILE_DATA, f->seq, w.len, false);
 }
 
 static void handle_frame(const ser_frame *f) {
@@ -274,7 +294,7 @@ static void handle_frame(const ser_frame *f) {
   switch (f->type) {
     case SER_MSG_HELLO:
       if (empty_ok) {
-        send_frame(SER_MSG_INFO, f->seq, payload, info_payload(payload, sizeof(payload)), false);
+        send_frame(SER_MSG_INFO, f->seq, info_payload(payload, SER_MAX_PAYLOAD), false);
         return;
       }
       break;
@@ -304,7 +324,7 @@ int main(void) {
   ser_port_init();
   ser_parser_init(&parser);
   model_ok = ser_model_init() == 0;
-  send_frame(SER_MSG_BOOT, 0, payload, info_payload(payload, sizeof(payload)), false);
+  send_frame(SER_MSG_BOOT, 0, info_payload(payload, SER_MAX_PAYLOAD), false);
   ser_port_led(model_ok);
 
   uint32_t last_byte_ms = ser_port_millis();

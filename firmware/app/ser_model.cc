@@ -55,7 +55,8 @@ void SetError(const char *message) {
   g_error[i] = '\0';
 }
 
-/* TFLM's log lines are kept (the last one) for the error frame; the UART carries only frames. */
+/* TFLM's log lines are kept (the last one) for the error frame; the UART carries only frames.
+ * (TF_LITE_STRIP_ERROR_STRINGS would save flash but also compiles out the per-layer profiler.) */
 void KeepLog(const char *line) { SetError(line); }
 
 }  // namespace
@@ -73,7 +74,10 @@ extern "C" int ser_model_init(void) {
   }
   g_interpreter = new (g_interpreter_storage)
       tflite::MicroInterpreter(model, g_resolver, g_arena, sizeof(g_arena), nullptr, &g_profiler);
-  if (g_interpreter->AllocateTensors() != kTfLiteOk) return -1; /* the log callback said why */
+  if (g_interpreter->AllocateTensors() != kTfLiteOk) {
+    if (g_error[0] == '\0') SetError("AllocateTensors failed: arena too small, or an op/type TFLM refuses");
+    return -1;
+  }
   TfLiteTensor *input = g_interpreter->input(0);
   TfLiteTensor *output = g_interpreter->output(0);
   if (input->type != kTfLiteInt8 || input->bytes != SER_INPUT_ELEMENTS || output->type != kTfLiteInt8 ||

@@ -4,7 +4,7 @@
 
 void SysTick_Handler(void);
 
-extern uint32_t __data_load__, __data_start__, __data_end__, __bss_start__, __bss_end__, __stack_top__;
+extern uint32_t __data_load__, __data_start__, __data_end__, __bss_start__, __bss_end__, __stack_limit__, __stack_top__;
 extern int main(void);
 extern void __libc_init_array(void);
 
@@ -39,7 +39,18 @@ __attribute__((section(".isr_vector"), used)) const vector_t ser_vectors[16 + 40
     ser_irq35_handler, ser_irq36_handler, ser_irq37_handler, ser_irq38_handler, ser_irq39_handler,
 };
 
+/* Stack painting: every stack word below Reset_Handler's frame starts as SER_STACK_PAINT, so the
+ * deepest use so far is the lowest word that differs (benchmarks/firmware_benchmark.py reads it
+ * through QEMU's GDB stub and sizes SER_STACK_SIZE from it). */
+#define SER_STACK_PAINT 0x5AC4C0DEu
+static void paint_stack(void) {
+  uint32_t *sp;
+  __asm volatile("mov %0, sp" : "=r"(sp));
+  for (uint32_t *p = &__stack_limit__; p < sp - 16; p++) *p = SER_STACK_PAINT;
+}
+
 void Reset_Handler(void) {
+  paint_stack();
   uint32_t *src = &__data_load__;
   for (uint32_t *dst = &__data_start__; dst < &__data_end__;) *dst++ = *src++;
   for (uint32_t *dst = &__bss_start__; dst < &__bss_end__;) *dst++ = 0;

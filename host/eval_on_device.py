@@ -1,0 +1,395 @@
+"""Evaluate a trained run on a board over serial: accuracy, agreement with the host, latency, throughput.
+
+    python host/eval_on_device.py --run runs/spectrogram_resnet-paper --board qemu
+    python host/eval_on_device.py --run runs/spectrogram_resnet-paper --port /dev/ttyACM0
+    ser-eval --run ... --port socket://127.0.0.1:4444 --port socket://127.0.0.1:4445   (clips shared out)
+    ser-eval --resume runs/spectrogram_resnet-paper/board-eval-20261125-101500 --board qemu
+
+Each clip of the run's test part is streamed as 16 kHz int16 PCM; the board runs the front end and the
+int8 model and answers with its scores and cycle counts. The host computes the TFLM reference for the
+same clip and scores the board against it. Results go to a timestamped report folder as they arrive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: python host/eval_on_device.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from convert.tflite_file import MODEL_FILE, ModelFileError, io_specs, sha256
+from host.board import DEFAULT_BAUD
+from host.clips import EvalClip, board_pcm, select
+from host.eval_report import RESULTS, RUN_INFO, ResultsLog, read_results, write_reports
+from host.reference import HostReference, model_frontend
+from host.session import BoardSession, ClipFailed, FatalBoardError
+
+EMULATED_DEFAULT = "qemu-mps2-an386"
+
+
+class EvalError(RuntimeError):
+    """A problem the user must fix before the evaluation can run; the message says what to do."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="ser-eval",
+        description=__doc__.split("\n\n")[0],
+        epilog="Reports: results.jsonl (a line per clip), summary.json, summary.md, confusion.png, latency.png.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--run", type=Path, help="run folder (model_int8.tflite, manifest.json); read from --resume's folder if omitted"
+    )
+    where = p.add_argument_group("board (one of)")
+    where.add_argument(
+        "--port",
+        action="append",
+        default=[],
+        help="pyserial URL of a board: /dev/ttyACM0, COM5, socket://host:port, "
+        "rfc2217://...; repeat for several boards (the clips are shared out)",
+    )
+    where.add_argument(
+        "--board",
+        help=f"'qemu' (= {EMULATED_DEFAULT}) or an emulated board name: build the firmware if needed and start it here",
+    )
+    p.add_argument(
+        "--boards", type=int, default=2, help="how many emulated boards to run in parallel with --board (default 2)"
+    )
+    p.add_argument(
+        "--baud", type=int, default=DEFAULT_BAUD, help=f"line rate for real serial ports (default {DEFAULT_BAUD})"
+    )
+    p.add_argument(
+        "--split", default="test", help="'test' (the run's test clips), 'all', or a manifest file (its test clips)"
+    )
+    p.add_argument("--limit", type=int, help="evaluate only N clips, spread over the classes")
+    p.add_argument("--data", help="CASIA root; default $CASIA_ROOT")
+    p.add_argument("--out", type=Path, help="report folder (default: <run>/board-eval-<timestamp>)")
+    p.add_argument("--resume", type=Path, metavar="DIR", help="continue a cut-off evaluation in its report folder")
+    p.add_argument("--attempts", type=int, default=4, help="tries per clip before it is recorded as failed (default 4)")
+    p.add_argument(
+        "--timeout", type=float, default=3.0, help="seconds to wait for a reply before sending a frame again (default 3)"
+    )
+    p.add_argument(
+        "--deps-dir", help="local copies of TFLM/CMSIS sources for building the emulated board ($SER_DEPS_DIR)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    if bool(args.port) == bool(args.board):
+        p.error("give the board: --port URL (a flashed board or a running emulator) or --board qemu (started here)")
+    if args.run is None and args.resume is None:
+        p.error("give --run RUN_FOLDER (or --resume REPORT_FOLDER)")
+    return args
+
+
+# ---- what to evaluate ----
+
+
+def plan(args: argparse.Namespace) -> tuple[Path, dict]:
+    """The report folder and its fixed description (run, model hash, clip list); reused as is on --resume."""
+    if args.resume:
+        info_path = args.resume / RUN_INFO
+        if not info_path.exists():
+            raise EvalError(f"{args.resume} is not an evaluation folder (no {RUN_INFO})")
+        meta = json.loads(info_path.read_text())
+        run = Path(args.run or meta["run"])
+        model = run / MODEL_FILE
+        if not model.exists() or sha256(model.read_bytes()) != meta["model_sha256"]:
+            raise EvalError(
+                f"{model} is not the model this evaluation started with (sha256 {meta['model_sha256'][:12]}...)"
+            )
+        return args.resume, meta
+    run = args.run
+    model = run / MODEL_FILE
+    if not model.exists():
+        raise EvalError(f"{model} not found: convert the run first (ser-convert {run})")
+    tflite = model.read_bytes()
+    clips = select(run, args.split, args.limit)
+    _, out_spec = io_specs(tflite)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out_dir = args.out or run / f"board-eval-{stamp}"
+    meta = {
+        "run": str(run),
+        "model_sha256": sha256(tflite),
+        "split": args.split if args.limit is None else f"{args.split} (limit {args.limit})",
+        "clips": [c.path for c in clips],
+        "clip_labels": {c.path: [c.emotion, c.label] for c in clips},
+        "output": {"scale": out_spec.scale, "zero_point": out_spec.zero_point},
+        "created": stamp,
+        "boards": {},
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / RESULTS).exists():
+        raise EvalError(f"{out_dir} already holds results: use --resume {out_dir} to continue it, or another --out")
+    (out_dir / RUN_INFO).write_text(json.dumps(meta, indent=1) + "\n")
+    return out_dir, meta
+
+
+# ---- the boards ----
+
+
+@contextlib.contextmanager
+def board_urls(args: argparse.Namespace, tflite: bytes) -> Iterator[list[str]]:
+    """The ports to use: the given ones, or emulated boards started here and stopped on exit (Ctrl-C too)."""
+    if args.port:
+        yield args.port
+        return
+    from host import firmware, qemu
+
+    name = EMULATED_DEFAULT if args.board == "qemu" else args.board
+    if name not in qemu.MACHINES:
+        raise EvalError(
+            f"--board {args.board}: emulated boards are qemu, {', '.join(qemu.MACHINES)}; flash a real board and use --port"
+        )
+    try:
+        elf = firmware.build(name, tflite, args.deps_dir)
+    except firmware.FirmwareUnavailable as exc:
+        raise EvalError(f"cannot build the emulated board: {exc}") from None
+    boards = []
+    try:
+        for _ in range(max(1, args.boards)):
+            boards.append(qemu.start(name, elf))
+        yield [b.url for b in boards]
+    finally:
+        for b in boards:
+            b.stop()
+
+
+# ---- the evaluation ----
+
+
+class Progress:
+    """Running scores for the progress bar."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.bar = tqdm(total=total, unit="clip", desc="on board", disable=quiet, dynamic_ncols=True)
+        self.correct = self.scored = self.exact = self.failed = 0
+        self._lock = threading.Lock()
+
+    def add(self, record: dict) -> None:
+        with self._lock:
+            if record["status"] == "ok":
+                self.scored += 1
+                self.correct += record["predicted"] == record["label"]
+                self.exact += record["bit_exact"]
+            else:
+                self.failed += 1
+            self.bar.set_postfix(
+                acc=f"{self.correct / max(1, self.scored):.1%}", exact=f"{self.exact}/{self.scored}", failed=self.failed
+            )
+            self.bar.update(1)
+
+
+def _record(clip: EvalClip, url: str) -> dict:
+    return {"clip": clip.path, "emotion": clip.emotion, "label": clip.label, "board": url}
+
+
+def evaluate_clip(session: BoardSession, reference: HostReference, root: Path, clip: EvalClip) -> dict:
+    """One clip: its record for results.jsonl, ``status`` ok or failed (never a guess)."""
+    record = _record(clip, session.url)
+    try:
+        pcm = board_pcm(root, clip, reference.cfg)
+    except (OSError, ValueError) as exc:  # missing or corrupt audio: the clip fails, the run goes on
+        return record | {"status": "failed", "error": f"audio: {exc}", "attempts": 0}
+    host_scores = reference(pcm)
+    try:
+        outcome = session.classify(pcm)
+    except ClipFailed as exc:
+        return record | {
+            "status": "failed",
+            "error": str(exc),
+            "attempts": len(exc.errors),
+            "host_scores": host_scores.tolist(),
+        }
+    result = outcome.result
+    scores = np.array(result.scores, dtype=np.int8)
+    if len(scores) != len(host_scores):
+        return record | {
+            "status": "failed",
+            "error": f"board sent {len(scores)} scores, model has {len(host_scores)}",
+            "attempts": outcome.attempts,
+        }
+    return record | {
+        "status": "ok",
+        "predicted": int(result.class_index),
+        "scores": scores.tolist(),
+        "host_scores": host_scores.tolist(),
+        "bit_exact": bool(np.array_equal(scores, host_scores)),
+        "max_lsb_diff": int(np.abs(scores.astype(int) - host_scores.astype(int)).max()),
+        "frontend_cycles": int(result.frontend_cycles),
+        "invoke_cycles": int(result.invoke_cycles),
+        "attempts": outcome.attempts,
+        "retry_reasons": outcome.errors,
+        "seconds": round(outcome.seconds, 4),
+        "bytes_sent": outcome.bytes_sent,
+        "pcm_samples": len(pcm),
+    }
+
+
+def run_boards(
+    urls: list[str],
+    tflite: bytes,
+    root: Path,
+    todo: list[EvalClip],
+    log: ResultsLog,
+    meta: dict,
+    args: argparse.Namespace,
+) -> dict:
+    """Share ``todo`` among the boards; every answer is logged as it comes. Returns throughput figures."""
+    work: queue.Queue[EvalClip] = queue.Queue()
+    for clip in todo:
+        work.put(clip)
+    progress = Progress(len(todo), args.quiet)
+    fatal: list[BaseException] = []
+    sessions = [BoardSession(url, tflite, args.baud, args.attempts, args.timeout) for url in urls]
+    stop = threading.Event()
+
+    def handshake(session: BoardSession) -> None:
+        info = session.connect()
+        meta["boards"][session.url] = {
+            "board": info.board,
+            "core_clock_hz": info.core_clock_hz,
+            "cycle_counter": info.cycle_counter,
+            "arena_size": info.arena_size,
+            "arena_used": info.arena_used,
+            "build_id": info.build_id,
+            "input": str(info.input),
+            "labels": list(info.labels),
+        }
+
+    def worker(session: BoardSession) -> None:
+        try:
+            reference = HostReference(tflite)
+            while not stop.is_set():
+                try:
+                    clip = work.get_nowait()
+                except queue.Empty:
+                    return
+                record = evaluate_clip(session, reference, root, clip)
+                log.append(record)
+                progress.add(record)
+        except BaseException as exc:
+            fatal.append(exc)
+            stop.set()
+        finally:
+            session.close()
+
+    for session in sessions:  # all handshakes first: a wrong model is refused before any clip
+        handshake(session)
+    (log.path.parent / RUN_INFO).write_text(json.dumps(meta, indent=1) + "\n")  # records name these boards
+    start = time.monotonic()
+    threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in sessions]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+    finally:
+        stop.set()
+        progress.bar.close()
+    if fatal:
+        raise fatal[0]
+    seconds = time.monotonic() - start
+    done = [
+        r for r in read_results(log.path).values() if r.get("status") == "ok" and r["clip"] in {c.path for c in todo}
+    ]
+    pcm_bytes = 2 * sum(r["pcm_samples"] for r in done)
+    wire = sum(s.bytes_sent + s.bytes_received for s in sessions)
+    audio_s = sum(r["pcm_samples"] for r in done) / model_frontend(tflite).sample_rate
+    real_ports = [u for u in urls if "://" not in u or u.startswith("rfc2217")]
+    return {
+        "boards": len(urls),
+        "clips": len(done),
+        "seconds": seconds,
+        "clips_per_s": len(done) / seconds,
+        "audio_s_per_s": audio_s / seconds,
+        "pcm_bytes_per_s": pcm_bytes / seconds,
+        "wire_bytes_per_s": wire / seconds,
+        "compression": pcm_bytes / max(1, sum(r["bytes_sent"] for r in done)),
+        "line_rate": f"{args.baud} baud = {args.baud / 10 / 1024:.1f} KiB/s per port"
+        if real_ports
+        else "emulated UART on a local socket (no baud rate; QEMU delivers one byte per main-loop round)",
+    }
+
+
+def evaluate(args: argparse.Namespace) -> tuple[Path, dict]:
+    """Run (or resume) one evaluation; returns the report folder and its summary.
+
+    Raises ``EvalError``/``FatalBoardError``/``CorpusError``/``ModelFileError`` for what the user must fix,
+    and ``KeyboardInterrupt`` after saving the reports of the clips done so far.
+    """
+    from train.corpus import resolve_root
+
+    out_dir, meta = plan(args)
+    run = Path(meta["run"])
+    tflite = (run / MODEL_FILE).read_bytes()
+    root = resolve_root(args.data)
+    labels = meta["clip_labels"]
+    done = {k for k, r in read_results(out_dir / RESULTS).items() if r.get("status") == "ok"}
+    todo = [EvalClip(c, labels[c][0], labels[c][1], "") for c in meta["clips"] if c not in done]
+    print(f"{len(meta['clips'])} clips, {len(done)} already done, {len(todo)} to go; reports in {out_dir}")
+    log = ResultsLog(out_dir / RESULTS)
+    try:
+        with board_urls(args, tflite) as urls:
+            session = run_boards(urls, tflite, root, todo, log, meta, args)
+    except KeyboardInterrupt:
+        write_reports(out_dir, meta)
+        print(
+            f"\ninterrupted: finished clips are in {out_dir / RESULTS}; continue with --resume {out_dir}",
+            file=sys.stderr,
+        )
+        raise
+    finally:
+        (out_dir / RUN_INFO).write_text(json.dumps(meta, indent=1) + "\n")
+    return out_dir, write_reports(out_dir, meta, session)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from train.corpus import CorpusError
+
+    try:
+        out_dir, summary = evaluate(args)
+    except (EvalError, FatalBoardError, CorpusError, ModelFileError) as exc:
+        print(f"ser-eval: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    print_summary(summary, out_dir)
+    return 0 if summary["clips"]["failed"] == 0 else 1
+
+
+def print_summary(s: dict, out_dir: Path) -> None:
+    c = s["clips"]
+    if "board" in s:
+        a = s["agreement"]
+        inv = s["latency"]["invoke"]
+        fe = s["latency"]["frontend"]
+        print(
+            f"board accuracy {s['board']['accuracy']:.2%} (host TFLM {s['host_tflm']['accuracy']:.2%}) on {c['ok']} clips; "
+            f"bit-exact with host {a['bit_exact_clips']}/{a['clips']}, max {a['max_lsb_diff']} LSB; "
+            f"front end {fe['cycles']['mean'] / 1e6:.2f} M, Invoke {inv['cycles']['mean'] / 1e6:.2f} M cycles per clip"
+        )
+    if c["failed"]:
+        print(f"{c['failed']} clips failed (listed in summary.md); rerun them with --resume {out_dir}")
+    print(f"report: {out_dir / 'summary.md'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

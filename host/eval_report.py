@@ -1,0 +1,233 @@
+"""The evaluation's report folder: a results log written clip by clip, and the summary made from it.
+
+``results.jsonl`` gets one line per clip as soon as its answer arrives (flushed and synced), so a run
+cut off at any moment loses at most the clip in flight, and ``--resume`` continues from it. The
+summary is always recomputed from the whole log (the last line of a clip wins), so clips evaluated
+over several sessions or boards merge into one report and none counts twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from convert.compare import agreement, error_metrics
+from train.labels import EMOTIONS
+from train.metrics import scores
+
+RESULTS = "results.jsonl"
+RUN_INFO = "evaluation.json"
+
+
+class ResultsLog:
+    """Append-only JSON lines, one per clip, safe to call from several board threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._drop_partial_line()
+
+    def _drop_partial_line(self) -> None:
+        """A run killed mid-write leaves half a line: cut it, so the next record starts a line of its own."""
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with self.path.open("r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+
+    def append(self, record: dict) -> None:
+        line = json.dumps(record, sort_keys=True) + "\n"
+        with self._lock, self.path.open("a") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_results(path: Path) -> dict[str, dict]:
+    """The last record of every clip; a line cut off mid-write (the run was killed) is ignored."""
+    records: dict[str, dict] = {}
+    if not path.exists():
+        return records
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "clip" in record:
+            records[record["clip"]] = record
+    return records
+
+
+def _stats(values: np.ndarray) -> dict:
+    if not len(values):
+        return {}
+    return {
+        "mean": float(values.mean()),
+        "p50": float(np.percentile(values, 50)),
+        "p95": float(np.percentile(values, 95)),
+        "max": float(values.max()),
+    }
+
+
+def summarise(records: dict[str, dict], meta: dict, session: dict | None = None) -> dict:
+    """Scores, agreement with the host TFLM reference, latency and throughput of the logged clips."""
+    expected = meta["clips"]
+    ok = [records[c] for c in expected if c in records and records[c]["status"] == "ok"]
+    failed = [records[c] for c in expected if c in records and records[c]["status"] != "ok"]
+    summary: dict = {
+        "run": meta["run"],
+        "model_sha256": meta["model_sha256"],
+        "split": meta["split"],
+        "boards": meta.get("boards", {}),
+        "clips": {
+            "planned": len(expected),
+            "ok": len(ok),
+            "failed": len(failed),
+            "missing": len(expected) - len(ok) - len(failed),
+        },
+        "failed_clips": {r["clip"]: r.get("error", "") for r in failed},
+    }
+    if not ok:
+        return summary
+    y = np.array([r["label"] for r in ok])
+    board = np.array([r["scores"] for r in ok], dtype=np.int32)
+    host = np.array([r["host_scores"] for r in ok], dtype=np.int32)
+    out_scale, out_zero = meta["output"]["scale"], meta["output"]["zero_point"]
+    summary["board"] = scores(y, np.array([r["predicted"] for r in ok]))
+    summary["host_tflm"] = scores(y, host.argmax(1))
+    summary["agreement"] = agreement(host, board) | error_metrics(
+        (host - out_zero) * out_scale, (board - out_zero) * out_scale
+    )
+    clock = {b: info.get("core_clock_hz") for b, info in summary["boards"].items()}
+    latency = {}
+    for key in ("frontend_cycles", "invoke_cycles"):
+        cycles = np.array([r[key] for r in ok], dtype=np.float64)
+        ms = np.array([r[key] / clock[r["board"]] * 1e3 for r in ok if clock.get(r["board"])], dtype=np.float64)
+        latency[key.replace("_cycles", "")] = {"cycles": _stats(cycles), "ms": _stats(ms)}
+    summary["latency"] = latency
+    summary["retries"] = {"clips_needing_more_than_one_attempt": sum(r["attempts"] > 1 for r in ok)}
+    if session:
+        summary["throughput"] = session
+    return summary
+
+
+def _pct(x: float) -> str:
+    return f"{x:.2%}"
+
+
+def summary_md(s: dict) -> str:
+    c = s["clips"]
+    lines = [
+        "# On-board evaluation",
+        "",
+        f"- run: `{s['run']}`; model sha256 `{s['model_sha256']}`; clips: {s['split']}",
+        f"- clips: {c['ok']} scored, {c['failed']} failed, {c['missing']} not yet evaluated (of {c['planned']})",
+    ]
+    for url, info in s["boards"].items():
+        lines.append(
+            f"- board `{url}`: {info.get('board')}, {info.get('core_clock_hz', 0) / 1e6:.0f} MHz, "
+            f"arena {info.get('arena_used')} of {info.get('arena_size')} bytes used, build {info.get('build_id')}; "
+            f"counter: {info.get('cycle_counter')}"
+        )
+    if "board" not in s:
+        return "\n".join([*lines, "", "No clip scored yet."]) + "\n"
+    b, h, a = s["board"], s["host_tflm"], s["agreement"]
+    lines += [
+        "",
+        "## Scores",
+        "",
+        "| | accuracy | unweighted accuracy | macro-F1 |",
+        "| --- | --- | --- | --- |",
+        f"| board | {_pct(b['accuracy'])} | {_pct(b['unweighted_accuracy'])} | {_pct(b['macro_f1'])} |",
+        f"| host TFLM reference, same clips | {_pct(h['accuracy'])} | {_pct(h['unweighted_accuracy'])} | {_pct(h['macro_f1'])} |",
+        "",
+        "Per-class recall on the board: "
+        + ", ".join(f"{e} {_pct(b['per_class_recall'][e])}" for e in EMOTIONS)
+        + ". Confusion matrix: `confusion.png`.",
+        "",
+        "## Board vs host TFLM reference",
+        "",
+        f"- bit-exact int8 scores: {a['bit_exact_clips']}/{a['clips']} clips; max difference {a['max_lsb_diff']} LSB; "
+        f"same prediction {a['same_prediction']}/{a['clips']}",
+        f"- dequantized scores: RMSE {a['rmse']:.3g}, MAE {a['mae']:.3g}, L2 relative {a['l2_relative']:.3g}, "
+        f"cosine {a['cosine']:.6f}",
+        "",
+        "## Latency per clip",
+        "",
+        "| stage | mean | p50 | p95 | max |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for stage, lat in s["latency"].items():
+        for unit, scale in (("cycles", 1e6), ("ms", 1.0)):
+            st = lat[unit]
+            if st:
+                suffix = " M" if unit == "cycles" else ""
+                cells = " | ".join(f"{st[k] / scale:.2f}{suffix}" for k in ("mean", "p50", "p95", "max"))
+                lines.append(f"| {stage} ({unit}) | {cells} |")
+    lines += [
+        "",
+        "Cycles are the board's counter (see its line above): under QEMU, emulator instruction counts, "
+        "not silicon cycles; ms are those counts at the board's nominal clock. `latency.png` shows the spread.",
+    ]
+    t = s.get("throughput")
+    if t:
+        lines += [
+            "",
+            "## Throughput (this session)",
+            "",
+            f"- {t['clips']} clips in {t['seconds']:.1f} s on {t['boards']} board(s): {t['clips_per_s']:.2f} clips/s, "
+            f"{t['audio_s_per_s']:.2f} s of audio per second",
+            f"- PCM delivered {t['pcm_bytes_per_s'] / 1024:.1f} KiB/s (as int16); bytes on the wire "
+            f"{t['wire_bytes_per_s'] / 1024:.1f} KiB/s (both directions, framing included); compression "
+            f"{t['compression']:.2f}x",
+            f"- line rate: {t['line_rate']}",
+        ]
+    if s["failed_clips"]:
+        lines += ["", "## Failed clips (not counted as predictions)", ""]
+        lines += [f"- `{clip}`: {err}" for clip, err in s["failed_clips"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot_latency(records: dict[str, dict], boards: dict, path: Path) -> None:
+    """Histograms of front-end and Invoke time per clip (ms at the board clock; counts if unknown)."""
+    from train.plots import plt
+
+    ok = [r for r in records.values() if r["status"] == "ok"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, key, title in zip(axes, ("frontend_cycles", "invoke_cycles"), ("front end", "Invoke"), strict=True):
+        clock = [boards.get(r["board"], {}).get("core_clock_hz") for r in ok]
+        if all(clock):
+            values, unit = [r[key] / c * 1e3 for r, c in zip(ok, clock, strict=True)], "ms"
+        else:
+            values, unit = [r[key] / 1e6 for r in ok], "M cycles"
+        ax.hist(values, bins=30, color="tab:blue")
+        ax.set_xlabel(f"{title} per clip ({unit})")
+        ax.set_ylabel("clips")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Board latency per clip (QEMU: emulator counts at nominal clock)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_reports(out_dir: Path, meta: dict, session: dict | None = None) -> dict:
+    """summary.json, summary.md, confusion.png and latency.png from the log as it is now."""
+    from train.plots import plot_confusion
+
+    records = read_results(out_dir / RESULTS)
+    s = summarise(records, meta, session)
+    (out_dir / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
+    (out_dir / "summary.md").write_text(summary_md(s))
+    if "board" in s:
+        plot_confusion(s["board"]["confusion"], out_dir / "confusion.png", f"on board ({s['clips']['ok']} clips)")
+        plot_latency(
+            {k: v for k, v in records.items() if k in set(meta["clips"])},
+            meta.get("boards", {}),
+            out_dir / "latency.png",
+        )
+    return s

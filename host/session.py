@@ -1,0 +1,165 @@
+"""One board behind one port, kept usable through resets, cut links and garbled bytes.
+
+``BoardLink`` retries a single frame; a session retries a whole clip: after a reset (the board said
+BOOT) it shakes hands again, after a cut or silent link it reopens the port, and after a bounded
+number of attempts it reports the clip as failed, never as a prediction. The handshake refuses a
+board that runs another model than the run's.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import serial
+
+from convert.tflite_file import sha256
+from host.board import DEFAULT_BAUD, BoardError, BoardLink, BoardReset
+from host.protocol import PROTO_VERSION, CommandSequencer, Info, Result
+
+
+class FatalBoardError(BoardError):
+    """Retrying cannot help (another model, another protocol, a port that does not exist)."""
+
+
+class ModelMismatch(FatalBoardError):
+    pass
+
+
+class ClipFailed(BoardError):
+    """Every attempt at one clip failed; ``errors`` says what happened at each."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__(f"{len(errors)} attempts failed: " + "; ".join(errors))
+        self.errors = errors
+
+
+@dataclass
+class ClipOutcome:
+    result: Result
+    attempts: int
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
+def check_info(info: Info, tflite: bytes, url: str) -> None:
+    """Refuse a board that speaks another protocol or carries another model (both hashes shown)."""
+    if info.proto_version != PROTO_VERSION:
+        raise FatalBoardError(
+            f"{url}: board speaks protocol version {info.proto_version}, this host speaks {PROTO_VERSION}"
+        )
+    want = sha256(tflite)
+    have = info.model_sha256.hex() if info.model_sha256 else "(none reported)"
+    if have != want:
+        raise ModelMismatch(
+            f"{url}: the board ({info.board}) runs another model.\n  board's model: {have}\n  run's model:   {want}\n"
+            "Flash the firmware built for this run's model_int8.tflite (README: Flashing a board), or pass the run "
+            "whose model the board carries."
+        )
+
+
+class BoardSession:
+    def __init__(
+        self, url: str, tflite: bytes, baud: int = DEFAULT_BAUD, attempts: int = 4, timeout: float = 3.0
+    ) -> None:
+        self.url, self.tflite, self.baud, self.attempts, self.timeout = url, tflite, baud, attempts, timeout
+        self.link: BoardLink | None = None
+        self.info: Info | None = None
+        self.resets = 0
+        self.reconnects = 0
+        self._clip_ids = iter(range(random.randrange(1, 2**31), 2**32))  # fresh ids: never a stale replay
+        self._sequencer = CommandSequencer()  # kept across reconnects: no seq of an old link is reused
+        self.bytes_sent = self.bytes_received = 0
+        self.retries = 0  # frames sent again (BoardLink's own retries)
+
+    def connect(self) -> Info:
+        """Open the port and shake hands. At the start, a port that will not open or a board that does not
+        answer is fatal: the message says what to check."""
+        try:
+            return self._connect()
+        except FatalBoardError:
+            raise
+        except (BoardError, serial.SerialException, OSError) as exc:
+            self.close()
+            raise FatalBoardError(_port_advice(self.url, str(exc))) from None
+
+    def _connect(self) -> Info:
+        if self.link is None:
+            self.link = BoardLink(self.url, self.baud, timeout=self.timeout)
+            self.link.sequencer = self._sequencer
+        self.info = self.link.hello()
+        check_info(self.info, self.tflite, self.url)
+        return self.info
+
+    def close(self) -> None:
+        if self.link is not None:
+            self._collect_link_stats()
+            self.link.close()
+            self.link = None
+
+    def _collect_link_stats(self) -> None:
+        assert self.link is not None
+        stats = self.link.stats
+        self.bytes_sent += stats.bytes_sent
+        self.bytes_received += stats.bytes_received
+        self.retries += stats.retries
+        stats.bytes_sent = stats.bytes_received = stats.retries = 0
+
+    def classify(self, pcm: np.ndarray) -> ClipOutcome:
+        """The board's RESULT for one clip, after at most ``attempts`` tries; ``ClipFailed`` otherwise."""
+        errors: list[str] = []
+        start = time.monotonic()
+        sent0, received0 = self._bytes()
+        for attempt in range(1, self.attempts + 1):
+            try:
+                if self.link is None:
+                    self.reconnects += 1
+                    self._connect()
+                result = self.link.classify(pcm, next(self._clip_ids))
+                sent, received = self._bytes()
+                return ClipOutcome(
+                    result, attempt, errors, time.monotonic() - start, sent - sent0, received - received0
+                )
+            except BoardReset as exc:
+                self.resets += 1
+                errors.append(str(exc))
+                self._rehandshake(errors)
+            except FatalBoardError:
+                raise
+            except (BoardError, serial.SerialException, OSError) as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                self.close()  # reopen on the next attempt: a cut link or a wedged port starts clean
+        raise ClipFailed(errors)
+
+    def _rehandshake(self, errors: list[str]) -> None:
+        try:
+            self._connect()
+        except FatalBoardError:
+            raise
+        except (BoardError, serial.SerialException, OSError) as exc:
+            errors.append(f"handshake after reset: {exc}")
+            self.close()
+
+    def _bytes(self) -> tuple[int, int]:
+        if self.link is None:
+            return self.bytes_sent, self.bytes_received
+        return self.bytes_sent + self.link.stats.bytes_sent, self.bytes_received + self.link.stats.bytes_received
+
+
+def _port_advice(url: str, message: str) -> str:
+    """Say what is wrong with a port that will not open, and what to do."""
+    low = message.lower()
+    if "busy" in low or "resource temporarily unavailable" in low or "errno 16" in low:
+        return f"{message}\nThe port is in use by another program (a serial monitor, another evaluation?): close it and retry."
+    if "no such file" in low or "errno 2" in low or "could not open port" in low or "filenotfounderror" in low:
+        from serial.tools import list_ports
+
+        ports = ", ".join(p.device for p in list_ports.comports()) or "none found"
+        return f"{message}\nNo such port. Serial ports on this machine: {ports}. Is the board plugged in?"
+    if "connection refused" in low:
+        return f"{message}\nNothing listens there: is the emulator or the board's bridge running?"
+    return message

@@ -1,0 +1,385 @@
+"""A simulated board: the serial protocol over a real pseudo-terminal, answered by host code.
+
+For tests and tools that must run without TFLM sources (no firmware build, no QEMU). It mirrors
+``firmware/app/ser_app.c`` rule for rule but shares the code that matters instead of copying it:
+frames and messages come from ``host/protocol.py``, chunks are decoded by ``host/pcm_codec.py``,
+the audio streams chunk by chunk through the board's own C front end (``train/frontend_c.py``)
+into the int8 model input, and the model runs in TFLM's interpreter (``tflite-micro``), so its
+RESULT is bit for bit the board's. What it cannot mirror it says in INFO: the cycle fields are
+host nanoseconds, and PROFILE_DATA lists the layers in order with 0 ticks (the Python TFLM
+runtime has no per-layer profiler).
+
+    with SimulatedBoard(tflite) as board, BoardLink(board.url) as link: ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import select
+import threading
+import time
+import tty
+from dataclasses import dataclass
+from importlib import metadata
+
+import numpy as np
+from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+from convert.emit import arena_with_margin
+from convert.interpreters import TflmRunner, quiet_fds, tflm_arena_bytes
+from convert.ops import check_ops
+from convert.tflite_file import io_specs, read_metadata
+from host import pcm_codec
+from host.protocol import (
+    CHUNK_MAX_RAW_SAMPLES,
+    MAX_PAYLOAD,
+    PROTO_VERSION,
+    Boot,
+    Chunk,
+    Error,
+    ErrorCode,
+    Frame,
+    Hello,
+    Info,
+    MsgType,
+    Next,
+    Parser,
+    PayloadError,
+    Profile,
+    ProfileData,
+    Reset,
+    Result,
+    Start,
+    TensorSpec,
+    encode_frame,
+)
+from train.frontend import FrontEndConfig
+from train.frontend_c import KINDS, NativeFrontEnd
+from train.labels import EMOTIONS
+
+INTER_BYTE_TIMEOUT = 0.2  # seconds, as ser_app.c
+MAX_CHUNK_SAMPLES = CHUNK_MAX_RAW_SAMPLES  # as ser_app.c
+CORE_CLOCK_HZ = 1_000_000_000  # the counter is host nanoseconds
+CYCLE_COUNTER = "simulated board: host nanoseconds (perf_counter_ns) of the front end and of TFLM Invoke, not cycles"
+DTYPE_INT8 = 9
+# ser_port.h SER_RESET_* with ser_reset_reason_name's texts
+RESET_POWER_ON, RESET_PIN, RESET_SOFTWARE = (1, "power-on"), (2, "reset pin"), (3, "software reset")
+_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def operator_names(tflite: bytes) -> list[str]:
+    """Builtin op name of every operator in execution order (the board's per-layer profile tags)."""
+    model = schema.Model.GetRootAsModel(tflite, 0)
+    graph = model.Subgraphs(0)
+    names = []
+    for i in range(graph.OperatorsLength()):
+        code = model.OperatorCodes(graph.Operators(i).OpcodeIndex())
+        names.append(_OP_NAMES.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "?"))
+    return names
+
+
+@dataclass
+class _Clip:
+    """The clip being received (ser_app.c ``clip``); the front end holds the model input, not the clip."""
+
+    clip_id: int
+    expected_offset: int
+    frontend: NativeFrontEnd | None  # None: a model without front end, the samples are the input
+    raw_input: np.ndarray | None
+    fe_ns: int = 0
+
+
+@dataclass
+class _Last:
+    """The last command processed and the frame that answered it (ser_app.c ``last``)."""
+
+    type: int
+    seq: int
+    clip_id: int
+    offset: int
+    reply: bytes = b""
+
+
+class SimulatedBoard:
+    """One board on a pty; ``url`` is the slave's path, for pyserial or BoardLink."""
+
+    def __init__(self, tflite: bytes, board_name: str = "simulated") -> None:
+        check_ops(tflite)  # a model the firmware could not carry is refused here too
+        self.tflite = bytes(tflite)
+        self.board_name = board_name
+        in_spec, out_spec = io_specs(tflite)
+        if in_spec.dtype != "int8" or out_spec.dtype != "int8":
+            raise ValueError(f"the board runs int8 models; this one has {in_spec.dtype} in, {out_spec.dtype} out")
+        meta = read_metadata(tflite)
+        self.frontend = FrontEndConfig(**meta["frontend"]) if meta else None
+        self.labels = tuple(meta["labels"]) if meta else tuple(EMOTIONS)
+        if self.frontend is not None and tuple(in_spec.shape[1:]) != self.frontend.input_shape:
+            raise ValueError(f"model input {in_spec.shape} does not match its front end's {self.frontend.input_shape}")
+        self.in_spec, self.out_spec = in_spec, out_spec
+        self.input_elements = int(np.prod(in_spec.shape))
+        self.output_elements = int(np.prod(out_spec.shape))
+        if self.output_elements != len(self.labels):
+            raise ValueError(f"model has {self.output_elements} outputs but {len(self.labels)} labels")
+        self.clip_samples = self.frontend.clip_samples if self.frontend else self.input_elements
+        self.profile_tags = operator_names(tflite)
+        self.invocations = 0  # Invokes run since start(): a test can see that a retry was not run twice
+        self._runner: TflmRunner | None = None
+        self._model_error = ""
+        self._arena = (0, 0)
+        self._master = self._slave = -1
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # one of: the serving thread handling bytes, or a pin reset
+        # board state, set again by every boot
+        self._parser = Parser()
+        self._clip: _Clip | None = None
+        self._last: _Last | None = None
+        self._reason = RESET_POWER_ON
+        self._boots = 0
+        self._invoked = False
+        self.url = ""
+
+    # ---- life cycle ----
+
+    def start(self) -> SimulatedBoard:
+        """Load the model as the board's ser_model_init would, open the pty, send BOOT, serve."""
+        try:
+            measured = tflm_arena_bytes(self.tflite)
+            self._arena = (arena_with_margin(measured), measured)
+            with quiet_fds():
+                self._runner = TflmRunner(self.tflite, arena_size=self._arena[0])
+        except (RuntimeError, ValueError) as exc:  # the board boots anyway and answers MODEL_FAILED
+            self._model_error = f"model does not load: {exc}"
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)  # no echo, no line editing, no CR/LF translation: a UART
+        os.set_blocking(self._master, False)
+        self.url = os.ttyname(self._slave)
+        self._stop.clear()
+        with self._lock:
+            self._boot(RESET_POWER_ON)
+        self._thread = threading.Thread(target=self._serve, name=f"sim-board {self.url}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        for fd in (self._master, self._slave):
+            if fd >= 0:
+                os.close(fd)
+        self._master = self._slave = -1
+
+    def reset(self) -> None:
+        """Press the reset pin: the clip and the remembered reply are lost, BOOT says "reset pin"."""
+        with self._lock:
+            self._boot(RESET_PIN)
+
+    def __enter__(self) -> SimulatedBoard:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- the application loop (ser_app.c main) ----
+
+    def _boot(self, reason: tuple[int, str]) -> None:
+        self._parser = Parser()
+        self._clip = None
+        self._last = None
+        self._reason = reason
+        self._boots += 1
+        self._invoked = False  # PROFILE_DATA describes the last Invoke since boot
+        self._send(MsgType.BOOT, 0, self._info(Boot).encode())
+
+    def _serve(self) -> None:
+        last_byte = time.monotonic()
+        while not self._stop.is_set():
+            readable, _, _ = select.select([self._master], [], [], 0.02)
+            with self._lock:
+                if readable:
+                    try:
+                        data = os.read(self._master, 4096)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:
+                        return  # pty closed
+                    last_byte = time.monotonic()
+                    boots = self._boots
+                    for event in self._parser.feed(data):
+                        if self._boots != boots:
+                            break  # the board restarted: bytes behind the RESET are gone with its UART buffer
+                        self._on_event(event)
+                elif self._parser.in_frame and time.monotonic() - last_byte > INTER_BYTE_TIMEOUT:
+                    msg_type, seq = self._parser.partial_header
+                    self._parser.reset()
+                    self._error(ErrorCode.TRUNCATED, msg_type, seq, "frame incomplete at the inter-byte timeout")
+
+    def _on_event(self, event) -> None:
+        if isinstance(event, Frame):
+            self._handle_frame(event)
+        elif event.kind == ErrorCode.BAD_CRC:
+            self._error(ErrorCode.BAD_CRC, event.type, event.seq, "CRC mismatch")
+        else:
+            self._error(ErrorCode.TOO_LONG, event.type, event.seq, "payload longer than 2048 bytes")
+
+    def _handle_frame(self, f: Frame) -> None:
+        handlers = {
+            MsgType.HELLO: (Hello, lambda _: self._send(MsgType.INFO, f.seq, self._info().encode())),
+            MsgType.START: (Start, lambda m: self._handle_start(f, m)),
+            MsgType.CHUNK: (Chunk, lambda m: self._handle_chunk(f, m)),
+            MsgType.PROFILE: (Profile, lambda _: self._handle_profile(f)),
+            MsgType.RESET: (Reset, lambda _: self._boot(RESET_SOFTWARE)),
+        }
+        if f.type not in handlers:
+            self._error(ErrorCode.UNKNOWN_TYPE, f.type, f.seq, "unknown message type")
+            return
+        cls, handle = handlers[f.type]
+        try:
+            message = cls.decode(f.payload)
+        except PayloadError as exc:
+            self._error(exc.code, f.type, f.seq, str(exc))
+            return
+        handle(message)
+
+    # ---- commands ----
+
+    def _is_retry(self, f: Frame, clip_id: int, offset: int) -> bool:
+        last = self._last
+        return last is not None and (last.type, last.seq, last.clip_id, last.offset) == (f.type, f.seq, clip_id, offset)
+
+    def _handle_start(self, f: Frame, m: Start) -> None:
+        if self._is_retry(f, m.clip_id, 0):
+            self._write(self._last.reply)
+            return
+        if self._runner is None:
+            self._error(ErrorCode.MODEL_FAILED, f.type, f.seq, self._model_error)
+            return
+        if m.n_samples != self.clip_samples:
+            self._error(ErrorCode.BAD_CLIP, f.type, f.seq, "clip must have exactly the front end's clip_samples (see INFO)")
+            return
+        fe = self.frontend
+        self._clip = _Clip(
+            m.clip_id,
+            0,
+            NativeFrontEnd(fe, self.in_spec.scale, self.in_spec.zero_point) if fe else None,
+            None if fe else np.zeros(self.input_elements, np.int8),
+        )
+        self._last = _Last(f.type, f.seq, m.clip_id, 0)
+        self._send_next(f)
+
+    def _handle_chunk(self, f: Frame, m: Chunk) -> None:
+        if self._is_retry(f, m.clip_id, m.offset):
+            self._write(self._last.reply)
+            return
+        clip = self._clip
+        if clip is None or m.clip_id != clip.clip_id or m.offset != clip.expected_offset:
+            why = "chunk is not the one asked for by NEXT" if clip else "no clip started"
+            self._error(ErrorCode.OUT_OF_ORDER, f.type, f.seq, why)
+            return
+        if m.n_samples > MAX_CHUNK_SAMPLES or m.n_samples > self.clip_samples - clip.expected_offset:
+            self._error(ErrorCode.BAD_LENGTH, f.type, f.seq, "chunk longer than NEXT's max_samples")
+            return
+        try:
+            pcm = pcm_codec.decode_chunk(m.encoding, m.data, m.n_samples)
+        except ValueError:
+            self._error(ErrorCode.BAD_ENCODING, f.type, f.seq, "PCM chunk does not decode")
+            return
+        start = time.perf_counter_ns()
+        if clip.frontend is not None:
+            try:
+                clip.frontend.push(pcm)
+            except ValueError:
+                self._error(ErrorCode.OUT_OF_ORDER, f.type, f.seq, "front end refused the chunk")
+                return
+        else:
+            clip.raw_input[m.offset : m.offset + m.n_samples] = np.clip(pcm, -128, 127)
+        clip.fe_ns += time.perf_counter_ns() - start
+        clip.expected_offset += m.n_samples
+        self._last = _Last(f.type, f.seq, m.clip_id, m.offset)
+        if clip.expected_offset == self.clip_samples:
+            self._finish_clip(f, clip)
+        else:
+            self._send_next(f)
+
+    def _finish_clip(self, f: Frame, clip: _Clip) -> None:
+        self._clip = None
+        model_input = clip.frontend.out if clip.frontend is not None else clip.raw_input
+        start = time.perf_counter_ns()
+        try:
+            scores = self._runner(model_input)
+        except (RuntimeError, ValueError) as exc:
+            self._error(ErrorCode.MODEL_FAILED, f.type, f.seq, f"Invoke failed: {exc}", remember=True)
+            return
+        invoke_ns = time.perf_counter_ns() - start
+        self.invocations += 1
+        self._invoked = True
+        result = Result(
+            clip.clip_id,
+            int(np.argmax(scores)),  # the first of equal largest scores, as the board
+            tuple(int(s) for s in scores),
+            clip.fe_ns & 0xFFFFFFFF,
+            invoke_ns & 0xFFFFFFFF,
+        )
+        self._send(MsgType.RESULT, f.seq, result.encode(), remember=True)
+
+    def _send_next(self, f: Frame) -> None:
+        clip = self._clip
+        left = self.clip_samples - clip.expected_offset
+        self._send(MsgType.NEXT, f.seq, Next(clip.clip_id, clip.expected_offset, min(left, MAX_CHUNK_SAMPLES)).encode(), True)
+
+    def _handle_profile(self, f: Frame) -> None:
+        entries, size = [], 2
+        for tag in self.profile_tags if self._invoked else ():
+            size += 1 + len(tag.encode()) + 4
+            if size > MAX_PAYLOAD:
+                break  # the first entries that fit, as the board
+            entries.append((tag, 0))
+        self._send(MsgType.PROFILE_DATA, f.seq, ProfileData(tuple(entries)).encode())
+
+    # ---- replies ----
+
+    def _info(self, cls: type[Info] = Info) -> Info:
+        fe = self.frontend
+        version = metadata.version("tflite-micro")
+        digest = hashlib.sha256(self.tflite).digest()
+        return cls(
+            proto_version=PROTO_VERSION,
+            reset_code=self._reason[0],
+            reset_text=self._reason[1],
+            board=self.board_name,
+            core_clock_hz=CORE_CLOCK_HZ,
+            cycle_counter=CYCLE_COUNTER,
+            model_sha256=digest,
+            input=TensorSpec(DTYPE_INT8, tuple(self.in_spec.shape), self.in_spec.scale, self.in_spec.zero_point),
+            output=TensorSpec(DTYPE_INT8, (1, self.output_elements), self.out_spec.scale, self.out_spec.zero_point),
+            frontend_kind=KINDS[fe.kind] if fe else 0,
+            clip_samples=self.clip_samples,
+            sample_rate=fe.sample_rate if fe else 0,
+            labels=self.labels,
+            arena_size=self._arena[0],
+            arena_used=self._arena[1],
+            max_chunk_samples=MAX_CHUNK_SAMPLES,
+            build_id=f"{self.board_name}-{digest.hex()[:12]} (host/sim_board.py, tflite-micro {version})",
+            pcm_encodings=(1 << pcm_codec.RAW) | (1 << pcm_codec.RICE),
+        )
+
+    def _error(self, code: int, msg_type: int, seq: int, message: str, remember: bool = False) -> None:
+        self._send(MsgType.ERROR, seq, Error(code, msg_type, seq, message).encode(), remember)
+
+    def _send(self, msg_type: int, seq: int, payload: bytes, remember: bool = False) -> None:
+        frame = encode_frame(msg_type, seq, payload)
+        if remember:
+            self._last.reply = frame
+        self._write(frame)
+
+    def _write(self, data: bytes) -> None:
+        """Blocks while the pty is full, like a UART write (until stop)."""
+        view = memoryview(data)
+        while view and not self._stop.is_set():
+            try:
+                view = view[os.write(self._master, view) :]
+            except BlockingIOError:
+                select.select([], [self._master], [], 0.05)

@@ -1,0 +1,200 @@
+"""ser-eval end to end: a run's clips streamed to a board over a real serial link, scored against the host.
+
+Every test runs against the simulated board (a real pseudo-terminal, the real front end and the real
+TFLM interpreter) and, when TFLM sources are given (SER_DEPS_DIR), against the emulated Cortex-M4 in QEMU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import serial
+
+from convert.tflite_file import MODEL_FILE, sha256, with_metadata
+from host import eval_on_device
+from host.board import INTER_BYTE_TIMEOUT
+from host.clips import board_pcm, select
+from host.eval_report import RESULTS, read_results
+from host.fault_relay import ByteFaults, FaultPlan, FaultRelay
+from host.reference import HostReference
+from tests.boards_under_test import CFG, KINDS, running_board, small_model
+from train.corpus import discover
+from train.labels import EMOTIONS
+from train.splits import make_manifest, save_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(folder: Path, corpus: Path, tflite: bytes) -> Path:
+    """A run folder as ser-convert leaves it: the split manifest and the int8 model carrying its front end."""
+    folder.mkdir(parents=True)
+    save_manifest(make_manifest(discover(corpus), "paper", 0), folder / "manifest.json")
+    (folder / MODEL_FILE).write_bytes(tflite)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, synthetic_corpus: Path) -> Path:
+    return _run(tmp_path_factory.mktemp("eval") / "run", synthetic_corpus, small_model())
+
+
+@pytest.fixture(scope="module")
+def other_run(tmp_path_factory: pytest.TempPathFactory, synthetic_corpus: Path) -> Path:
+    """The same network with other labels in its metadata: another model file, another hash."""
+    meta = {"format": 1, "frontend": CFG.__dict__, "labels": [e.upper() for e in EMOTIONS]}
+    return _run(tmp_path_factory.mktemp("eval") / "other", synthetic_corpus, with_metadata(small_model(), meta))
+
+
+@contextlib.contextmanager
+def boards(kind: str, run: Path, n: int = 1) -> Iterator[list[str]]:
+    """``n`` boards carrying the run's model, as pyserial URLs."""
+    tflite = (run / MODEL_FILE).read_bytes()
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(running_board(kind, tflite)).url for _ in range(n)]
+
+
+def _eval(run: Path, urls: list[str], out: Path, corpus: Path, *extra: str) -> int:
+    argv = ["--run", str(run), "--out", str(out), "--data", str(corpus), "--quiet", *extra]
+    for url in urls:
+        argv += ["--port", url]
+    return eval_on_device.main(argv)
+
+
+def _host_answers(run: Path, corpus: Path, clips: list[str]) -> dict[str, list[int]]:
+    tflite = (run / MODEL_FILE).read_bytes()
+    reference = HostReference(tflite)
+    by_path = {c.path: c for c in select(run, "test")}
+    return {p: reference(board_pcm(corpus, by_path[p], reference.cfg)).tolist() for p in clips}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_short_evaluation_matches_host_reference(kind: str, run: Path, synthetic_corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    with boards(kind, run) as urls:
+        assert _eval(run, urls, out, synthetic_corpus, "--limit", "5") == 0
+    records = read_results(out / RESULTS)
+    assert len(records) == 5 and all(r["status"] == "ok" for r in records.values())
+    expected = _host_answers(run, synthetic_corpus, list(records))
+    for clip, record in records.items():  # computed here, independently of the tool's own reference
+        assert record["scores"] == expected[clip] and record["bit_exact"]
+        assert record["predicted"] == int(np.argmax(expected[clip]))
+        assert record["invoke_cycles"] > 0 and record["frontend_cycles"] > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["board"]["accuracy"] == summary["host_tflm"]["accuracy"]
+    assert summary["agreement"]["bit_exact_clips"] == 5 and summary["agreement"]["cosine"] == pytest.approx(1.0)
+    board = summary["boards"][urls[0]]
+    assert board["arena_used"] > 0 and board["labels"] == list(EMOTIONS)
+    for name in ("summary.md", "confusion.png", "latency.png"):
+        assert (out / name).stat().st_size > 0
+    assert "bit-exact int8 scores: 5/5" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_board_with_another_model_is_refused(
+    kind: str, run: Path, other_run: Path, synthetic_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with boards(kind, other_run) as urls:
+        assert _eval(run, urls, tmp_path / "report", synthetic_corpus, "--limit", "2") == 2
+    err = capsys.readouterr().err
+    assert sha256((run / MODEL_FILE).read_bytes()) in err
+    assert sha256((other_run / MODEL_FILE).read_bytes()) in err
+    assert not read_results(tmp_path / "report" / RESULTS)  # nothing was scored
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_resume_finishes_a_cut_off_run_without_repeating_a_clip(
+    kind: str, run: Path, synthetic_corpus: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "report"
+    with boards(kind, run) as urls:
+        assert _eval(run, urls, out, synthetic_corpus, "--limit", "6") == 0
+        complete = read_results(out / RESULTS)
+        lines = (out / RESULTS).read_text().splitlines()
+        (out / RESULTS).write_text("\n".join(lines[:2]) + "\n" + lines[2][:25])  # killed while writing clip 3
+        assert eval_on_device.main(["--resume", str(out), "--data", str(synthetic_corpus), "--quiet", "--port", urls[0]]) == 0
+    lines = [json.loads(x) for x in (out / RESULTS).read_text().splitlines()]  # the half line is gone
+    assert sorted(r["clip"] for r in lines) == sorted(complete)  # each clip exactly once, none lost
+    resumed = read_results(out / RESULTS)
+    assert {k: r["scores"] for k, r in resumed.items()} == {k: r["scores"] for k, r in complete.items()}
+    assert json.loads((out / "summary.json").read_text())["clips"] == {"planned": 6, "ok": 6, "failed": 0, "missing": 0}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_two_boards_share_the_clips(kind: str, run: Path, synthetic_corpus: Path, tmp_path: Path) -> None:
+    with boards(kind, run, n=2) as urls:
+        assert _eval(run, urls, tmp_path / "two", synthetic_corpus, "--limit", "8") == 0
+    records = read_results(tmp_path / "two" / RESULTS)
+    assert len(records) == 8 and {r["board"] for r in records.values()} == set(urls)
+    expected = _host_answers(run, synthetic_corpus, list(records))
+    assert {k: r["scores"] for k, r in records.items()} == expected
+
+
+def test_faulty_link_gives_the_clean_results(run: Path, synthetic_corpus: Path, tmp_path: Path) -> None:
+    """Through a relay that drops, flips and duplicates bytes, cuts the link and resets the board, the
+    evaluation ends with the clean run's results: no clip lost, none counted twice."""
+    plan = FaultPlan(
+        seed=5,
+        to_board=ByteFaults(drop=3e-5, flip=3e-5, duplicate=3e-5),
+        to_tool=ByteFaults(drop=5e-4, flip=5e-4, duplicate=5e-4),
+        cut_every=41,
+        reset_every=37,
+    )
+    fast = ["--timeout", str(INTER_BYTE_TIMEOUT + 0.2)]  # local links answer in ms; above the parser's drop time
+    with boards("sim", run) as urls:
+        assert _eval(run, urls, tmp_path / "clean", synthetic_corpus, "--limit", "6") == 0
+        with FaultRelay(urls[0], plan) as relay:
+            assert _eval(run, [relay.url], tmp_path / "faulty", synthetic_corpus, "--limit", "6", "--attempts", "8", *fast) == 0
+    assert relay.counts["cut"] > 0 and relay.counts["reset"] > 0
+    assert sum(n for key, n in relay.counts.items() if isinstance(key, tuple)) > 3
+    clean, faulty = read_results(tmp_path / "clean" / RESULTS), read_results(tmp_path / "faulty" / RESULTS)
+    assert {k: r["scores"] for k, r in faulty.items()} == {k: r["scores"] for k, r in clean.items()}
+    lines = (tmp_path / "faulty" / RESULTS).read_text().splitlines()
+    assert len(lines) == 6  # one line per clip: nothing counted twice
+    assert any(r["attempts"] > 1 for r in faulty.values())  # the faults were felt
+
+
+def test_ctrl_c_keeps_every_finished_clip(run: Path, synthetic_corpus: Path, tmp_path: Path) -> None:
+    """SIGINT mid-run (a real process, a real signal): the finished clips stay, resume does the rest."""
+    out = tmp_path / "report"
+    with boards("sim", run) as urls:
+        cmd = [sys.executable, "host/eval_on_device.py", "--run", str(run), "--out", str(out), "--port", urls[0]]
+        cmd += ["--data", str(synthetic_corpus), "--limit", "8", "--quiet"]
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while len(read_results(out / RESULTS)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and f"--resume {out}" in err
+        done = read_results(out / RESULTS)
+        assert 2 <= len(done) < 8
+        assert eval_on_device.main(["--resume", str(out), "--port", urls[0], "--data", str(synthetic_corpus), "--quiet"]) == 0
+    assert len(read_results(out / RESULTS)) == 8 and len((out / RESULTS).read_text().splitlines()) == 8
+
+
+def test_unusable_ports_get_clear_messages(run: Path, synthetic_corpus: Path, tmp_path: Path, capsys) -> None:
+    args = ["--run", str(run), "--data", str(synthetic_corpus), "--limit", "1", "--quiet", "--timeout", "0.2"]
+    assert eval_on_device.main([*args, "--out", str(tmp_path / "a"), "--port", "/dev/ttyNO-SUCH-PORT"]) == 2
+    assert "No such port" in capsys.readouterr().err
+
+    controller, device = os.openpty()  # a real serial device with nothing answering on it
+    try:
+        path = os.ttyname(device)
+        assert eval_on_device.main([*args, "--out", str(tmp_path / "b"), "--port", path]) == 2
+        assert "baud rate" in capsys.readouterr().err  # no answer: wrong baud rate or firmware?
+        with serial.Serial(path, exclusive=True):  # another program holds the port
+            assert eval_on_device.main([*args, "--out", str(tmp_path / "c"), "--port", path]) == 2
+        assert "in use" in capsys.readouterr().err
+    finally:
+        os.close(controller)
+        os.close(device)
