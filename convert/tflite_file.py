@@ -163,6 +163,16 @@ def buffers_aligned(tflite: bytes, alignment: int = 16) -> bool:
     return True
 
 
+def operator_names(tflite: bytes) -> list[str]:
+    """Builtin op name of every operator in execution order (the tags of the board's per-layer profile)."""
+    model = _load(tflite)
+    codes = model.operatorCodes
+    return [
+        _OP_NAMES.get(max(codes[op.opcodeIndex].builtinCode, codes[op.opcodeIndex].deprecatedBuiltinCode), "?")
+        for op in model.subgraphs[0].operators or []
+    ]
+
+
 def layer_macs(tflite: bytes) -> list[int]:
     """Multiply-accumulates of each operator in execution order (0 for all but CONV_2D, DEPTHWISE_CONV_2D
     and FULLY_CONNECTED)."""

@@ -65,7 +65,7 @@ class BoardLink:
         self, url: str, baud: int = DEFAULT_BAUD, timeout: float = 3.0, retries: int = 5, open_timeout: float = 15.0
     ) -> None:
         self.url, self.timeout, self.retries = url, timeout, retries
-        self.port = _open(url, baud, open_timeout)
+        self.port = open_port(url, baud, open_timeout)
         self.parser = Parser()
         self.sequencer = CommandSequencer()
         self.stats = LinkStats()
@@ -180,7 +180,7 @@ class BoardLink:
         return self.request(Profile(), (ProfileData,))
 
 
-def _open(url: str, baud: int, open_timeout: float) -> serial.SerialBase:
+def open_port(url: str, baud: int = DEFAULT_BAUD, open_timeout: float = 15.0) -> serial.SerialBase:
     """Open a pyserial URL, waiting for a socket that is not listening yet (an emulator starting)."""
     deadline = time.monotonic() + open_timeout
     while True:

@@ -19,12 +19,12 @@ from __future__ import annotations
 import random
 import socket
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 import serial
 
+from host.board import open_port
 from host.protocol import Frame, MsgType, Parser, Reset, encode_message
 
 TO_BOARD, TO_TOOL = "to_board", "to_tool"
@@ -72,7 +72,7 @@ class FaultRelay:
     # ---- life cycle ----
 
     def start(self) -> FaultRelay:
-        self._board = _open_upstream(self.upstream_url, self.baud)
+        self._board = open_port(self.upstream_url, self.baud)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.1)
         self.url = f"socket://127.0.0.1:{self._listener.getsockname()[1]}"
@@ -203,15 +203,3 @@ class FaultRelay:
                 self.counts["duplicate", direction] += 1
             out.append(b)
         return bytes(out)
-
-
-def _open_upstream(url: str, baud: int, open_timeout: float = 15.0) -> serial.SerialBase:
-    """The board's port; a socket that does not listen yet (an emulator starting) is retried."""
-    deadline = time.monotonic() + open_timeout
-    while True:
-        try:
-            return serial.serial_for_url(url, baudrate=baud, timeout=0.05, write_timeout=10)
-        except serial.SerialException:
-            if not url.startswith("socket://") or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)

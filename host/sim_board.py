@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from importlib import metadata
 
 import numpy as np
-from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
 from convert.emit import arena_with_margin
 from convert.interpreters import TflmRunner, quiet_fds, tflm_arena_bytes
 from convert.ops import check_ops
-from convert.tflite_file import io_specs, read_metadata
+from convert.tflite_file import io_specs, operator_names, read_metadata
 from host import pcm_codec
 from host.protocol import (
     CHUNK_MAX_RAW_SAMPLES,
@@ -65,18 +64,6 @@ CYCLE_COUNTER = "simulated board: host nanoseconds (perf_counter_ns) of the fron
 DTYPE_INT8 = 9
 # ser_port.h SER_RESET_* with ser_reset_reason_name's texts
 RESET_POWER_ON, RESET_PIN, RESET_SOFTWARE = (1, "power-on"), (2, "reset pin"), (3, "software reset")
-_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-
-
-def operator_names(tflite: bytes) -> list[str]:
-    """Builtin op name of every operator in execution order (the board's per-layer profile tags)."""
-    model = schema.Model.GetRootAsModel(tflite, 0)
-    graph = model.Subgraphs(0)
-    names = []
-    for i in range(graph.OperatorsLength()):
-        code = model.OperatorCodes(graph.Operators(i).OpcodeIndex())
-        names.append(_OP_NAMES.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "?"))
-    return names
 
 
 @dataclass

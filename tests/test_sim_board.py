@@ -12,7 +12,7 @@ import pytest
 import serial
 
 from convert.interpreters import tflm_arena_bytes
-from convert.tflite_file import io_specs
+from convert.tflite_file import io_specs, operator_names
 from host import pcm_codec
 from host.board import BoardLink
 from host.protocol import (
@@ -33,7 +33,7 @@ from host.protocol import (
     encode_frame,
     encode_message,
 )
-from host.sim_board import SimulatedBoard, operator_names
+from host.sim_board import SimulatedBoard
 from tests.boards_under_test import CFG, KINDS, bare_model, clips, reference, running_board, small_model
 from train.labels import EMOTIONS
 
