@@ -20,8 +20,8 @@ import numpy as np
 
 from convert.interpreters import tflm_arena_bytes
 from convert.ops import FIRMWARE_OPS, check_ops
-from convert.tflite_file import io_specs, read_metadata, sha256
-from train.frontend import FrontEndConfig, fft_twiddles, hann_window, mel_filterbank, sparse_mel
+from convert.tflite_file import io_specs, model_frontend, read_metadata, sha256
+from train.frontend import fft_twiddles, hann_window, mel_filterbank, sparse_mel
 from train.frontend_c import KINDS, workspace_floats
 from train.labels import EMOTIONS
 
@@ -54,7 +54,7 @@ def render(tflite: bytes, arena_measured: int | None = None) -> dict[str, str]:
     in_spec, out_spec = io_specs(tflite)
     meta = read_metadata(tflite)
     digest = sha256(tflite)
-    frontend = FrontEndConfig(**meta["frontend"]) if meta else None
+    frontend = model_frontend(tflite)
     labels = meta["labels"] if meta else list(EMOTIONS)
     if frontend is not None and tuple(in_spec.shape[1:]) != frontend.input_shape:
         raise ValueError(f"model input {in_spec.shape} does not match its front end's {frontend.input_shape}")

@@ -12,10 +12,14 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import flatbuffers
 import numpy as np
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+if TYPE_CHECKING:
+    from train.frontend import FrontEndConfig
 
 METADATA_NAME = "ser_tinyml"  # our entry in the model's metadata table
 MODEL_FILE = "model_int8.tflite"  # the deployable model in a run folder
@@ -120,6 +124,14 @@ def read_metadata(tflite: bytes, name: str = METADATA_NAME) -> dict | None:
         if entry_name == name:
             return json.loads(bytes(np.asarray(model.buffers[entry.buffer].data, dtype=np.uint8)).decode())
     return None
+
+
+def model_frontend(tflite: bytes) -> FrontEndConfig | None:
+    """The front end (``FrontEndConfig``) a model carries in its metadata, or None for a foreign model."""
+    from train.frontend import FrontEndConfig
+
+    meta = read_metadata(tflite)
+    return FrontEndConfig(**meta["frontend"]) if meta and "frontend" in meta else None
 
 
 def with_metadata(tflite: bytes, payload: dict, name: str = METADATA_NAME) -> bytes:

@@ -21,8 +21,10 @@ from train.splits import clips_with_role, load_manifest
 class EvalClip:
     path: str  # relative to the corpus root, as in the manifest: also the clip's key in results.jsonl
     emotion: str
-    label: int
-    speaker: str
+
+    @property
+    def label(self) -> int:
+        return label_index(self.emotion)
 
 
 def select(run: Path, split: str = "test", limit: int | None = None) -> list[EvalClip]:
@@ -39,7 +41,7 @@ def select(run: Path, split: str = "test", limit: int | None = None) -> list[Eva
             raise FileNotFoundError(f"--split {split}: not 'test', 'all' or a manifest file")
         manifest = load_manifest(path)
     entries = manifest["clips"] if split == "all" else clips_with_role(manifest, "test")
-    clips = [EvalClip(c["path"], c["emotion"], label_index(c["emotion"]), c["speaker"]) for c in entries]
+    clips = [EvalClip(c["path"], c["emotion"]) for c in entries]
     if limit is not None and limit < len(clips):
         keep = np.linspace(0, len(clips) - 1, limit).round().astype(int)
         clips = [clips[i] for i in keep]

@@ -36,7 +36,7 @@ from convert.tflite_file import MODEL_FILE, ModelFileError, io_specs, sha256
 from host.board import DEFAULT_BAUD
 from host.clips import EvalClip, board_pcm, select
 from host.eval_report import RESULTS, RUN_INFO, ResultsLog, read_results, write_reports
-from host.reference import HostReference, model_frontend
+from host.reference import HostReference, audio_frontend
 from host.session import BoardSession, ClipFailed, FatalBoardError
 
 EMULATED_DEFAULT = "qemu-mps2-an386"
@@ -128,7 +128,7 @@ def plan(args: argparse.Namespace) -> tuple[Path, dict]:
         "model_sha256": sha256(tflite),
         "split": args.split if args.limit is None else f"{args.split} (limit {args.limit})",
         "clips": [c.path for c in clips],
-        "clip_labels": {c.path: [c.emotion, c.label] for c in clips},
+        "clip_emotions": {c.path: c.emotion for c in clips},
         "output": {"scale": out_spec.scale, "zero_point": out_spec.zero_point},
         "created": stamp,
         "boards": {},
@@ -179,11 +179,13 @@ class Progress:
     def __init__(self, total: int, quiet: bool) -> None:
         self.bar = tqdm(total=total, unit="clip", desc="on board", disable=quiet, dynamic_ncols=True)
         self.correct = self.scored = self.exact = self.failed = 0
+        self.scored_records: list[dict] = []  # this session's scored clips, for the throughput figures
         self._lock = threading.Lock()
 
     def add(self, record: dict) -> None:
         with self._lock:
             if record["status"] == "ok":
+                self.scored_records.append(record)
                 self.scored += 1
                 self.correct += record["predicted"] == record["label"]
                 self.exact += record["bit_exact"]
@@ -306,12 +308,10 @@ def run_boards(
     if fatal:
         raise fatal[0]
     seconds = time.monotonic() - start
-    done = [
-        r for r in read_results(log.path).values() if r.get("status") == "ok" and r["clip"] in {c.path for c in todo}
-    ]
+    done = progress.scored_records
     pcm_bytes = 2 * sum(r["pcm_samples"] for r in done)
     wire = sum(s.bytes_sent + s.bytes_received for s in sessions)
-    audio_s = sum(r["pcm_samples"] for r in done) / model_frontend(tflite).sample_rate
+    audio_s = sum(r["pcm_samples"] for r in done) / audio_frontend(tflite).sample_rate
     real_ports = [u for u in urls if "://" not in u or u.startswith("rfc2217")]
     return {
         "boards": len(urls),
@@ -340,9 +340,8 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, dict]:
     run = Path(meta["run"])
     tflite = (run / MODEL_FILE).read_bytes()
     root = resolve_root(args.data)
-    labels = meta["clip_labels"]
     done = {k for k, r in read_results(out_dir / RESULTS).items() if r.get("status") == "ok"}
-    todo = [EvalClip(c, labels[c][0], labels[c][1], "") for c in meta["clips"] if c not in done]
+    todo = [EvalClip(c, meta["clip_emotions"][c]) for c in meta["clips"] if c not in done]
     print(f"{len(meta['clips'])} clips, {len(done)} already done, {len(todo)} to go; reports in {out_dir}")
     log = ResultsLog(out_dir / RESULTS)
     try:

@@ -9,19 +9,19 @@ from __future__ import annotations
 import numpy as np
 
 from convert.interpreters import TflmRunner
-from convert.tflite_file import ModelFileError, io_specs, read_metadata
+from convert.tflite_file import ModelFileError, io_specs, model_frontend, read_metadata
 from train.frontend import FrontEndConfig, model_input_int8
 
 
-def model_frontend(tflite: bytes) -> FrontEndConfig:
+def audio_frontend(tflite: bytes) -> FrontEndConfig:
     """The front end a model carries in its metadata; a model without one cannot be fed audio."""
-    meta = read_metadata(tflite)
-    if not meta or "frontend" not in meta:
+    cfg = model_frontend(tflite)
+    if cfg is None:
         raise ModelFileError(
             "the model carries no front-end metadata, so it cannot be fed CASIA audio; "
             "convert it with ser-convert (which embeds the run's frontend.json)"
         )
-    return FrontEndConfig(**meta["frontend"])
+    return cfg
 
 
 def model_labels(tflite: bytes) -> tuple[str, ...]:
@@ -33,7 +33,7 @@ class HostReference:
     """int8 scores of one clip's board PCM, as the board should compute them. Not thread-safe: one per thread."""
 
     def __init__(self, tflite: bytes) -> None:
-        self.cfg = model_frontend(tflite)
+        self.cfg = audio_frontend(tflite)
         self.input_spec, self.output_spec = io_specs(tflite)
         self._tflm = TflmRunner(tflite)
 

@@ -28,7 +28,7 @@ import numpy as np
 from convert.emit import arena_with_margin
 from convert.interpreters import TflmRunner, quiet_fds, tflm_arena_bytes
 from convert.ops import check_ops
-from convert.tflite_file import io_specs, operator_names, read_metadata
+from convert.tflite_file import io_specs, model_frontend, operator_names, read_metadata
 from host import pcm_codec
 from host.protocol import (
     CHUNK_MAX_RAW_SAMPLES,
@@ -53,7 +53,6 @@ from host.protocol import (
     TensorSpec,
     encode_frame,
 )
-from train.frontend import FrontEndConfig
 from train.frontend_c import KINDS, NativeFrontEnd
 from train.labels import EMOTIONS
 
@@ -99,7 +98,7 @@ class SimulatedBoard:
         if in_spec.dtype != "int8" or out_spec.dtype != "int8":
             raise ValueError(f"the board runs int8 models; this one has {in_spec.dtype} in, {out_spec.dtype} out")
         meta = read_metadata(tflite)
-        self.frontend = FrontEndConfig(**meta["frontend"]) if meta else None
+        self.frontend = model_frontend(tflite)
         self.labels = tuple(meta["labels"]) if meta else tuple(EMOTIONS)
         if self.frontend is not None and tuple(in_spec.shape[1:]) != self.frontend.input_shape:
             raise ValueError(f"model input {in_spec.shape} does not match its front end's {self.frontend.input_shape}")
