@@ -4,8 +4,9 @@
 
 Runs ``ser-eval --board qemu`` on the run's first ``--limit`` test clips with 1, 2, 3... QEMU boards
 and prints clips/s, audio seconds per wall second, PCM and wire bytes/s, and the time the whole
-test split would take. The emulated UART moves one byte per QEMU main-loop round, so the link, not
-the model, sets the pace; a busy machine slows it down (stop other work for a clean figure).
+test split would take. The host's bytes reach the emulated board as Ethernet packets (its UART
+moves one byte per QEMU main-loop round, firmware/PROTOCOL.md 8); ``--uart-only`` measures the
+UART alone. A busy machine slows it down (stop other work for a clean figure).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=24)
     p.add_argument("--data", help="CASIA root; default $CASIA_ROOT")
     p.add_argument("--deps-dir", help="local TFLM/CMSIS sources ($SER_DEPS_DIR)")
+    p.add_argument("--uart-only", action="store_true", help="the emulated board's UART alone, not its Ethernet path")
     args = p.parse_args()
     test_clips = len(select(args.run, "test"))
     rows = [
@@ -39,6 +41,7 @@ def main() -> int:
             argv += ["--out", str(Path(tmp) / "eval"), "--quiet"]
             argv += ["--data", args.data] if args.data else []
             argv += ["--deps-dir", args.deps_dir] if args.deps_dir else []
+            argv += ["--uart-only"] if args.uart_only else []
             if eval_on_device.main(argv) != 0:
                 return 1
             t = json.loads((Path(tmp) / "eval" / "summary.json").read_text())["throughput"]

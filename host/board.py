@@ -31,9 +31,12 @@ from host.protocol import (
     Profile,
     ProfileData,
     Result,
+    RxPath,
+    RxPathSet,
     Start,
     decode_message,
 )
+from host.uart_eth import UartEthPort
 
 DEFAULT_BAUD = 921600
 INTER_BYTE_TIMEOUT = 0.5  # seconds; the board's own is 0.2 s (firmware/PROTOCOL.md)
@@ -135,6 +138,7 @@ class BoardLink:
             if isinstance(message, Boot):
                 self.boots.append(message)
                 self.info = message
+                self._use_path(0)  # a board that restarts reads its UART
                 if boot_ok:
                     continue
                 raise BoardReset(message)
@@ -156,6 +160,20 @@ class BoardLink:
         self.port.reset_input_buffer()
         self.info = self.request(Hello(), (Info,), boot_ok=True)
         return self.info
+
+    def use_fast_path(self) -> int:
+        """Send over the board's second receive path when both the port and the board have one
+        (PROTOCOL.md 8: the emulated board's Ethernet). Call after ``hello``; returns the path in use."""
+        if not isinstance(self.port, UartEthPort) or self.info is None or (self.info.rx_paths or 1) < 2:
+            return 0
+        self._use_path(0)
+        path = self.request(RxPath(1), (RxPathSet,)).path
+        self._use_path(path)
+        return path
+
+    def _use_path(self, path: int) -> None:
+        if isinstance(self.port, UartEthPort):
+            self.port.use_path(path)
 
     def classify(self, pcm: np.ndarray, clip_id: int, compress: bool = True) -> Result:
         """Stream one clip (exactly the board's clip_samples int16 samples) and return its RESULT."""
@@ -180,8 +198,14 @@ class BoardLink:
         return self.request(Profile(), (ProfileData,))
 
 
-def open_port(url: str, baud: int = DEFAULT_BAUD, open_timeout: float = 15.0) -> serial.SerialBase:
-    """Open a pyserial URL, waiting for a socket that is not listening yet (an emulator starting)."""
+def open_port(url: str, baud: int = DEFAULT_BAUD, open_timeout: float = 15.0) -> serial.SerialBase | UartEthPort:
+    """Open a pyserial URL (or the emulated board's ``uart+eth://``, host/uart_eth.py), waiting for a
+    socket that is not listening yet (an emulator starting)."""
+    if url.startswith("uart+eth://"):
+        try:
+            return UartEthPort(url, timeout=0.05, open_timeout=open_timeout)
+        except serial.SerialException as exc:
+            raise BoardError(f"cannot open {url}: {exc}") from None
     deadline = time.monotonic() + open_timeout
     while True:
         try:

@@ -68,26 +68,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--board",
         help=f"'qemu' (= {EMULATED_DEFAULT}) or an emulated board name: build the firmware if needed and start it here",
     )
-    p.add_argument(
-        "--boards", type=int, default=2, help="how many emulated boards to run in parallel with --board (default 2)"
-    )
-    p.add_argument(
-        "--baud", type=int, default=DEFAULT_BAUD, help=f"line rate for real serial ports (default {DEFAULT_BAUD})"
-    )
-    p.add_argument(
-        "--split", default="test", help="'test' (the run's test clips), 'all', or a manifest file (its test clips)"
-    )
+    p.add_argument("--boards", type=int, default=2, help="how many emulated boards to run in parallel with --board (default 2)")
+    p.add_argument("--baud", type=int, default=DEFAULT_BAUD, help=f"line rate for real serial ports (default {DEFAULT_BAUD})")
+    p.add_argument("--split", default="test", help="'test' (the run's test clips), 'all', or a manifest file (its test clips)")
     p.add_argument("--limit", type=int, help="evaluate only N clips, spread over the classes")
     p.add_argument("--data", help="CASIA root; default $CASIA_ROOT")
     p.add_argument("--out", type=Path, help="report folder (default: <run>/board-eval-<timestamp>)")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue a cut-off evaluation in its report folder")
     p.add_argument("--attempts", type=int, default=4, help="tries per clip before it is recorded as failed (default 4)")
     p.add_argument(
-        "--timeout", type=float, default=3.0, help="seconds to wait for a reply before sending a frame again (default 3)"
+        "--uart-only",
+        action="store_true",
+        help="send on the emulated board's UART too, not its faster Ethernet path (firmware/PROTOCOL.md 8)",
     )
     p.add_argument(
-        "--deps-dir", help="local copies of TFLM/CMSIS sources for building the emulated board ($SER_DEPS_DIR)"
+        "--timeout", type=float, default=3.0, help="seconds to wait for a reply before sending a frame again (default 3)"
     )
+    p.add_argument("--deps-dir", help="local copies of TFLM/CMSIS sources for building the emulated board ($SER_DEPS_DIR)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if bool(args.port) == bool(args.board):
@@ -110,9 +107,7 @@ def plan(args: argparse.Namespace) -> tuple[Path, dict]:
         run = Path(args.run or meta["run"])
         model = run / MODEL_FILE
         if not model.exists() or sha256(model.read_bytes()) != meta["model_sha256"]:
-            raise EvalError(
-                f"{model} is not the model this evaluation started with (sha256 {meta['model_sha256'][:12]}...)"
-            )
+            raise EvalError(f"{model} is not the model this evaluation started with (sha256 {meta['model_sha256'][:12]}...)")
         return args.resume, meta
     run = args.run
     model = run / MODEL_FILE
@@ -258,7 +253,7 @@ def run_boards(
         work.put(clip)
     progress = Progress(len(todo), args.quiet)
     fatal: list[BaseException] = []
-    sessions = [BoardSession(url, tflite, args.baud, args.attempts, args.timeout) for url in urls]
+    sessions = [BoardSession(url, tflite, args.baud, args.attempts, args.timeout, fast_path=not args.uart_only) for url in urls]
     stop = threading.Event()
 
     def handshake(session: BoardSession) -> None:
@@ -271,6 +266,7 @@ def run_boards(
             "arena_used": info.arena_used,
             "build_id": info.build_id,
             "input": str(info.input),
+            "receive_path": "Ethernet (PROTOCOL.md 8)" if session.rx_path == 1 else "UART",
             "labels": list(info.labels),
         }
 
@@ -313,6 +309,7 @@ def run_boards(
     wire = sum(s.bytes_sent + s.bytes_received for s in sessions)
     audio_s = sum(r["pcm_samples"] for r in done) / audio_frontend(tflite).sample_rate
     real_ports = [u for u in urls if "://" not in u or u.startswith("rfc2217")]
+    fast = any(s.rx_path == 1 for s in sessions)
     return {
         "boards": len(urls),
         "clips": len(done),
@@ -324,6 +321,8 @@ def run_boards(
         "compression": pcm_bytes / max(1, sum(r["bytes_sent"] for r in done)),
         "line_rate": f"{args.baud} baud = {args.baud / 10 / 1024:.1f} KiB/s per port"
         if real_ports
+        else "emulated board: host-to-board bytes as Ethernet packets, replies on its UART (PROTOCOL.md 8)"
+        if fast
         else "emulated UART on a local socket (no baud rate; QEMU delivers one byte per main-loop round)",
     }
 

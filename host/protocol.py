@@ -30,11 +30,13 @@ class MsgType(enum.IntEnum):
     CHUNK = 0x03
     PROFILE = 0x04
     RESET = 0x05
+    RX_PATH = 0x06
     BOOT = 0x80
     INFO = 0x81
     NEXT = 0x82
     RESULT = 0x83
     PROFILE_DATA = 0x84
+    RX_PATH_SET = 0x85
     ERROR = 0xEE
 
 
@@ -49,6 +51,7 @@ class ErrorCode(enum.IntEnum):
     BAD_ENCODING = 8
     TRUNCATED = 9
     BUSY = 10
+    BAD_PATH = 11
 
 
 class Tag(enum.IntEnum):
@@ -68,6 +71,7 @@ class Tag(enum.IntEnum):
     MAX_CHUNK_SAMPLES = 0x0C
     BUILD_ID = 0x0D
     PCM_ENCODINGS = 0x0E
+    RX_PATHS = 0x0F
 
 
 class PayloadError(ValueError):
@@ -256,6 +260,29 @@ class Next:
 
 
 @dataclass(frozen=True)
+class RxPath:
+    """From the next frame on, the host sends on receive path ``path`` (PROTOCOL.md 8; 0 is the UART)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.RX_PATH
+    path: int
+
+    def encode(self) -> bytes:
+        return bytes([self.path])
+
+    @classmethod
+    def decode(cls, payload: bytes):
+        _need(len(payload) == 1, f"{cls.TYPE.name} is 1 byte, got {len(payload)}")
+        return cls(payload[0])
+
+
+@dataclass(frozen=True)
+class RxPathSet(RxPath):
+    """The board's answer to RX_PATH: it now reads the host's stream from ``path``."""
+
+    TYPE: ClassVar[MsgType] = MsgType.RX_PATH_SET
+
+
+@dataclass(frozen=True)
 class Chunk:
     TYPE: ClassVar[MsgType] = MsgType.CHUNK
     clip_id: int
@@ -408,6 +435,7 @@ class Info:
     max_chunk_samples: int | None = None
     build_id: str | None = None
     pcm_encodings: int | None = None  # bit n: encoding n decodes on the board
+    rx_paths: int | None = None  # ways in for the host's stream, path 0 the UART (PROTOCOL.md 8)
     extra: tuple[tuple[int, bytes], ...] = field(default=())
 
     def encode(self) -> bytes:
@@ -444,6 +472,8 @@ class Info:
             out += _tlv(Tag.BUILD_ID, self.build_id.encode())
         if self.pcm_encodings is not None:
             out += _tlv(Tag.PCM_ENCODINGS, bytes([self.pcm_encodings]))
+        if self.rx_paths is not None:
+            out += _tlv(Tag.RX_PATHS, bytes([self.rx_paths]))
         for tag, value in self.extra:
             out += _tlv(tag, value)
         if len(out) > MAX_PAYLOAD:
@@ -462,6 +492,7 @@ class Info:
             Tag.ARENA: 8,
             Tag.MAX_CHUNK_SAMPLES: 2,
             Tag.PCM_ENCODINGS: 1,
+            Tag.RX_PATHS: 1,
         }
         f: dict = {}
         labels: list[str] = []
@@ -503,6 +534,8 @@ class Info:
                 f["build_id"] = _text(v)
             elif tag == Tag.PCM_ENCODINGS:
                 f["pcm_encodings"] = v[0]
+            elif tag == Tag.RX_PATHS:
+                f["rx_paths"] = v[0]
             else:
                 extra.append((tag, v))
         return cls(**f, labels=tuple(labels), extra=tuple(extra))
@@ -515,9 +548,10 @@ class Boot(Info):
     TYPE: ClassVar[MsgType] = MsgType.BOOT
 
 
-Message = Hello | Start | Chunk | Profile | Reset | Boot | Info | Next | Result | ProfileData | Error
+Message = Hello | Start | Chunk | Profile | Reset | RxPath | Boot | Info | Next | Result | ProfileData | RxPathSet | Error
 MESSAGES: dict[int, type] = {
-    cls.TYPE: cls for cls in (Hello, Start, Chunk, Profile, Reset, Boot, Info, Next, Result, ProfileData, Error)
+    cls.TYPE: cls
+    for cls in (Hello, Start, Chunk, Profile, Reset, RxPath, Boot, Info, Next, Result, ProfileData, RxPathSet, Error)
 }
 
 

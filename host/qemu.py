@@ -2,7 +2,11 @@
 
 QEMU listens on 127.0.0.1:<port> and waits for the client; the board's BOOT frame is the first
 thing it sends. ``-icount shift=0`` makes time instruction-derived, so the board's cycle counts
-are deterministic emulator instruction counts (not silicon cycles).
+are deterministic emulator instruction counts (not silicon cycles). A board whose port also reads
+the host's stream from its Ethernet controller gets a second socket for it (QEMU ``-nic socket``)
+and a ``uart+eth://`` URL (host/uart_eth.py). The UART socket is ``nodelay``: QEMU writes a reply
+byte by byte, and with Nagle's algorithm each small reply waited for the host's delayed ACK
+(about 40 ms per CHUNK).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ MACHINES = {
     "qemu-mps2-an500": ("mps2-an500", []),
     "qemu-netduinoplus2": ("netduinoplus2", ["-serial", "null"]),
 }
+# boards whose port reads the Ethernet controller as receive path 1 (board.cmake SER_RX_PATHS)
+ETHERNET_PATH = {"qemu-mps2-an386"}
 
 
 class QemuError(RuntimeError):
@@ -38,12 +44,15 @@ def free_port() -> int:
 class EmulatedBoard:
     board: str
     elf: Path
-    port: int
+    port: int  # the protocol UART
     process: subprocess.Popen
+    eth_port: int | None = None  # the Ethernet controller's socket, where the port reads it
 
     @property
     def url(self) -> str:
-        """A pyserial URL for the board's UART."""
+        """A pyserial URL for the board's UART, or ``uart+eth://`` (host/uart_eth.py) with its Ethernet."""
+        if self.eth_port:
+            return f"uart+eth://127.0.0.1:{self.port},{self.eth_port}"
         return f"socket://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
@@ -66,6 +75,8 @@ def start(board: str, elf: Path, port: int | None = None) -> EmulatedBoard:
         raise QemuError(f"{elf} not found: build the firmware first (cmake --build --preset {board})")
     machine, before = MACHINES[board]
     port = port or free_port()
+    eth_port = free_port() if board in ETHERNET_PATH else None
+    eth = ["-nic", f"socket,listen=127.0.0.1:{eth_port}"] if eth_port else []
     cmd = [
         "qemu-system-arm",
         "-M",
@@ -77,7 +88,8 @@ def start(board: str, elf: Path, port: int | None = None) -> EmulatedBoard:
         "shift=0",
         *before,
         "-serial",
-        f"tcp:127.0.0.1:{port},server=on,wait=on",
+        f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on",
+        *eth,
         "-kernel",
         str(elf),
     ]
@@ -86,7 +98,7 @@ def start(board: str, elf: Path, port: int | None = None) -> EmulatedBoard:
     if process.poll() is not None:
         raise QemuError(f"QEMU exited at start: {process.stderr.read().decode(errors='replace').strip()}")
     # QEMU runs the guest only once a client connects, so the client sees the BOOT frame.
-    return EmulatedBoard(board, Path(elf), port, process)
+    return EmulatedBoard(board, Path(elf), port, process, eth_port)
 
 
 @contextlib.contextmanager

@@ -49,9 +49,7 @@ class ClipOutcome:
 def check_info(info: Info, tflite: bytes, url: str) -> None:
     """Refuse a board that speaks another protocol or carries another model (both hashes shown)."""
     if info.proto_version != PROTO_VERSION:
-        raise FatalBoardError(
-            f"{url}: board speaks protocol version {info.proto_version}, this host speaks {PROTO_VERSION}"
-        )
+        raise FatalBoardError(f"{url}: board speaks protocol version {info.proto_version}, this host speaks {PROTO_VERSION}")
     want = sha256(tflite)
     have = info.model_sha256.hex() if info.model_sha256 else "(none reported)"
     if have != want:
@@ -64,11 +62,19 @@ def check_info(info: Info, tflite: bytes, url: str) -> None:
 
 class BoardSession:
     def __init__(
-        self, url: str, tflite: bytes, baud: int = DEFAULT_BAUD, attempts: int = 4, timeout: float = 3.0
+        self,
+        url: str,
+        tflite: bytes,
+        baud: int = DEFAULT_BAUD,
+        attempts: int = 4,
+        timeout: float = 3.0,
+        fast_path: bool = True,
     ) -> None:
         self.url, self.tflite, self.baud, self.attempts, self.timeout = url, tflite, baud, attempts, timeout
+        self.fast_path = fast_path  # use a second receive path where the board and port have one
         self.link: BoardLink | None = None
         self.info: Info | None = None
+        self.rx_path = 0  # where the board reads what we send: 0 its UART, 1 Ethernet (host/uart_eth.py)
         self.resets = 0
         self.reconnects = 0
         self._clip_ids = iter(range(random.randrange(1, 2**31), 2**32))  # fresh ids: never a stale replay
@@ -93,6 +99,7 @@ class BoardSession:
             self.link.sequencer = self._sequencer
         self.info = self.link.hello()
         check_info(self.info, self.tflite, self.url)
+        self.rx_path = self.link.use_fast_path() if self.fast_path else 0
         return self.info
 
     def close(self) -> None:
@@ -121,9 +128,7 @@ class BoardSession:
                     self._connect()
                 result = self.link.classify(pcm, next(self._clip_ids))
                 sent, received = self._bytes()
-                return ClipOutcome(
-                    result, attempt, errors, time.monotonic() - start, sent - sent0, received - received0
-                )
+                return ClipOutcome(result, attempt, errors, time.monotonic() - start, sent - sent0, received - received0)
             except BoardReset as exc:
                 self.resets += 1
                 errors.append(str(exc))

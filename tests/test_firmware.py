@@ -22,9 +22,9 @@ from convert.interpreters import TflmRunner
 from convert.quantize import quantize_int8
 from convert.tflite_file import io_specs, sha256, with_metadata
 from host import qemu
-from host.board import BoardError, BoardLink
+from host.board import BoardError, BoardLink, BoardReset
 from host.firmware import FIRMWARE, build
-from host.protocol import Chunk, ErrorCode, Hello, Parser, Start, decode_message, encode_message
+from host.protocol import Chunk, ErrorCode, Hello, Parser, Reset, RxPath, RxPathSet, Start, decode_message, encode_message
 from tests.conftest import synthetic_clip
 from train.frontend import DEFAULT_LOGMEL, DEFAULT_WAVEFORM, FrontEndConfig, fit_clip, model_input_int8
 from train.labels import EMOTIONS
@@ -71,6 +71,7 @@ def test_board_code_cross_compiles_warning_free(board: str, logmel_model: bytes,
     text = (board_dir / "board.cmake").read_text()
     flags = _cmake_list(text, "SER_CPU_FLAGS")
     ports = [s.replace("${CMAKE_CURRENT_LIST_DIR}", str(board_dir)) for s in _cmake_list(text, "SER_PORT_SOURCES")]
+    defines = [f"-D{d}" for d in _cmake_list(text, "SER_BOARD_DEFINES")] if "SER_BOARD_DEFINES" in text else []
     app = FIRMWARE / "app"
     sources = [
         app / "ser_app.c",
@@ -96,6 +97,7 @@ def test_board_code_cross_compiles_warning_free(board: str, logmel_model: bytes,
                 f"-I{gen}",
                 f'-DSER_BOARD_NAME="{board}"',
                 '-DSER_BUILD_ID="test"',
+                *defines,
                 "-c",
                 str(src),
                 "-o",
@@ -147,6 +149,36 @@ def test_emulated_board_matches_host_tflm_bit_for_bit(an386_elf: Path, logmel_mo
             assert result.invoke_cycles > 0 and result.frontend_cycles > 0
         profile = link.profile()
         assert [tag for tag, _ in profile.entries][:1] == ["CONV_2D"] and all(t > 0 for _, t in profile.entries)
+
+
+@needs_tflm
+def test_emulated_board_takes_clips_over_ethernet_and_falls_back_to_its_uart(an386_elf: Path, logmel_model: bytes) -> None:
+    """PROTOCOL.md section 8: after RX_PATH 1 the host's frames travel as Ethernet packets and the
+    answers stay bit-exact; a tool that only speaks UART is still served by a board left on path 1;
+    after a reset the board reads its UART again and the host can ask for path 1 anew."""
+    cfg = DEFAULT_LOGMEL.with_standardisation(-9.0, 4.0)
+    pcm = _clips(cfg, 1)[0]
+    expected = _reference(logmel_model, cfg, pcm).tolist()
+    with qemu.running("qemu-mps2-an386", an386_elf) as emu:
+        assert emu.url.startswith("uart+eth://")
+        with BoardLink(emu.url) as link:
+            assert link.hello().rx_paths == 2
+            with pytest.raises(BoardError, match="BAD_PATH"):
+                link.request(RxPath(2), (RxPathSet,))
+            assert link.use_fast_path() == 1
+            sent = link.stats.bytes_sent
+            assert list(link.classify(pcm, 1).scores) == expected
+            assert link.stats.bytes_sent - sent > 10_000  # the clip went over Ethernet
+            link.port.write(encode_message(Reset(), 99))  # no reply: the board restarts
+            with pytest.raises(BoardReset):
+                link.request(Hello(), (Hello,), timeout=5)
+            assert link.port.path == 0  # a board that restarted reads its UART
+            link.hello()
+            assert link.use_fast_path() == 1
+            assert list(link.classify(pcm, 2).scores) == expected
+        with BoardLink(f"socket://127.0.0.1:{emu.port}") as uart_only:  # the board is still on path 1
+            assert uart_only.hello().board == "qemu-mps2-an386"
+            assert list(uart_only.classify(pcm, 3).scores) == expected
 
 
 @needs_tflm

@@ -132,6 +132,7 @@ class SerInfo(Structure):
         ("max_chunk_samples", c_uint16),
         ("build_id", SerText),
         ("pcm_encodings", c_uint8),
+        ("rx_paths", c_uint8),
     ]
 
 
@@ -163,6 +164,8 @@ def lib() -> ctypes.CDLL:
     _sig(lib, "ser_info_decode", c_int, c_ptr, c_size_t, POINTER(SerInfo))
     _sig(lib, "ser_tlv_append", c_size_t, c_ptr, c_size_t, c_size_t, c_uint8, c_ptr, c_uint8)
     _sig(lib, "ser_pcm_decode", c_int, c_uint8, c_ptr, c_size_t, POINTER(c_int16), c_size_t)
+    _sig(lib, "ser_rx_path_encode", c_size_t, c_uint8, c_ptr, c_size_t)
+    _sig(lib, "ser_rx_path_decode", c_int, c_ptr, c_size_t, POINTER(c_uint8))
     return lib
 
 
@@ -234,6 +237,8 @@ def c_encode(lib: ctypes.CDLL, msg: P.Message) -> bytes:
         return b""
     if isinstance(msg, P.Start):
         n = lib.ser_start_encode(SerStart(msg.clip_id, msg.n_samples), out, cap)
+    elif isinstance(msg, P.RxPath):  # and RxPathSet
+        n = lib.ser_rx_path_encode(msg.path, out, cap)
     elif isinstance(msg, P.Next):
         n = lib.ser_next_encode(SerNext(msg.clip_id, msg.offset, msg.max_samples), out, cap)
     elif isinstance(msg, P.Chunk):
@@ -294,6 +299,8 @@ def c_encode(lib: ctypes.CDLL, msg: P.Message) -> bytes:
             info.max_chunk_samples, has = msg.max_chunk_samples, has | 1 << P.Tag.MAX_CHUNK_SAMPLES
         if msg.pcm_encodings is not None:
             info.pcm_encodings, has = msg.pcm_encodings, has | 1 << P.Tag.PCM_ENCODINGS
+        if msg.rx_paths is not None:
+            info.rx_paths, has = msg.rx_paths, has | 1 << P.Tag.RX_PATHS
         info.present = has
         n = lib.ser_info_encode(ctypes.byref(info), out, cap)
         for tag, value in msg.extra:  # tags this decoder does not know, appended as a newer board would
@@ -310,6 +317,9 @@ def c_decode(lib: ctypes.CDLL, msg_type: int, payload: bytes) -> P.Message | int
     cls = P.MESSAGES[msg_type]
     if cls in (P.Hello, P.Profile, P.Reset):
         return lib.ser_empty_decode(buf, n) or cls()
+    if cls in (P.RxPath, P.RxPathSet):
+        path = c_uint8()
+        return lib.ser_rx_path_decode(buf, n, ctypes.byref(path)) or cls(path.value)
     if cls is P.Start:
         m = SerStart()
         return lib.ser_start_decode(buf, n, m) or P.Start(m.clip_id, m.n_samples)
@@ -362,6 +372,7 @@ def c_decode(lib: ctypes.CDLL, msg_type: int, payload: bytes) -> P.Message | int
         max_chunk_samples=opt(P.Tag.MAX_CHUNK_SAMPLES, info.max_chunk_samples),
         build_id=opt(P.Tag.BUILD_ID, info.build_id.text()),
         pcm_encodings=opt(P.Tag.PCM_ENCODINGS, info.pcm_encodings),
+        rx_paths=opt(P.Tag.RX_PATHS, info.rx_paths),
     )
 
 
@@ -560,7 +571,7 @@ def test_parsers_agree_on_random_damaged_streams(lib: ctypes.CDLL) -> None:
             parts.append(bytes(raw))
         stream = b"".join(parts)
         py, c = P.Parser(), CParser(lib)
-        cuts = sorted(rng.sample(range(len(stream) + 1), 3))
+        cuts = sorted(rng.sample(range(len(stream) + 1), min(3, len(stream) + 1)))
         py_events = [e for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True) for e in py.feed(stream[a:b])]
         assert py_events == c.feed(stream)
 
@@ -612,6 +623,7 @@ def _random_info(rng: random.Random, cls: type = P.Info) -> P.Info:
         max_chunk_samples=maybe(rng.randrange(2**16)),
         build_id=maybe(text(60)),
         pcm_encodings=maybe(rng.randrange(256)),
+        rx_paths=maybe(rng.randrange(256)),
         extra=tuple((rng.randrange(0x10, 256), rng.randbytes(rng.randrange(20))) for _ in range(rng.randrange(4))),
     )
 
@@ -624,13 +636,15 @@ def _random_messages(rng: random.Random) -> list[P.Message]:
         P.Hello(),
         P.Profile(),
         P.Reset(),
+        P.RxPath(rng.randrange(256)),
+        P.RxPathSet(rng.randrange(256)),
         P.Start(u32(), u32()),
         P.Next(u32(), u32(), u16()),
         P.Chunk(u32(), u32(), n, pc.RAW, data),
         P.Chunk(u32(), u32(), u16() or 1, pc.RICE, rng.randbytes(rng.randrange(3, P.CHUNK_MAX_DATA + 1))),
         P.Result(u32(), rng.randrange(256), tuple(rng.randrange(-128, 128) for _ in range(rng.randrange(256))), u32(), u32()),
         P.Error(
-            rng.randrange(1, 11),
+            rng.randrange(1, 12),
             rng.randrange(256),
             rng.randrange(256),
             "".join(rng.choice("ab é✓") for _ in range(rng.randrange(80))),

@@ -9,12 +9,11 @@ import time
 
 import numpy as np
 import pytest
-import serial
 
 from convert.interpreters import tflm_arena_bytes
 from convert.tflite_file import io_specs, operator_names
 from host import pcm_codec
-from host.board import BoardLink
+from host.board import BoardLink, open_port
 from host.protocol import (
     Boot,
     Chunk,
@@ -42,15 +41,7 @@ class RawPort:
     """Frames in, messages out, with nothing of BoardLink's retrying: to see exactly what the board says."""
 
     def __init__(self, url: str) -> None:
-        deadline = time.monotonic() + 15
-        while True:  # QEMU may not listen yet
-            try:
-                self.port = serial.serial_for_url(url, baudrate=921600, timeout=0.05)
-                break
-            except serial.SerialException:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        self.port = open_port(url)  # waits for QEMU to listen; the emulated board's UART path
         self.parser = Parser()
 
     def send(self, data: bytes, replies: int = 1, wait: float = 2.0) -> list:

@@ -176,6 +176,7 @@ static size_t info_payload(uint8_t *out, size_t cap) {
   info.max_chunk_samples = MAX_CHUNK_SAMPLES;
   info.build_id = ser_cstr(SER_BUILD_ID);
   info.pcm_encodings = SER_PCM_ENCODINGS_SUPPORTED;
+  info.rx_paths = (uint8_t)ser_port_rx_paths();
   return ser_info_encode(&info, out, cap);
 }
 
@@ -289,6 +290,18 @@ static void handle_profile(const ser_frame *f) {
   send_frame(SER_MSG_PROFILE_DATA, f->seq, w.len, false);
 }
 
+/* RX_PATH: from the next frame on, the host's stream arrives on that receive path (PROTOCOL.md 8). */
+static void handle_rx_path(const ser_frame *f) {
+  uint8_t path;
+  if (ser_rx_path_decode(f->payload, f->len, &path) != SER_ERR_NONE) {
+    send_error(SER_ERR_BAD_LENGTH, f->type, f->seq, "RX_PATH is 1 byte");
+  } else if (ser_port_set_rx_path(path) != 0) {
+    send_error(SER_ERR_BAD_PATH, f->type, f->seq, "no such receive path on this board (see INFO RX_PATHS)");
+  } else {
+    send_frame(SER_MSG_RX_PATH_SET, f->seq, ser_rx_path_encode(path, payload, SER_MAX_PAYLOAD), false);
+  }
+}
+
 static void handle_frame(const ser_frame *f) {
   bool empty_ok = ser_empty_decode(f->payload, f->len) == 0;
   switch (f->type) {
@@ -313,6 +326,9 @@ static void handle_frame(const ser_frame *f) {
     case SER_MSG_RESET:
       if (empty_ok) ser_port_reset();
       break;
+    case SER_MSG_RX_PATH:
+      handle_rx_path(f);
+      return;
     default:
       send_error(SER_ERR_UNKNOWN_TYPE, f->type, f->seq, "unknown message type");
       return;

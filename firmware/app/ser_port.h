@@ -29,6 +29,12 @@ void ser_port_uart_write(const uint8_t *data, size_t n);
 /* Sleep until something happens (an interrupt); returns at once if bytes are waiting. */
 void ser_port_idle(void);
 
+/* Receive paths (PROTOCOL.md section 8): how many ways in the host's byte stream has (path 0: the
+ * UART), and reading it from path p from the next byte on (0, or -1 for no such path).
+ * common/rx_ring.c. */
+unsigned ser_port_rx_paths(void);
+int ser_port_set_rx_path(unsigned p);
+
 void ser_port_led(int on);
 
 /* Why the board last started: SER_RESET_* below, with a short text. */

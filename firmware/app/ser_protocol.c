@@ -196,6 +196,18 @@ int ser_next_decode(const uint8_t *payload, size_t len, ser_next *m) {
   return SER_ERR_NONE;
 }
 
+size_t ser_rx_path_encode(uint8_t path, uint8_t *out, size_t cap) {
+  if (cap < SER_RX_PATH_SIZE) return 0;
+  out[0] = path;
+  return SER_RX_PATH_SIZE;
+}
+
+int ser_rx_path_decode(const uint8_t *payload, size_t len, uint8_t *path) {
+  if (len != SER_RX_PATH_SIZE) return SER_ERR_BAD_LENGTH;
+  *path = payload[0];
+  return SER_ERR_NONE;
+}
+
 size_t ser_chunk_encode(const ser_chunk *m, uint8_t *out, size_t cap) {
   size_t n = SER_CHUNK_HEADER_SIZE + (size_t)m->data_len;
   if (n > SER_MAX_PAYLOAD || n > cap) return 0;
@@ -390,6 +402,7 @@ size_t ser_info_encode(const ser_info *info, uint8_t *out, size_t cap) {
   }
   if (has & SER_INFO_HAS(SER_TAG_BUILD_ID)) SER_APPEND(SER_TAG_BUILD_ID, info->build_id.s, info->build_id.len);
   if (has & SER_INFO_HAS(SER_TAG_PCM_ENCODINGS)) SER_APPEND(SER_TAG_PCM_ENCODINGS, &info->pcm_encodings, 1);
+  if (has & SER_INFO_HAS(SER_TAG_RX_PATHS)) SER_APPEND(SER_TAG_RX_PATHS, &info->rx_paths, 1);
 #undef SER_APPEND
   return len;
 }
@@ -420,6 +433,7 @@ int ser_info_decode(const uint8_t *payload, size_t len, ser_info *info) {
       case SER_TAG_ARENA: need = 8; break;
       case SER_TAG_MAX_CHUNK_SAMPLES: need = 2; break;
       case SER_TAG_PCM_ENCODINGS: need = 1; break;
+      case SER_TAG_RX_PATHS: need = 1; break;
       default: break;
     }
     if (n < need) return SER_ERR_BAD_LENGTH;
@@ -455,6 +469,7 @@ int ser_info_decode(const uint8_t *payload, size_t len, ser_info *info) {
       case SER_TAG_MAX_CHUNK_SAMPLES: info->max_chunk_samples = get_u16(v); break;
       case SER_TAG_BUILD_ID: info->build_id = text_of(v, n); break;
       case SER_TAG_PCM_ENCODINGS: info->pcm_encodings = v[0]; break;
+      case SER_TAG_RX_PATHS: info->rx_paths = v[0]; break;
       default: continue; /* unknown tag: skipped */
     }
     info->present |= (uint32_t)SER_INFO_HAS(tag);

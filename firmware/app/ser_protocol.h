@@ -32,11 +32,13 @@ enum {
   SER_MSG_CHUNK = 0x03,
   SER_MSG_PROFILE = 0x04,
   SER_MSG_RESET = 0x05,
+  SER_MSG_RX_PATH = 0x06,
   SER_MSG_BOOT = 0x80,
   SER_MSG_INFO = 0x81,
   SER_MSG_NEXT = 0x82,
   SER_MSG_RESULT = 0x83,
   SER_MSG_PROFILE_DATA = 0x84,
+  SER_MSG_RX_PATH_SET = 0x85,
   SER_MSG_ERROR = 0xEE
 };
 
@@ -54,7 +56,8 @@ enum {
   SER_ERR_MODEL_FAILED = 7,
   SER_ERR_BAD_ENCODING = 8,
   SER_ERR_TRUNCATED = 9,
-  SER_ERR_BUSY = 10
+  SER_ERR_BUSY = 10,
+  SER_ERR_BAD_PATH = 11
 };
 
 /* PCM chunk encodings (CHUNK.encoding; bit n of INFO's PCM_ENCODINGS = encoding n supported). */
@@ -121,6 +124,11 @@ typedef struct {
 } ser_next;
 size_t ser_next_encode(const ser_next *m, uint8_t *out, size_t cap);
 int ser_next_decode(const uint8_t *payload, size_t len, ser_next *m);
+
+/* RX_PATH (host -> board) and RX_PATH_SET (its reply): a receive path, u8 (section 8). */
+#define SER_RX_PATH_SIZE 1
+size_t ser_rx_path_encode(uint8_t path, uint8_t *out, size_t cap);
+int ser_rx_path_decode(const uint8_t *payload, size_t len, uint8_t *path);
 
 #define SER_CHUNK_HEADER_SIZE 11
 #define SER_CHUNK_MAX_DATA (SER_MAX_PAYLOAD - SER_CHUNK_HEADER_SIZE)
@@ -192,12 +200,13 @@ enum {
   SER_TAG_ARENA = 0x0B,             /* size u32, used u32 */
   SER_TAG_MAX_CHUNK_SAMPLES = 0x0C, /* u16 */
   SER_TAG_BUILD_ID = 0x0D,          /* text */
-  SER_TAG_PCM_ENCODINGS = 0x0E      /* bitmask u8: bit n = encoding n */
+  SER_TAG_PCM_ENCODINGS = 0x0E,     /* bitmask u8: bit n = encoding n */
+  SER_TAG_RX_PATHS = 0x0F           /* u8: ways in for the host's stream, path 0 the UART (section 8) */
 };
 
 /* ser_info.present: one bit per tag above (1 << tag); the LABEL bit stands for all n_labels labels. */
 #define SER_INFO_HAS(tag) (1ul << (tag))
-#define SER_INFO_ALL 0x7FFEul
+#define SER_INFO_ALL 0xFFFEul
 
 /* Tensor dtypes: TfLiteType codes. */
 enum { SER_DTYPE_FLOAT32 = 1, SER_DTYPE_UINT8 = 3, SER_DTYPE_INT16 = 7, SER_DTYPE_INT8 = 9 };
@@ -232,6 +241,7 @@ typedef struct {
   uint16_t max_chunk_samples;
   ser_text build_id;
   uint8_t pcm_encodings;
+  uint8_t rx_paths;
 } ser_info;
 
 size_t ser_info_encode(const ser_info *info, uint8_t *out, size_t cap);
