@@ -46,6 +46,10 @@ class EvalError(RuntimeError):
     """A problem the user must fix before the evaluation can run; the message says what to do."""
 
 
+class FirmwareChanged(EvalError):
+    """--resume on an emulated board whose firmware is no longer the one the evaluation started with."""
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="ser-eval",
@@ -139,8 +143,12 @@ def plan(args: argparse.Namespace) -> tuple[Path, dict]:
 
 
 @contextlib.contextmanager
-def board_urls(args: argparse.Namespace, tflite: bytes) -> Iterator[list[str]]:
-    """The ports to use: the given ones, or emulated boards started here and stopped on exit (Ctrl-C too)."""
+def board_urls(args: argparse.Namespace, tflite: bytes, meta: dict) -> Iterator[list[str]]:
+    """The ports to use: the given ones, or emulated boards started here and stopped on exit (Ctrl-C too).
+
+    An emulated board's firmware is recorded in ``meta``: resuming with other firmware (the kernels or
+    the app changed since) would mix two firmwares' cycle counts in one report, so it is refused.
+    """
     if args.port:
         yield args.port
         return
@@ -155,6 +163,15 @@ def board_urls(args: argparse.Namespace, tflite: bytes) -> Iterator[list[str]]:
         elf = firmware.build(name, tflite, args.deps_dir)
     except firmware.FirmwareUnavailable as exc:
         raise EvalError(f"cannot build the emulated board: {exc}") from None
+    built = {"board": name, "elf_sha256": sha256(elf.read_bytes())}
+    before = meta.get("firmware") or ({"elf_sha256": "not recorded"} if meta["boards"] else built)
+    if before != built:
+        raise FirmwareChanged(
+            f"the {name} firmware changed since this evaluation started (ELF sha256 "
+            f"{before['elf_sha256'][:12]} then, {built['elf_sha256'][:12]} now): "
+            "start a new evaluation (--run RUN --out NEW_FOLDER) rather than mix two firmwares in one report"
+        )
+    meta["firmware"] = built
     boards = []
     try:
         for _ in range(max(1, args.boards)):
@@ -344,7 +361,7 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, dict]:
     print(f"{len(meta['clips'])} clips, {len(done)} already done, {len(todo)} to go; reports in {out_dir}")
     log = ResultsLog(out_dir / RESULTS)
     try:
-        with board_urls(args, tflite) as urls:
+        with board_urls(args, tflite, meta) as urls:
             session = run_boards(urls, tflite, root, todo, log, meta, args)
     except KeyboardInterrupt:
         write_reports(out_dir, meta)

@@ -95,14 +95,22 @@ def _evaluate(run: Path, args: argparse.Namespace) -> tuple[dict | None, str]:
         started = json.loads((out / "evaluation.json").read_text())["model_sha256"]
         if started != sha256((run / MODEL_FILE).read_bytes()):  # retrained or reconverted since
             out.rename(out.with_name(f"{EVAL_DIR}-{started[:12]}"))
-    argv = ["--resume", str(out)] if (out / "evaluation.json").exists() else ["--run", str(run), "--out", str(out)]
-    argv += ["--port", args.port] if args.port else ["--board", EMULATED, "--boards", str(args.boards)]
-    if args.limit and not (out / "evaluation.json").exists():
-        argv += ["--limit", str(args.limit)]
-    argv += ["--data", args.data] if args.data else []
-    argv += ["--deps-dir", args.deps_dir] if args.deps_dir else []
+
+    def argv() -> list[str]:
+        resume = (out / "evaluation.json").exists()
+        a = ["--resume", str(out)] if resume else ["--run", str(run), "--out", str(out)]
+        a += ["--port", args.port] if args.port else ["--board", EMULATED, "--boards", str(args.boards)]
+        a += ["--limit", str(args.limit)] if args.limit and not resume else []
+        a += ["--data", args.data] if args.data else []
+        return a + (["--deps-dir", args.deps_dir] if args.deps_dir else [])
+
     try:
-        _, summary = eval_on_device.evaluate(eval_on_device.parse_args(argv))
+        try:
+            _, summary = eval_on_device.evaluate(eval_on_device.parse_args(argv()))
+        except eval_on_device.FirmwareChanged:  # the firmware was rebuilt since: evaluate anew
+            started = json.loads((out / "evaluation.json").read_text()).get("firmware", {}).get("elf_sha256", "unknown")
+            out.rename(out.with_name(f"{EVAL_DIR}-firmware-{started[:12]}"))
+            _, summary = eval_on_device.evaluate(eval_on_device.parse_args(argv()))
     except (eval_on_device.EvalError, FatalBoardError, CorpusError, ModelFileError) as exc:
         return None, str(exc).replace("\n", " ")
     return summary, ""

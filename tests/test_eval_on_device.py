@@ -27,7 +27,7 @@ from host.clips import board_pcm, select
 from host.eval_report import RESULTS, read_results
 from host.fault_relay import ByteFaults, FaultPlan, FaultRelay
 from host.reference import HostReference
-from tests.boards_under_test import CFG, KINDS, running_board, small_model
+from tests.boards_under_test import CFG, DEPS, KINDS, running_board, small_model
 from train.corpus import discover
 from train.labels import EMOTIONS
 from train.splits import make_manifest, save_manifest
@@ -127,6 +127,23 @@ def test_resume_finishes_a_cut_off_run_without_repeating_a_clip(
     resumed = read_results(out / RESULTS)
     assert {k: r["scores"] for k, r in resumed.items()} == {k: r["scores"] for k, r in complete.items()}
     assert json.loads((out / "summary.json").read_text())["clips"] == {"planned": 6, "ok": 6, "failed": 0, "missing": 0}
+
+
+@pytest.mark.skipif(not DEPS, reason="needs the emulated board: set SER_DEPS_DIR (README: Third-party sources)")
+def test_resume_refuses_an_emulated_board_whose_firmware_changed(
+    run: Path, synthetic_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Cycle counts of two firmwares must not mix in one report: the evaluation records the ELF it ran."""
+    out = tmp_path / "report"
+    argv = ["--data", str(synthetic_corpus), "--quiet", "--board", "qemu", "--boards", "1"]
+    assert eval_on_device.main(["--run", str(run), "--out", str(out), "--limit", "2", *argv]) == 0
+    meta = json.loads((out / "evaluation.json").read_text())
+    assert len(meta["firmware"]["elf_sha256"]) == 64
+    assert meta["boards"][next(iter(meta["boards"]))]["receive_path"].startswith("Ethernet")
+    meta["firmware"]["elf_sha256"] = "0" * 64  # as if the firmware had been rebuilt since
+    (out / "evaluation.json").write_text(json.dumps(meta))
+    assert eval_on_device.main(["--resume", str(out), *argv]) == 2
+    assert "firmware changed since this evaluation started" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", KINDS)
