@@ -71,7 +71,10 @@ def render(tflite: bytes, arena_measured: int | None = None) -> dict[str, str]:
         "hex_lines": _lines([f"0x{b:02x}" for b in tflite], 12),
         "model_len": len(tflite),
         "sha256": digest,
-        "ops": [{"name": name, "version": version, "method": FIRMWARE_OPS[name]} for name, version in ops],
+        "ops": [
+            {"name": name, "version": version, "method": FIRMWARE_OPS[name][0], "registration": FIRMWARE_OPS[name][1]}
+            for name, version in ops
+        ],
         "input": in_spec,
         "output": out_spec,
         "input_elements": int(np.prod(in_spec.shape)),
