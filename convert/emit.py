@@ -20,7 +20,7 @@ import numpy as np
 
 from convert.interpreters import tflm_arena_bytes
 from convert.ops import FIRMWARE_OPS, check_ops
-from convert.tflite_file import io_specs, model_frontend, read_metadata, sha256
+from convert.tflite_file import io_specs, model_frontend, operator_names, read_metadata, sha256
 from train.frontend import fft_twiddles, hann_window, mel_filterbank, sparse_mel
 from train.frontend_c import KINDS, workspace_floats
 from train.labels import EMOTIONS
@@ -80,6 +80,7 @@ def render(tflite: bytes, arena_measured: int | None = None) -> dict[str, str]:
         "input_elements": int(np.prod(in_spec.shape)),
         "output_elements": int(np.prod(out_spec.shape)),
         "labels": labels,
+        "operators": len(operator_names(tflite)),
         "arena_measured": measured,
         "arena_margin": arena_with_margin(measured) - measured,
         "arena_bytes": arena_with_margin(measured),

@@ -6,17 +6,18 @@ from convert.tflite_file import ModelFileError, op_versions
 
 # Builtin op -> (MicroMutableOpResolver method, kernel registration or "" for the method's default).
 # The firmware's ops are int8, so where TFLM has an int8-only kernel variant it is registered
-# (less flash: no float/int16 paths); CONV_2D and MEAN run our own kernels (firmware/kernels/).
+# (less flash: no float/int16 paths); ADD, CONV_2D, FULLY_CONNECTED, MEAN and SOFTMAX run our own
+# (firmware/kernels/).
 # In the reference-kernel build all of these resolve to TFLM's reference kernels.
 FIRMWARE_OPS: dict[str, tuple[str, str]] = {
-    "ADD": ("AddAdd", "tflite::Register_ADD_INT8()"),
+    "ADD": ("AddAdd", "ser::Register_ADD_INT8()"),
     "AVERAGE_POOL_2D": ("AddAveragePool2D", "tflite::Register_AVERAGE_POOL_2D_INT8()"),
     "CONCATENATION": ("AddConcatenation", ""),
     "CONV_2D": ("AddConv2D", "ser::Register_CONV_2D_INT8()"),
     "DEPTHWISE_CONV_2D": ("AddDepthwiseConv2D", "tflite::Register_DEPTHWISE_CONV_2D_INT8()"),
     "DEQUANTIZE": ("AddDequantize", ""),
     "EXPAND_DIMS": ("AddExpandDims", ""),
-    "FULLY_CONNECTED": ("AddFullyConnected", "tflite::Register_FULLY_CONNECTED_INT8()"),
+    "FULLY_CONNECTED": ("AddFullyConnected", "ser::Register_FULLY_CONNECTED_INT8()"),
     "LOGISTIC": ("AddLogistic", ""),
     "MAX_POOL_2D": ("AddMaxPool2D", "tflite::Register_MAX_POOL_2D_INT8()"),
     "MEAN": ("AddMean", "ser::Register_MEAN_INT8()"),
@@ -26,7 +27,7 @@ FIRMWARE_OPS: dict[str, tuple[str, str]] = {
     "RELU": ("AddRelu", ""),
     "RELU6": ("AddRelu6", ""),
     "RESHAPE": ("AddReshape", ""),
-    "SOFTMAX": ("AddSoftmax", "tflite::Register_SOFTMAX_INT8()"),
+    "SOFTMAX": ("AddSoftmax", "ser::Register_SOFTMAX_INT8()"),
     "SQUEEZE": ("AddSqueeze", ""),
 }
 

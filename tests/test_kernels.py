@@ -1,10 +1,13 @@
 """Our own firmware kernels (firmware/kernels/) on the emulated Cortex-M4, bit for bit against TFLM.
 
-A small int8 model chains convolutions that take every path of ser_conv_s8.c: one input channel
-with K % 4 != 0, rows that are not whole groups of 4, 'same' and 'valid' padding, strides that
-differ per axis, dilation, 1xN and 1x1 kernels, odd channel and pixel counts, fused ReLU and ReLU6,
-no bias. It carries no front end, so the board takes its int8 input as sent; its output is the last
-convolution itself (90 values), so a wrong value anywhere upstream shows.
+Two small int8 models without a front end (the board takes their int8 input as sent), each ending
+in 90 values so that a wrong value anywhere upstream shows:
+- a chain of convolutions taking every path of ser_conv_s8.c: one input channel with K % 4 != 0,
+  rows that are not whole groups of 4, 'same' and 'valid' padding, strides that differ per axis,
+  dilation, 1xN and 1x1 kernels, odd channel and pixel counts, fused ReLU and ReLU6;
+- the other kernels' less common cases: MEAN over height and width kept as dims and MEAN over
+  channels (the reference walk), ADD broadcasting a vector and a single channel.
+The real models (tests/test_firmware.py) cover FULLY_CONNECTED, SOFTMAX and same-shape ADD.
 """
 
 from __future__ import annotations
@@ -52,17 +55,33 @@ def conv_zoo() -> bytes:
     return align(quantize_int8(model, rep))
 
 
-def test_conv_zoo_runs_our_kernels_bit_exact() -> None:
+@functools.cache
+def broadcast_zoo() -> bytes:
+    import keras
+
+    keras.utils.set_random_seed(4)
+    layers = keras.layers
+    x = keras.Input((3, 5, 4))
+    h = layers.Conv2D(6, 3, padding="same")(x)
+    over_hw = layers.Lambda(lambda t: keras.ops.mean(t, axis=(1, 2), keepdims=True))(h)
+    over_c = layers.Lambda(lambda t: keras.ops.mean(t, axis=-1, keepdims=True))(h)
+    y = layers.Add()([layers.Add()([h, over_hw]), over_c])
+    model = keras.Model(x, layers.Reshape((15, 6))(y))
+    rng = np.random.default_rng(0)
+    rep = [rng.uniform(-1, 1, (3, 5, 4)).astype(np.float32) for _ in range(16)]
+    return align(quantize_int8(model, rep))
+
+
+def _runs_bit_exact(tflite: bytes, own_symbols: list[str]) -> None:
     from elftools.elf.elffile import ELFFile
 
     from host.firmware import build
 
-    tflite = conv_zoo()
-    assert [name for name, _ in op_versions(tflite)] == ["CONV_2D", "RESHAPE"]
     elf = build(BOARD, tflite, DEPS)
     with open(elf, "rb") as f:
         symbols = ELFFile(f).get_section_by_name(".symtab")
-        assert symbols.get_symbol_by_name("ser_conv_s8"), "the firmware does not link our convolution"
+        for name in own_symbols:
+            assert symbols.get_symbol_by_name(name), f"the firmware does not link our {name}"
     spec, _ = io_specs(tflite)
     elements = int(np.prod(spec.shape))
     rng = np.random.default_rng(1)
@@ -74,3 +93,15 @@ def test_conv_zoo_runs_our_kernels_bit_exact() -> None:
             expected = reference(x.astype(np.int8)).tolist()
             assert len(expected) == 90
             assert list(link.classify(x, clip_id).scores) == expected
+
+
+def test_convolutions_run_our_kernel_bit_exact() -> None:
+    tflite = conv_zoo()
+    assert [name for name, _ in op_versions(tflite)] == ["CONV_2D", "RESHAPE"]
+    _runs_bit_exact(tflite, ["ser_conv_s8"])
+
+
+def test_broadcast_add_and_means_run_our_kernels_bit_exact() -> None:
+    tflite = broadcast_zoo()
+    assert sorted(name for name, _ in op_versions(tflite)) == ["ADD", "CONV_2D", "MEAN", "RESHAPE"]
+    _runs_bit_exact(tflite, ["_ZN3ser17Register_ADD_INT8Ev", "_ZN3ser18Register_MEAN_INT8Ev"])  # ser::Register_*

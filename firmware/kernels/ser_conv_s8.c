@@ -11,6 +11,8 @@
  * Column pair layout (int16): for each full group g of 4 values, 8 entries
  *   [pixel0: x0 x2 x1 x3][pixel1: x0 x2 x1 x3]
  * then the K % 4 leftover values in natural order: [pixel0: up to 4][pixel1: up to 4].
+ * When in_c is not a multiple of 4 (a first layer on 1-channel features), a pixel's receptive
+ * field is first copied as bytes (K, after the pair buffer) so that it converts 4 values at a time.
  */
 #include "ser_conv_s8.h"
 
@@ -27,9 +29,11 @@ static inline uint32_t ror8(uint32_t x) { return (x >> 8) | (x << 24); }
 #define SER_SIMD 0
 #endif
 
+static size_t pair_bytes(int k) { return (size_t)(k / 4 + 1) * 8 * sizeof(int16_t); }
+
 size_t ser_conv_s8_scratch_bytes(const ser_conv_s8_params *p) {
   const int k = p->k_h * p->k_w * p->in_c;
-  return (size_t)(k / 4 + 1) * 8 * sizeof(int16_t);
+  return pair_bytes(k) + (p->in_c % 4 != 0 ? (size_t)k : 0u);
 }
 
 /* Where natural index k of the receptive field lives in the pair buffer, for pixel `slot`. */
@@ -62,33 +66,45 @@ static void put_zeros(int16_t *pair, int slot, int k_full, int k, int n) {
   for (; n > 0; k++, n--) *column_entry(pair, slot, k_full, k) = 0;
 }
 
-/* Gathers output pixel (oy, ox)'s receptive field into `slot` of the pair buffer. */
+/* Gathers output pixel (oy, ox)'s receptive field into `slot` of the pair buffer; in_c % 4 != 0
+ * goes through `bytes` (padding there is the input zero point, which the offset turns into 0). */
 static void gather(const ser_conv_s8_params *p, const int8_t *image, int oy, int ox, int16_t *pair, int slot,
-                   int k_full) {
+                   int k_full, int8_t *bytes) {
   const int c = p->in_c;
   const int row = p->k_w * c;
   const int y0 = oy * p->stride_h - p->pad_h;
   const int x0 = ox * p->stride_w - p->pad_w;
+  const int staged = c % 4 != 0;
+  const int8_t zero_point = (int8_t)-p->input_offset;
   for (int ky = 0, k = 0; ky < p->k_h; ky++, k += row) {
     const int y = y0 + ky * p->dilation_h;
-    if (y < 0 || y >= p->in_h) {
-      put_zeros(pair, slot, k_full, k, row);
-      continue;
-    }
-    const int8_t *line = image + (size_t)y * p->in_w * c;
-    if (p->dilation_w == 1 && x0 >= 0 && x0 + p->k_w <= p->in_w) { /* whole row inside: one run */
-      put_values(pair, slot, k_full, k, line + (size_t)x0 * c, row, p->input_offset);
+    const int row_inside = y >= 0 && y < p->in_h;
+    const int8_t *line = image + (size_t)(row_inside ? y : 0) * p->in_w * c;
+    if (row_inside && p->dilation_w == 1 && x0 >= 0 && x0 + p->k_w <= p->in_w) { /* one run */
+      if (staged) {
+        memcpy(bytes + k, line + (size_t)x0 * c, (size_t)row);
+      } else {
+        put_values(pair, slot, k_full, k, line + (size_t)x0 * c, row, p->input_offset);
+      }
       continue;
     }
     for (int kx = 0; kx < p->k_w; kx++) {
       const int x = x0 + kx * p->dilation_w;
-      if (x < 0 || x >= p->in_w) {
-        put_zeros(pair, slot, k_full, k + kx * c, c);
-      } else {
+      const int inside = row_inside && x >= 0 && x < p->in_w;
+      if (staged) {
+        if (inside) {
+          memcpy(bytes + k + kx * c, line + (size_t)x * c, (size_t)c);
+        } else {
+          memset(bytes + k + kx * c, zero_point, (size_t)c);
+        }
+      } else if (inside) {
         put_values(pair, slot, k_full, k + kx * c, line + (size_t)x * c, c, p->input_offset);
+      } else {
+        put_zeros(pair, slot, k_full, k + kx * c, c);
       }
     }
   }
+  if (staged) put_values(pair, slot, k_full, 0, bytes, p->k_h * row, p->input_offset);
 }
 
 #if SER_SIMD
@@ -158,11 +174,25 @@ static inline void dot_2x2(const int8_t *w0, const int8_t *w1, const int16_t *co
   acc[3] = a11;
 }
 
-static inline int8_t finish(const ser_conv_s8_params *p, int32_t acc, int32_t multiplier, int32_t shift) {
-  int32_t v = ser_requantize(acc, multiplier, shift) + p->output_offset;
-  v = v < p->act_min ? p->act_min : v;
-  v = v > p->act_max ? p->act_max : v;
-  return (int8_t)v;
+static inline int8_t clamp(int32_t v, int32_t lo, int32_t hi) { return (int8_t)(v < lo ? lo : (v > hi ? hi : v)); }
+
+/* ser_requantize in 8 instructions, for right shifts (shift <= -1) of accumulators below 2^30:
+ * then the rounding sum cannot overflow and gemmlowp's remainder test is an add of the sign. */
+static inline int32_t requantize_right(int32_t acc, int32_t multiplier, int32_t right, int32_t half) {
+  const int32_t high = (int32_t)(((int64_t)acc * multiplier + (1LL << 30)) >> 31);
+  return (high + half + (high >> 31)) >> right;
+}
+
+/* True if requantize_right is exact for the whole layer: right shifts only, and no accumulator can
+ * reach 2^30 (|filter| <= 128, |input + offset| <= 255, plus the bias). */
+static int right_shifts_suffice(const ser_conv_s8_params *p, const int32_t *shift, const int32_t *bias) {
+  int64_t bias_max = 0;
+  for (int c = 0; c < p->out_c; c++) {
+    if (shift[c] > -1) return 0;
+    const int64_t b = bias ? (bias[c] < 0 ? -(int64_t)bias[c] : bias[c]) : 0;
+    bias_max = b > bias_max ? b : bias_max;
+  }
+  return (int64_t)p->k_h * p->k_w * p->in_c * 128 * 255 + bias_max < (1LL << 30);
 }
 
 void ser_conv_s8(const ser_conv_s8_params *p, const int32_t *multiplier, const int32_t *shift, const int8_t *input,
@@ -171,6 +201,9 @@ void ser_conv_s8(const ser_conv_s8_params *p, const int32_t *multiplier, const i
   const int k_full = k & ~3;
   const int pixels = p->out_h * p->out_w;
   const int out_c = p->out_c;
+  const int32_t offset = p->output_offset, lo = p->act_min, hi = p->act_max;
+  const int fast = right_shifts_suffice(p, shift, bias);
+  int8_t *bytes = (int8_t *)scratch + pair_bytes(k);
   for (int b = 0; b < p->batches; b++) {
     const int8_t *image = input + (size_t)b * p->in_h * p->in_w * p->in_c;
     int8_t *out = output + (size_t)b * pixels * out_c;
@@ -178,22 +211,28 @@ void ser_conv_s8(const ser_conv_s8_params *p, const int32_t *multiplier, const i
       /* An odd last pixel is gathered twice and its second copy's results are dropped. */
       const int has_second = px + 1 < pixels;
       const int px1 = has_second ? px + 1 : px;
-      gather(p, image, px / p->out_w, px % p->out_w, scratch, 0, k_full);
-      gather(p, image, px1 / p->out_w, px1 % p->out_w, scratch, 1, k_full);
+      gather(p, image, px / p->out_w, px % p->out_w, scratch, 0, k_full, bytes);
+      gather(p, image, px1 / p->out_w, px1 % p->out_w, scratch, 1, k_full, bytes);
       int8_t *out0 = out + (size_t)px * out_c;
-      int8_t *out1 = out0 + out_c;
+      int8_t *out1 = has_second ? out0 + out_c : out0; /* the dropped copy rewrites pixel 0's value */
       for (int oc = 0; oc < out_c; oc += 2) {
-        /* Likewise an odd last channel: its filter row is used twice. */
-        const int has_pair = oc + 1 < out_c;
-        const int oc1 = has_pair ? oc + 1 : oc;
+        /* Likewise an odd last channel: its filter row is used twice, its value written twice. */
+        const int oc1 = oc + 1 < out_c ? oc + 1 : oc;
         const int32_t b0 = bias ? bias[oc] : 0, b1 = bias ? bias[oc1] : 0;
         int32_t acc[4] = {b0, b0, b1, b1};
         dot_2x2(filter + (size_t)oc * k, filter + (size_t)oc1 * k, scratch, k_full, k, acc);
-        out0[oc] = finish(p, acc[0], multiplier[oc], shift[oc]);
-        if (has_second) out1[oc] = finish(p, acc[1], multiplier[oc], shift[oc]);
-        if (has_pair) {
-          out0[oc1] = finish(p, acc[2], multiplier[oc1], shift[oc1]);
-          if (has_second) out1[oc1] = finish(p, acc[3], multiplier[oc1], shift[oc1]);
+        if (fast) {
+          const int32_t r0 = -shift[oc], r1 = -shift[oc1];
+          const int32_t h0 = (int32_t)((1u << r0) >> 1), h1 = (int32_t)((1u << r1) >> 1);
+          out1[oc1] = clamp(requantize_right(acc[3], multiplier[oc1], r1, h1) + offset, lo, hi);
+          out0[oc1] = clamp(requantize_right(acc[2], multiplier[oc1], r1, h1) + offset, lo, hi);
+          out1[oc] = clamp(requantize_right(acc[1], multiplier[oc], r0, h0) + offset, lo, hi);
+          out0[oc] = clamp(requantize_right(acc[0], multiplier[oc], r0, h0) + offset, lo, hi);
+        } else {
+          out1[oc1] = clamp(ser_requantize(acc[3], multiplier[oc1], shift[oc1]) + offset, lo, hi);
+          out0[oc1] = clamp(ser_requantize(acc[2], multiplier[oc1], shift[oc1]) + offset, lo, hi);
+          out1[oc] = clamp(ser_requantize(acc[1], multiplier[oc], shift[oc]) + offset, lo, hi);
+          out0[oc] = clamp(ser_requantize(acc[0], multiplier[oc], shift[oc]) + offset, lo, hi);
         }
       }
     }

@@ -6,19 +6,27 @@
 #ifndef SER_KERNELS_H_
 #define SER_KERNELS_H_
 
+#include "tensorflow/lite/micro/kernels/add.h"
 #include "tensorflow/lite/micro/kernels/conv.h"
+#include "tensorflow/lite/micro/kernels/fully_connected.h"
 #include "tensorflow/lite/micro/kernels/reduce.h"
+#include "tensorflow/lite/micro/kernels/softmax.h"
 
 namespace ser {
 
 #if defined(SER_OWN_KERNELS)
-/* int8 CONV_2D (ser_conv.cc); grouped convolutions run TFLM's reference code. */
+/* int8 only, each in ser_<op>.cc; the header comment of each says what it falls back to. */
+TFLMRegistration Register_ADD_INT8();
 TFLMRegistration Register_CONV_2D_INT8();
-/* MEAN over height and width of int8 NHWC (ser_mean.cc); other reductions run TFLM's. */
+TFLMRegistration Register_FULLY_CONNECTED_INT8();
 TFLMRegistration Register_MEAN_INT8();
+TFLMRegistration Register_SOFTMAX_INT8();
 #else
+inline TFLMRegistration Register_ADD_INT8() { return tflite::Register_ADD(); }
 inline TFLMRegistration Register_CONV_2D_INT8() { return tflite::Register_CONV_2D(); }
+inline TFLMRegistration Register_FULLY_CONNECTED_INT8() { return tflite::Register_FULLY_CONNECTED(); }
 inline TFLMRegistration Register_MEAN_INT8() { return tflite::Register_MEAN(); }
+inline TFLMRegistration Register_SOFTMAX_INT8() { return tflite::Register_SOFTMAX(); }
 #endif
 
 }  // namespace ser

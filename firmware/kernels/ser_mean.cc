@@ -1,11 +1,13 @@
 /* MEAN over height and width of an int8 NHWC tensor (global average pooling), bit-exact with
  * TFLM's reference: the same sums, the same multiplier adjustment for the element count and the
  * same requantization, without the reference's generic index walk (~130 instructions a value).
- * Any other reduction goes to TFLM's own EvalMeanHelper. */
+ * Other int8 reductions run that reference walk; other types are refused at Prepare. */
 #include <algorithm>
 
 #include "ser_kernels.h"
+#include "tensorflow/lite/c/builtin_op_data.h"
 #include "tensorflow/lite/kernels/internal/common.h"
+#include "tensorflow/lite/kernels/internal/reference/reduce.h"
 #include "tensorflow/lite/micro/kernels/kernel_util.h"
 
 namespace ser {
@@ -16,7 +18,30 @@ void *Init(TfLiteContext *context, const char *, size_t) {
 }
 
 TfLiteStatus Prepare(TfLiteContext *context, TfLiteNode *node) {
+  const TfLiteTensor *input = tflite::GetMicroContext(context)->AllocateTempInputTensor(node, 0);
+  TF_LITE_ENSURE(context, input != nullptr);
+  const bool int8 = input->type == kTfLiteInt8;
+  tflite::GetMicroContext(context)->DeallocateTempTfLiteTensor(const_cast<TfLiteTensor *>(input));
+  TF_LITE_ENSURE_MSG(context, int8, "ser MEAN: int8 only");
   return tflite::PrepareMeanOrSumHelper(context, node, static_cast<tflite::OpDataReduce *>(node->user_data));
+}
+
+/* Any other int8 mean: TFLM's reference walk, as its EvalMeanHelper runs it. */
+TfLiteStatus ReferenceMean(TfLiteContext *context, TfLiteNode *node, const tflite::OpDataReduce &op_data) {
+  const TfLiteEvalTensor *input = tflite::micro::GetEvalInput(context, node, 0);
+  const TfLiteEvalTensor *axis = tflite::micro::GetEvalInput(context, node, 1);
+  TfLiteEvalTensor *output = tflite::micro::GetEvalOutput(context, node, 0);
+  const auto *params = static_cast<const TfLiteReducerParams *>(node->builtin_data);
+  const bool ok = tflite::reference_ops::QuantizedMeanOrSumExtraArgs<int8_t, int32_t>(
+      tflite::micro::GetTensorData<int8_t>(input), op_data.input_zp, op_data.input_scale, input->dims->data,
+      input->dims->size, tflite::micro::GetTensorData<int8_t>(output), op_data.output_scale, op_data.multiplier,
+      op_data.shift, op_data.output_zp, output->dims->data, output->dims->size,
+      tflite::micro::GetTensorData<int>(axis), op_data.num_axis, params->keep_dims,
+      static_cast<int *>(context->GetScratchBuffer(context, op_data.scratch_input_iter_idx)),
+      static_cast<int *>(context->GetScratchBuffer(context, op_data.scratch_resolved_axis_idx)),
+      static_cast<int32_t *>(context->GetScratchBuffer(context, op_data.scratch_accumulator_idx)), false);
+  TF_LITE_ENSURE(context, ok);
+  return kTfLiteOk;
 }
 
 /* True if the axes are exactly height and width of a 4-D tensor, in any order or sign. */
@@ -32,9 +57,8 @@ TfLiteStatus Eval(TfLiteContext *context, TfLiteNode *node) {
   const TfLiteEvalTensor *input = tflite::micro::GetEvalInput(context, node, 0);
   const TfLiteEvalTensor *axis = tflite::micro::GetEvalInput(context, node, 1);
   TfLiteEvalTensor *output = tflite::micro::GetEvalOutput(context, node, 0);
-  if (input->type != kTfLiteInt8 || input->dims->size != 4 || !OverHeightAndWidth(axis) ||
-      input->dims->data[1] * input->dims->data[2] == 0) {
-    return tflite::EvalMeanHelper(context, node, op_data);
+  if (input->dims->size != 4 || !OverHeightAndWidth(axis) || input->dims->data[1] * input->dims->data[2] == 0) {
+    return ReferenceMean(context, node, *op_data);
   }
   const int batches = input->dims->data[0];
   const int count = input->dims->data[1] * input->dims->data[2];
