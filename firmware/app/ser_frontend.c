@@ -3,6 +3,18 @@
 
 #include <string.h>
 
+/* Cores with Thumb-2 (Cortex-M3 and up) reverse bits in one instruction (the FFT's permutation). */
+#if defined(__ARM_ARCH_ISA_THUMB) && __ARM_ARCH_ISA_THUMB >= 2
+#define SER_HAVE_RBIT 1
+static inline uint32_t reverse_bits(uint32_t x) {
+  uint32_t r;
+  __asm__("rbit %0, %1" : "=r"(r) : "r"(x));
+  return r;
+}
+#else
+#define SER_HAVE_RBIT 0
+#endif
+
 #define SER_FE_MAGIC 0x53464531u /* "SFE1": the state was initialised */
 #define PCM_FULL_SCALE 32768.0f
 #define ROUND_MAGIC 12582912.0f /* 1.5 * 2^23: (v + m) - m rounds |v| <= 2^22 half to even */
@@ -130,7 +142,14 @@ uint32_t ser_fe_received(const ser_fe_state *st) { return st != NULL && st->magi
 /* In-place complex FFT of n points (interleaved re, im), radix 2, decimation in time.
    The twiddle e^(-2 pi i j / len) is cos/sin table entry j * (n_fft / len). */
 static void complex_fft(float *z, uint32_t n, const float *cos_t, const float *sin_t) {
+#if SER_HAVE_RBIT
+  uint32_t bits = 0;
+  while ((1u << bits) < n) bits++;
+#endif
   for (uint32_t i = 0, j = 0; i < n; ++i) { /* bit-reversal permutation */
+#if SER_HAVE_RBIT
+    j = bits ? reverse_bits(i) >> (32u - bits) : 0u; /* one instruction where the core has it */
+#endif
     if (i < j) {
       const float re = z[2 * i], im = z[2 * i + 1];
       z[2 * i] = z[2 * j];
@@ -138,12 +157,14 @@ static void complex_fft(float *z, uint32_t n, const float *cos_t, const float *s
       z[2 * j] = re;
       z[2 * j + 1] = im;
     }
+#if !SER_HAVE_RBIT
     uint32_t bit = n >> 1;
     while (bit != 0u && (j & bit) != 0u) {
       j ^= bit;
       bit >>= 1;
     }
     j |= bit;
+#endif
   }
   for (uint32_t len = 2; len <= n; len <<= 1) {
     const uint32_t half = len >> 1, stride = 2u * n / len;
@@ -151,12 +172,14 @@ static void complex_fft(float *z, uint32_t n, const float *cos_t, const float *s
       const float c = cos_t[k * stride], s = sin_t[k * stride];
       for (uint32_t i = k; i < n; i += len) {
         float *a = z + 2 * i, *b = z + 2 * (i + half);
-        const float tr = b[0] * c + b[1] * s; /* b * (c - i s) */
-        const float ti = b[1] * c - b[0] * s;
-        b[0] = a[0] - tr;
-        b[1] = a[1] - ti;
-        a[0] = a[0] + tr;
-        a[1] = a[1] + ti;
+        /* All four loaded before any store: the compiler need not reload after the stores. */
+        const float ar = a[0], ai = a[1], br = b[0], bi = b[1];
+        const float tr = br * c + bi * s; /* b * (c - i s) */
+        const float ti = bi * c - br * s;
+        b[0] = ar - tr;
+        b[1] = ai - ti;
+        a[0] = ar + tr;
+        a[1] = ai + ti;
       }
     }
   }
@@ -168,7 +191,10 @@ static void frame_power(ser_fe_state *st) {
   const uint32_t n_fft = cfg->n_fft, half = n_fft / 2u, mask = n_fft - 1u;
   const uint32_t start = st->next_frame_end - n_fft;
   float *z = st->fft;
-  for (uint32_t i = 0; i < n_fft; ++i) z[i] = st->ring[(start + i) & mask] * cfg->window[i];
+  /* The frame is the ring from `start` on, wrapping once: two runs, no index masking. */
+  const uint32_t first = n_fft - (start & mask);
+  for (uint32_t i = 0; i < first; ++i) z[i] = st->ring[(start & mask) + i] * cfg->window[i];
+  for (uint32_t i = first; i < n_fft; ++i) z[i] = st->ring[i - first] * cfg->window[i];
   complex_fft(z, half, cfg->fft_cos, cfg->fft_sin);
   /* X[k] = E[k] + e^(-2 pi i k / n_fft) O[k], with E, O the DFTs of the even and odd samples:
      E[k] = (Z[k] + conj Z[half-k]) / 2, O[k] = (Z[k] - conj Z[half-k]) / 2i. */

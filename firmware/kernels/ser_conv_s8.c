@@ -23,7 +23,7 @@
 #if defined(__ARM_FEATURE_SIMD32) && __ARM_FEATURE_SIMD32
 #include <arm_acle.h>
 #define SER_SIMD 1
-/* Rotate right by 8: with SXTB16 it becomes the instruction's free rotate operand. */
+/* Rotate right by 8: brings bytes 1 and 3 where SXTB16 takes its two bytes from. */
 static inline uint32_t ror8(uint32_t x) { return (x >> 8) | (x << 24); }
 #else
 #define SER_SIMD 0
@@ -176,14 +176,7 @@ static inline void dot_2x2(const int8_t *w0, const int8_t *w1, const int16_t *co
 
 static inline int8_t clamp(int32_t v, int32_t lo, int32_t hi) { return (int8_t)(v < lo ? lo : (v > hi ? hi : v)); }
 
-/* ser_requantize in 8 instructions, for right shifts (shift <= -1) of accumulators below 2^30:
- * then the rounding sum cannot overflow and gemmlowp's remainder test is an add of the sign. */
-static inline int32_t requantize_right(int32_t acc, int32_t multiplier, int32_t right, int32_t half) {
-  const int32_t high = (int32_t)(((int64_t)acc * multiplier + (1LL << 30)) >> 31);
-  return (high + half + (high >> 31)) >> right;
-}
-
-/* True if requantize_right is exact for the whole layer: right shifts only, and no accumulator can
+/* True if ser_requantize_right is exact for the whole layer: right shifts only, and no accumulator can
  * reach 2^30 (|filter| <= 128, |input + offset| <= 255, plus the bias). */
 static int right_shifts_suffice(const ser_conv_s8_params *p, const int32_t *shift, const int32_t *bias) {
   int64_t bias_max = 0;
@@ -224,10 +217,10 @@ void ser_conv_s8(const ser_conv_s8_params *p, const int32_t *multiplier, const i
         if (fast) {
           const int32_t r0 = -shift[oc], r1 = -shift[oc1];
           const int32_t h0 = (int32_t)((1u << r0) >> 1), h1 = (int32_t)((1u << r1) >> 1);
-          out1[oc1] = clamp(requantize_right(acc[3], multiplier[oc1], r1, h1) + offset, lo, hi);
-          out0[oc1] = clamp(requantize_right(acc[2], multiplier[oc1], r1, h1) + offset, lo, hi);
-          out1[oc] = clamp(requantize_right(acc[1], multiplier[oc], r0, h0) + offset, lo, hi);
-          out0[oc] = clamp(requantize_right(acc[0], multiplier[oc], r0, h0) + offset, lo, hi);
+          out1[oc1] = clamp(ser_requantize_right(acc[3], multiplier[oc1], r1, h1) + offset, lo, hi);
+          out0[oc1] = clamp(ser_requantize_right(acc[2], multiplier[oc1], r1, h1) + offset, lo, hi);
+          out1[oc] = clamp(ser_requantize_right(acc[1], multiplier[oc], r0, h0) + offset, lo, hi);
+          out0[oc] = clamp(ser_requantize_right(acc[0], multiplier[oc], r0, h0) + offset, lo, hi);
         } else {
           out1[oc1] = clamp(ser_requantize(acc[3], multiplier[oc1], shift[oc1]) + offset, lo, hi);
           out0[oc1] = clamp(ser_requantize(acc[2], multiplier[oc1], shift[oc1]) + offset, lo, hi);

@@ -26,6 +26,14 @@ static inline int32_t ser_requantize(int32_t acc, int32_t multiplier, int32_t sh
   return (high >> right) + (remainder > threshold ? 1 : 0);
 }
 
+/* The same in 8 instructions for a right shift (shift <= -1; right = -shift, half = 2^(right-1)) of
+ * a value below 2^30 in magnitude: then the rounding sum cannot overflow, and gemmlowp's
+ * remainder test is the same as adding the sign before shifting. Callers check the bound. */
+static inline int32_t ser_requantize_right(int32_t acc, int32_t multiplier, int32_t right, int32_t half) {
+  const int32_t high = (int32_t)(((int64_t)acc * multiplier + (1LL << 30)) >> 31);
+  return (high + half + (high >> 31)) >> right;
+}
+
 #ifdef __cplusplus
 }
 #endif
