@@ -20,7 +20,7 @@ import numpy as np
 
 from convert.interpreters import tflm_arena_bytes
 from convert.ops import FIRMWARE_OPS, check_ops
-from convert.tflite_file import io_specs, model_frontend, read_metadata, sha256
+from convert.tflite_file import io_specs, model_frontend, operator_names, read_metadata, sha256
 from train.frontend import fft_twiddles, hann_window, mel_filterbank, sparse_mel
 from train.frontend_c import KINDS, workspace_floats
 from train.labels import EMOTIONS
@@ -71,12 +71,16 @@ def render(tflite: bytes, arena_measured: int | None = None) -> dict[str, str]:
         "hex_lines": _lines([f"0x{b:02x}" for b in tflite], 12),
         "model_len": len(tflite),
         "sha256": digest,
-        "ops": [{"name": name, "version": version, "method": FIRMWARE_OPS[name]} for name, version in ops],
+        "ops": [
+            {"name": name, "version": version, "method": FIRMWARE_OPS[name][0], "registration": FIRMWARE_OPS[name][1]}
+            for name, version in ops
+        ],
         "input": in_spec,
         "output": out_spec,
         "input_elements": int(np.prod(in_spec.shape)),
         "output_elements": int(np.prod(out_spec.shape)),
         "labels": labels,
+        "operators": len(operator_names(tflite)),
         "arena_measured": measured,
         "arena_margin": arena_with_margin(measured) - measured,
         "arena_bytes": arena_with_margin(measured),

@@ -4,29 +4,31 @@ from __future__ import annotations
 
 from convert.tflite_file import ModelFileError, op_versions
 
-# Builtin op -> MicroMutableOpResolver method. CMSIS-NN provides the optimized int8 kernels for
-# CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, ADD, MUL, SOFTMAX, AVERAGE/MAX_POOL_2D; the rest
-# are TFLM's portable kernels (cheap data movement or element-wise).
-FIRMWARE_OPS: dict[str, str] = {
-    "ADD": "AddAdd",
-    "AVERAGE_POOL_2D": "AddAveragePool2D",
-    "CONCATENATION": "AddConcatenation",
-    "CONV_2D": "AddConv2D",
-    "DEPTHWISE_CONV_2D": "AddDepthwiseConv2D",
-    "DEQUANTIZE": "AddDequantize",
-    "EXPAND_DIMS": "AddExpandDims",
-    "FULLY_CONNECTED": "AddFullyConnected",
-    "LOGISTIC": "AddLogistic",
-    "MAX_POOL_2D": "AddMaxPool2D",
-    "MEAN": "AddMean",
-    "MUL": "AddMul",
-    "PAD": "AddPad",
-    "QUANTIZE": "AddQuantize",
-    "RELU": "AddRelu",
-    "RELU6": "AddRelu6",
-    "RESHAPE": "AddReshape",
-    "SOFTMAX": "AddSoftmax",
-    "SQUEEZE": "AddSqueeze",
+# Builtin op -> (MicroMutableOpResolver method, kernel registration or "" for the method's default).
+# The firmware's ops are int8, so where TFLM has an int8-only kernel variant it is registered
+# (less flash: no float/int16 paths); ADD, CONV_2D, FULLY_CONNECTED, MEAN and SOFTMAX run our own
+# (firmware/kernels/).
+# In the reference-kernel build all of these resolve to TFLM's reference kernels.
+FIRMWARE_OPS: dict[str, tuple[str, str]] = {
+    "ADD": ("AddAdd", "ser::Register_ADD_INT8()"),
+    "AVERAGE_POOL_2D": ("AddAveragePool2D", "tflite::Register_AVERAGE_POOL_2D_INT8()"),
+    "CONCATENATION": ("AddConcatenation", ""),
+    "CONV_2D": ("AddConv2D", "ser::Register_CONV_2D_INT8()"),
+    "DEPTHWISE_CONV_2D": ("AddDepthwiseConv2D", "tflite::Register_DEPTHWISE_CONV_2D_INT8()"),
+    "DEQUANTIZE": ("AddDequantize", ""),
+    "EXPAND_DIMS": ("AddExpandDims", ""),
+    "FULLY_CONNECTED": ("AddFullyConnected", "ser::Register_FULLY_CONNECTED_INT8()"),
+    "LOGISTIC": ("AddLogistic", ""),
+    "MAX_POOL_2D": ("AddMaxPool2D", "tflite::Register_MAX_POOL_2D_INT8()"),
+    "MEAN": ("AddMean", "ser::Register_MEAN_INT8()"),
+    "MUL": ("AddMul", "tflite::Register_MUL_INT8()"),
+    "PAD": ("AddPad", "tflite::Register_PAD_INT8()"),
+    "QUANTIZE": ("AddQuantize", ""),
+    "RELU": ("AddRelu", ""),
+    "RELU6": ("AddRelu6", ""),
+    "RESHAPE": ("AddReshape", ""),
+    "SOFTMAX": ("AddSoftmax", "ser::Register_SOFTMAX_INT8()"),
+    "SQUEEZE": ("AddSqueeze", ""),
 }
 
 

@@ -156,6 +156,7 @@ def test_op_resolver_compiles_against_tflm(run: Path, tmp_path: Path) -> None:
         '#include "op_resolver.h"\nint ser_register(void) { static ModelOpResolver r; return RegisterModelOps(r); }\n'
     )
     system = [f for d in ("tflite-micro", "flatbuffers/include", "gemmlowp", "ruy") for f in ("-isystem", str(Path(deps) / d))]
+    system += ["-I", str(Path(__file__).resolve().parents[1] / "firmware" / "kernels")]  # ser_kernels.h
     for compiler in (["g++"], ARM_CXX):
         subprocess.run(
             [

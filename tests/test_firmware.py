@@ -78,6 +78,7 @@ def test_board_code_cross_compiles_warning_free(board: str, logmel_model: bytes,
         app / "ser_protocol.c",
         app / "ser_pcm_codec.c",
         app / "ser_frontend.c",
+        app / "ser_debug_log.c",
         FIRMWARE / "boards" / "common" / "startup_cortexm.c",
         *map(Path, ports),
     ]

@@ -141,7 +141,7 @@ static bool is_retry(const ser_frame *f, uint32_t clip_id, uint32_t offset) {
 static uint8_t hex_nibble(char c) { return (uint8_t)(c <= '9' ? c - '0' : c - 'a' + 10); }
 
 static size_t info_payload(uint8_t *out, size_t cap) {
-  static ser_info info;
+  ser_info info; /* on the stack: needed only while HELLO/BOOT is answered (the stack is sized for it) */
   memset(&info, 0, sizeof(info));
   info.present = SER_INFO_ALL;
   info.proto_version = SER_PROTO_VERSION;

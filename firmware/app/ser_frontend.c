@@ -3,6 +3,18 @@
 
 #include <string.h>
 
+/* Cores with Thumb-2 (Cortex-M3 and up) reverse bits in one instruction (the FFT's permutation). */
+#if defined(__ARM_ARCH_ISA_THUMB) && __ARM_ARCH_ISA_THUMB >= 2
+#define SER_HAVE_RBIT 1
+static inline uint32_t reverse_bits(uint32_t x) {
+  uint32_t r;
+  __asm__("rbit %0, %1" : "=r"(r) : "r"(x));
+  return r;
+}
+#else
+#define SER_HAVE_RBIT 0
+#endif
+
 #define SER_FE_MAGIC 0x53464531u /* "SFE1": the state was initialised */
 #define PCM_FULL_SCALE 32768.0f
 #define ROUND_MAGIC 12582912.0f /* 1.5 * 2^23: (v + m) - m rounds |v| <= 2^22 half to even */
@@ -127,10 +139,40 @@ int ser_fe_done(const ser_fe_state *st) {
 
 uint32_t ser_fe_received(const ser_fe_state *st) { return st != NULL && st->magic == SER_FE_MAGIC ? st->received : 0u; }
 
+/* a, b <- a + b w, a - b w with w = c - i s (one radix-2 butterfly). All four values are loaded
+   before any store, so the compiler need not reload them after the stores. */
+static inline void butterfly(float *a, float *b, float c, float s) {
+  const float ar = a[0], ai = a[1], br = b[0], bi = b[1];
+  const float tr = br * c + bi * s;
+  const float ti = bi * c - br * s;
+  b[0] = ar - tr;
+  b[1] = ai - ti;
+  a[0] = ar + tr;
+  a[1] = ai + ti;
+}
+
+/* The same for w = 1 (k = 0: cos_t[0] = 1, sin_t[0] = 0): b * 1 + b * 0 equals b up to the sign of
+   a zero result, and no later sum, product or square tells a zero's sign apart from non-zero
+   values, so the features keep every bit. */
+static inline void butterfly_w1(float *a, float *b) {
+  const float ar = a[0], ai = a[1], br = b[0], bi = b[1];
+  b[0] = ar - br;
+  b[1] = ai - bi;
+  a[0] = ar + br;
+  a[1] = ai + bi;
+}
+
 /* In-place complex FFT of n points (interleaved re, im), radix 2, decimation in time.
    The twiddle e^(-2 pi i j / len) is cos/sin table entry j * (n_fft / len). */
 static void complex_fft(float *z, uint32_t n, const float *cos_t, const float *sin_t) {
+#if SER_HAVE_RBIT
+  uint32_t bits = 0;
+  while ((1u << bits) < n) bits++;
+#endif
   for (uint32_t i = 0, j = 0; i < n; ++i) { /* bit-reversal permutation */
+#if SER_HAVE_RBIT
+    j = bits ? reverse_bits(i) >> (32u - bits) : 0u; /* one instruction where the core has it */
+#endif
     if (i < j) {
       const float re = z[2 * i], im = z[2 * i + 1];
       z[2 * i] = z[2 * j];
@@ -138,25 +180,31 @@ static void complex_fft(float *z, uint32_t n, const float *cos_t, const float *s
       z[2 * j] = re;
       z[2 * j + 1] = im;
     }
+#if !SER_HAVE_RBIT
     uint32_t bit = n >> 1;
     while (bit != 0u && (j & bit) != 0u) {
       j ^= bit;
       bit >>= 1;
     }
     j |= bit;
+#endif
   }
+  /* Butterflies of one stage touch disjoint pairs, so their order does not change the result:
+     twiddle-outer while a twiddle serves several blocks, block-outer once blocks are few. */
   for (uint32_t len = 2; len <= n; len <<= 1) {
     const uint32_t half = len >> 1, stride = 2u * n / len;
-    for (uint32_t k = 0; k < half; ++k) {
-      const float c = cos_t[k * stride], s = sin_t[k * stride];
-      for (uint32_t i = k; i < n; i += len) {
-        float *a = z + 2 * i, *b = z + 2 * (i + half);
-        const float tr = b[0] * c + b[1] * s; /* b * (c - i s) */
-        const float ti = b[1] * c - b[0] * s;
-        b[0] = a[0] - tr;
-        b[1] = a[1] - ti;
-        a[0] = a[0] + tr;
-        a[1] = a[1] + ti;
+    if (half <= n / len) {
+      for (uint32_t i = 0; i < n; i += len) butterfly_w1(z + 2 * i, z + 2 * (i + half));
+      for (uint32_t k = 1; k < half; ++k) {
+        const float c = cos_t[k * stride], s = sin_t[k * stride];
+        for (uint32_t i = k; i < n; i += len) butterfly(z + 2 * i, z + 2 * (i + half), c, s);
+      }
+    } else {
+      for (uint32_t i0 = 0; i0 < n; i0 += len) {
+        butterfly_w1(z + 2 * i0, z + 2 * (i0 + half));
+        for (uint32_t k = 1; k < half; ++k) {
+          butterfly(z + 2 * (i0 + k), z + 2 * (i0 + k + half), cos_t[k * stride], sin_t[k * stride]);
+        }
       }
     }
   }
@@ -168,7 +216,10 @@ static void frame_power(ser_fe_state *st) {
   const uint32_t n_fft = cfg->n_fft, half = n_fft / 2u, mask = n_fft - 1u;
   const uint32_t start = st->next_frame_end - n_fft;
   float *z = st->fft;
-  for (uint32_t i = 0; i < n_fft; ++i) z[i] = st->ring[(start + i) & mask] * cfg->window[i];
+  /* The frame is the ring from `start` on, wrapping once: two runs, no index masking. */
+  const uint32_t first = n_fft - (start & mask);
+  for (uint32_t i = 0; i < first; ++i) z[i] = st->ring[(start & mask) + i] * cfg->window[i];
+  for (uint32_t i = first; i < n_fft; ++i) z[i] = st->ring[i - first] * cfg->window[i];
   complex_fft(z, half, cfg->fft_cos, cfg->fft_sin);
   /* X[k] = E[k] + e^(-2 pi i k / n_fft) O[k], with E, O the DFTs of the even and odd samples:
      E[k] = (Z[k] + conj Z[half-k]) / 2, O[k] = (Z[k] - conj Z[half-k]) / 2i. */
@@ -224,7 +275,13 @@ static int push(ser_fe_state *st, const int16_t *pcm, size_t n, int8_t *q, float
     }
     const uint32_t need = st->next_frame_end - st->received;
     const uint32_t take = n < need ? (uint32_t)n : need;
-    for (uint32_t i = 0; i < take; ++i) st->ring[(st->received + i) & mask] = (float)pcm[i] / PCM_FULL_SCALE;
+    for (uint32_t i = 0; i < take;) { /* contiguous runs of the ring, no index masking */
+      const uint32_t at = (st->received + i) & mask;
+      const uint32_t end = take - i < cfg->n_fft - at ? take - i : cfg->n_fft - at;
+      float *dst = st->ring + at;
+      for (uint32_t j = 0; j < end; ++j) dst[j] = (float)pcm[i + j] / PCM_FULL_SCALE;
+      i += end;
+    }
     st->received += take;
     pcm += take;
     n -= take;

@@ -12,6 +12,11 @@
 #include "tensorflow/lite/micro/micro_profiler_interface.h"
 #include "tensorflow/lite/schema/schema_generated.h"
 
+/* Nothing is ever deleted (no heap), but virtual destructors still name operator delete; these
+ * keep libstdc++'s, and with it newlib's malloc/free, out of the image. */
+void operator delete(void *) noexcept {}
+void operator delete(void *, size_t) noexcept {}
+
 /* TFLM's tick source is the board's counter (micro_time.cc is not linked). */
 namespace tflite {
 uint32_t ticks_per_second() { return ser_port_core_clock_hz(); }
@@ -20,16 +25,19 @@ uint32_t GetCurrentTimeTicks() { return ser_port_cycles(); }
 
 namespace {
 
-/* Records each operator's ticks during Invoke (TFLM calls BeginEvent/EndEvent around every op). */
+/* Records each operator's ticks during Invoke (TFLM calls BeginEvent/EndEvent around every op);
+ * one entry per operator of the model (model_config.h). */
+constexpr uint32_t kMaxEvents = SER_MODEL_OPERATORS;
+
 class LayerProfiler : public tflite::MicroProfilerInterface {
  public:
   uint32_t BeginEvent(const char *tag) override {
-    if (count_ >= SER_PROFILE_MAX_EVENTS) return SER_PROFILE_MAX_EVENTS;
+    if (count_ >= kMaxEvents) return kMaxEvents;
     events_[count_] = {tag, ser_port_cycles()};
     return count_++;
   }
   void EndEvent(uint32_t handle) override {
-    if (handle < SER_PROFILE_MAX_EVENTS) events_[handle].ticks = ser_port_cycles() - events_[handle].ticks;
+    if (handle < kMaxEvents) events_[handle].ticks = ser_port_cycles() - events_[handle].ticks;
   }
   void Clear() { count_ = 0; }
   size_t Events(const ser_profile_event **events) const {
@@ -38,7 +46,7 @@ class LayerProfiler : public tflite::MicroProfilerInterface {
   }
 
  private:
-  ser_profile_event events_[SER_PROFILE_MAX_EVENTS] = {};
+  ser_profile_event events_[kMaxEvents] = {};
   uint32_t count_ = 0;
 };
 

@@ -9,8 +9,6 @@
 extern "C" {
 #endif
 
-#define SER_PROFILE_MAX_EVENTS 64
-
 typedef struct {
   const char *tag;
   uint32_t ticks;

@@ -1,0 +1,107 @@
+"""Our own firmware kernels (firmware/kernels/) on the emulated Cortex-M4, bit for bit against TFLM.
+
+Two small int8 models without a front end (the board takes their int8 input as sent), each ending
+in 90 values so that a wrong value anywhere upstream shows:
+- a chain of convolutions taking every path of ser_conv_s8.c: one input channel with K % 4 != 0,
+  rows that are not whole groups of 4, 'same' and 'valid' padding, strides that differ per axis,
+  dilation, 1xN and 1x1 kernels, odd channel and pixel counts, fused ReLU and ReLU6;
+- the other kernels' less common cases: MEAN over height and width kept as dims and MEAN over
+  channels (the reference walk), ADD broadcasting a vector and a single channel.
+The real models (tests/test_firmware.py) cover FULLY_CONNECTED, SOFTMAX and same-shape ADD.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+import pytest
+
+from convert.interpreters import TflmRunner
+from convert.quantize import quantize_int8
+from convert.tflite_file import align, io_specs, op_versions
+from host import qemu
+from host.board import BoardLink
+
+DEPS = os.environ.get("SER_DEPS_DIR")
+pytestmark = pytest.mark.skipif(
+    not DEPS,
+    reason="TFLM sources not given: set SER_DEPS_DIR to local copies of tflite-micro, flatbuffers, gemmlowp, ruy, "
+    "CMSIS_6, CMSIS-NN, Cortex_DFP and kissfft (README: Third-party sources) to build and run the firmware",
+)
+BOARD = "qemu-mps2-an386"
+
+
+@functools.cache
+def conv_zoo() -> bytes:
+    import keras
+
+    keras.utils.set_random_seed(3)
+    layers = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input((13, 21, 1)),
+            layers.Conv2D(6, 3, strides=2, activation="relu"),  # 1 channel, K = 9, valid -> 6x10
+            layers.Conv2D(9, (2, 3), padding="same", activation="relu6"),  # rows of 18: not whole groups
+            layers.Conv2D(12, 3, dilation_rate=2, padding="same"),  # dilation, K = 81, padding all round
+            layers.Conv2D(8, (1, 5), strides=(2, 2), padding="same"),  # 1xN, 3x5 = 15 pixels (odd)
+            layers.Conv2D(6, 1, use_bias=False),  # 1x1, no bias
+            layers.Reshape((15, 6)),
+        ]
+    )
+    rng = np.random.default_rng(0)
+    rep = [rng.uniform(-1, 1, (13, 21, 1)).astype(np.float32) for _ in range(16)]
+    return align(quantize_int8(model, rep))
+
+
+@functools.cache
+def broadcast_zoo() -> bytes:
+    import keras
+
+    keras.utils.set_random_seed(4)
+    layers = keras.layers
+    x = keras.Input((3, 5, 4))
+    h = layers.Conv2D(6, 3, padding="same")(x)
+    over_hw = layers.Lambda(lambda t: keras.ops.mean(t, axis=(1, 2), keepdims=True))(h)
+    over_c = layers.Lambda(lambda t: keras.ops.mean(t, axis=-1, keepdims=True))(h)
+    y = layers.Add()([layers.Add()([h, over_hw]), over_c])
+    model = keras.Model(x, layers.Reshape((15, 6))(y))
+    rng = np.random.default_rng(0)
+    rep = [rng.uniform(-1, 1, (3, 5, 4)).astype(np.float32) for _ in range(16)]
+    return align(quantize_int8(model, rep))
+
+
+def _runs_bit_exact(tflite: bytes, own_symbols: list[str]) -> None:
+    from elftools.elf.elffile import ELFFile
+
+    from host.firmware import build
+
+    elf = build(BOARD, tflite, DEPS)
+    with open(elf, "rb") as f:
+        symbols = ELFFile(f).get_section_by_name(".symtab")
+        for name in own_symbols:
+            assert symbols.get_symbol_by_name(name), f"the firmware does not link our {name}"
+    spec, _ = io_specs(tflite)
+    elements = int(np.prod(spec.shape))
+    rng = np.random.default_rng(1)
+    reference = TflmRunner(tflite)
+    with qemu.running(BOARD, elf) as emu, BoardLink(emu.url) as link:
+        assert link.hello().clip_samples == elements
+        for clip_id in range(4):
+            x = rng.integers(-128, 128, elements).astype(np.int16)
+            expected = reference(x.astype(np.int8)).tolist()
+            assert len(expected) == 90
+            assert list(link.classify(x, clip_id).scores) == expected
+
+
+def test_convolutions_run_our_kernel_bit_exact() -> None:
+    tflite = conv_zoo()
+    assert [name for name, _ in op_versions(tflite)] == ["CONV_2D", "RESHAPE"]
+    _runs_bit_exact(tflite, ["ser_conv_s8"])
+
+
+def test_broadcast_add_and_means_run_our_kernels_bit_exact() -> None:
+    tflite = broadcast_zoo()
+    assert sorted(name for name, _ in op_versions(tflite)) == ["ADD", "CONV_2D", "MEAN", "RESHAPE"]
+    _runs_bit_exact(tflite, ["_ZN3ser17Register_ADD_INT8Ev", "_ZN3ser18Register_MEAN_INT8Ev"])  # ser::Register_*
