@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from convert.emit import emit
@@ -32,6 +33,18 @@ def elf_path(board: str, tflite: bytes, cmsis_nn: bool = True) -> Path:
     return build_dir(board, cmsis_nn) / f"ser-{board}-{sha256(tflite)[:12]}.elf"
 
 
+def emit_if_changed(tflite: bytes, generated: Path) -> None:
+    """Emit the model's C files, touching only those whose text changed: an updated emitter takes
+    effect, and an unchanged model is not recompiled."""
+    with tempfile.TemporaryDirectory() as tmp:
+        emit(tflite, Path(tmp))
+        generated.mkdir(parents=True, exist_ok=True)
+        for new in Path(tmp).iterdir():
+            old = generated / new.name
+            if not old.exists() or old.read_bytes() != new.read_bytes():
+                shutil.copyfile(new, old)
+
+
 def build(board: str, tflite: bytes, deps_dir: str | None = None, quiet: bool = True, cmsis_nn: bool = True) -> Path:
     """The ELF for this board and model, building what is missing (``cmsis_nn=False``: TFLM's reference kernels)."""
     for tool in ("cmake", "arm-none-eabi-gcc"):
@@ -39,8 +52,7 @@ def build(board: str, tflite: bytes, deps_dir: str | None = None, quiet: bool = 
             raise FirmwareUnavailable(f"{tool} not found: run scripts/bootstrap (installs the Arm toolchain and CMake)")
     deps_dir = deps_dir or os.environ.get("SER_DEPS_DIR")
     generated = BUILD / "generated" / sha256(tflite)[:12]
-    if not (generated / "model_data.cc").exists():
-        emit(tflite, generated)
+    emit_if_changed(tflite, generated)
     out_dir = build_dir(board, cmsis_nn)
     configure = [
         "cmake",
