@@ -285,8 +285,8 @@ def fine_tune(run: Path, root: Path, qcfg: QatConfig = QatConfig(), show_progres
     history = {"val_accuracy": [acc], "val_loss": [loss]}
     best = ((-loss, acc), 0, model.get_weights())
     progress = tqdm(total=qcfg.epochs, desc="QAT fine-tune", unit="epoch", disable=not show_progress)
-    for epoch in range(1, qcfg.epochs + 1):
-        model.fit(data, epochs=1, verbose=0)
+    for epoch, (x, y) in enumerate(data.epochs(qcfg.epochs), 1):
+        model.fit(x, y, batch_size=batch, shuffle=False, epochs=1, verbose=0)
         acc, loss = score()
         history["val_accuracy"].append(acc)
         history["val_loss"].append(loss)

@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--data", help="CASIA root; default $CASIA_ROOT")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="folder for the run folders and the report")
-    p.add_argument("--epochs", type=int, default=80)
+    p.add_argument("--epochs", type=int, help="training epochs; default: ser-train's (TrainConfig)")
     p.add_argument("--retrain", action="store_true", help="train again even when a finished run exists")
     p.add_argument(
         "--port",
@@ -57,7 +57,8 @@ def _python(*args: str) -> list[str]:
 def _train(model: str, args: argparse.Namespace) -> Path:
     run = args.runs / f"{model}-paper"
     if args.retrain or not (run / "metrics.json").exists():
-        cmd = _python("train", "--model", model, "--split", "paper", "--out", str(run), "--epochs", str(args.epochs))
+        cmd = _python("train", "--model", model, "--split", "paper", "--out", str(run))
+        cmd += ["--epochs", str(args.epochs)] if args.epochs else []
         subprocess.run(cmd + (["--data", args.data] if args.data else []), check=True)  # a process per model
     else:
         print(f"{run}: finished run found, reusing it (--retrain to train again)")

@@ -11,7 +11,9 @@ import pytest
 
 from train.cli import main
 from train.corpus import discover, load_corpus
-from train.fit import TrainConfig
+from train.fit import AugmentedClips, TrainConfig
+from train.frontend import clip_features
+from train.labels import label_index
 from train.run import default_frontend, train_one
 
 ARTIFACTS = [
@@ -185,3 +187,23 @@ def test_different_seed_gives_different_weights(data, tmp_path: Path) -> None:
             tmp_path / str(seed), clips, pcm, "paper", 0, tcfg, default_frontend(model), mcu_probe=False, show_progress=False
         )
     assert any(not np.array_equal(x, y) for x, y in zip(_weights(tmp_path / "0"), _weights(tmp_path / "1"), strict=True))
+
+
+def test_training_epochs_follow_the_seed_alone_and_hold_each_clip_once(data) -> None:
+    clips, pcm = data
+    model = "audio_resnet"
+    labels = [label_index(c.emotion) for c in clips]
+    cfg = default_frontend(model)
+    batches = AugmentedClips(pcm, labels, cfg, _short(model))
+    ahead = list(batches.epochs(3))  # each next epoch built in a thread while the last is used
+    backwards = [batches.epoch(e) for e in (2, 1, 0)][::-1]
+    for (x, y), (x2, y2) in zip(ahead, backwards, strict=True):
+        np.testing.assert_array_equal(x, x2)
+        np.testing.assert_array_equal(y, y2)
+    assert not np.array_equal(ahead[0][0], ahead[1][0])  # re-augmented every epoch
+
+    clean, onehot = AugmentedClips(pcm, labels, cfg, replace(_short(model), augment=None)).epoch(0)
+    expected = [clip_features(p, cfg) for p in pcm]
+    order = [next(i for i, e in enumerate(expected) if np.array_equal(e, row)) for row in clean]
+    assert sorted(order) == list(range(len(pcm)))
+    assert onehot.argmax(axis=1).tolist() == [labels[i] for i in order]

@@ -29,9 +29,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--fold", type=int, help="train only this test fold (kfold/loso); default all folds")
     p.add_argument("--out", type=Path, help="run folder; default runs/<model>-<split>")
-    p.add_argument("--epochs", type=int, default=80)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (cosine schedule after warm-up)")
+    # Training defaults live in train.fit.TrainConfig only; these flags override them when given.
+    p.add_argument("--epochs", type=int, help="default: TrainConfig.epochs")
+    p.add_argument("--batch-size", type=int, help="default: TrainConfig.batch_size")
+    p.add_argument("--lr", type=float, help="peak learning rate (cosine schedule after warm-up); default: TrainConfig")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-augment", action="store_true", help="train on clean clips only")
     p.add_argument("--limit-per-class", type=int, help="use only N clips per emotion and speaker (quick checks)")
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     from train.run import budget_lines, default_frontend, summarise_folds, train_one
     from train.splits import assign_folds
 
-    tcfg = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr}
+    tcfg = TrainConfig(model=args.model, seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     if args.no_augment:
         tcfg = replace(tcfg, augment=None)
     out = args.out or Path("runs") / f"{args.model}-{args.split}"

@@ -61,11 +61,12 @@ def train_one(
     train_cfg = asdict(tcfg)
     _write_json(out / "train_config.json", train_cfg)
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     model, history, best_epoch = fit_model(
         frontend, tcfg, pcm_of("train"), labels[part["train"]], pcm_of("val"), labels[part["val"]], show_progress
     )
     train_seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started  # all threads; steadier than wall time on a shared machine
     model.save(out / "model.keras")
     _write_json(out / "history.json", {"best_epoch": best_epoch, **history})
 
@@ -81,6 +82,7 @@ def train_one(
         "best_epoch": best_epoch + 1,
         "epochs": tcfg.epochs,
         "train_seconds": round(train_seconds, 1),
+        "train_cpu_seconds": round(cpu_seconds, 1),
         "validation_accuracy": float(history["val_accuracy"][best_epoch]),
         "params": int(model.count_params()),
         "macs": count_macs(model),
