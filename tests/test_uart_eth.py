@@ -10,7 +10,7 @@ import threading
 import pytest
 import serial
 
-from host.board import open_port
+from host.board import BoardError, open_port
 from host.protocol import Hello, Parser, encode_message
 from host.uart_eth import ETHERTYPE, PACKET_BYTES, UartEthPort, parse_url
 
@@ -118,7 +118,7 @@ def test_bad_urls_and_paths_are_refused() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
-    with pytest.raises(Exception, match="cannot open"):
+    with pytest.raises(BoardError, match="cannot open"):
         open_port(f"uart+eth://127.0.0.1:{free},{free}", open_timeout=0.3)
 
 

@@ -61,9 +61,9 @@ int ser_port_uart_read(uint8_t *byte) {
 
 void ser_port_idle(void) {
   ser_disable_irq();
-  int ready = head != tail;
+  int ready = head != tail; /* on path 1 too: UART bytes then mean waiting out PATH_REVERT_MS */
 #if SER_RX_PATHS > 1
-  if (path == 1) ready = ser_board_path1_ready() || stalled || head != tail;
+  if (path == 1 && !ready) ready = ser_board_path1_ready();
 #endif
   if (!ready) ser_wfi(); /* an interrupt pending at WFI wakes it at once */
   ser_enable_irq();
