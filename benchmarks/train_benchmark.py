@@ -2,15 +2,19 @@
 
     python benchmarks/train_benchmark.py --data CASIA [--models audio_resnet spectrogram_resnet]
                                          [--splits paper kfold loso] [--out runs/bench] [--epochs N]
-                                         [--distill audio_resnet:spectrogram_resnet] [--jobs 2]
+                                         [--distill audio_resnet:spectrogram_resnet ...] [--jobs 2]
 
 Each (model, split) trains through ``ser-train`` in its own process; finished runs (and finished
-folds) are reused, so a cut-off benchmark continues where it stopped. ``--distill STUDENT:TEACHER``
-also trains STUDENT distilled from TEACHER's run of the same split (``STUDENT-from-TEACHER-SPLIT``),
-after that run. ``--jobs N`` runs N trainings at once, each pinned to its own core with one
-TensorFlow thread (see ``train_speed.md`` for what that buys on 2 cores). Timings on a shared
-machine are noisy, so the load average before and after each training is printed with
-it. Results also go to ``<out>/benchmark.md``.
+folds) are reused, so a cut-off benchmark continues where it stopped.
+
+``--distill STUDENT:TEACHER`` also trains STUDENT distilled from TEACHER's run of the same split
+(``STUDENT-from-TEACHER-SPLIT``), after that run; TEACHER may be several models joined by ``+``
+(an ensemble of teachers), for example ``spectrogram_resnet:spectrogram_resnet+audio_resnet``.
+
+``--jobs N`` runs N trainings at once, each pinned to its own core with one TensorFlow thread (see
+``train_speed.md`` for what that buys on 2 cores). Timings on a shared machine are noisy, so the
+load average before and after each training is printed with it. Results also go to
+``<out>/benchmark.md``.
 """
 
 from __future__ import annotations
@@ -30,11 +34,11 @@ from pathlib import Path
 class Training:
     model: str
     split: str
-    teacher: str | None = None  # model name of the teacher run (same split)
+    teachers: tuple[str, ...] = ()  # model names of the plain teacher runs (same split)
 
     @property
     def name(self) -> str:
-        return f"{self.model}-from-{self.teacher}-{self.split}" if self.teacher else f"{self.model}-{self.split}"
+        return f"{self.model}-from-{'+'.join(self.teachers)}-{self.split}" if self.teachers else f"{self.model}-{self.split}"
 
 
 def _load() -> str:
@@ -48,7 +52,8 @@ def _train(t: Training, args: argparse.Namespace, cores: queue.Queue[int] | None
     cmd = [sys.executable, "-m", "train", "--model", t.model, "--split", t.split, "--out", str(run), "--quiet"]
     cmd += ["--epochs", str(args.epochs)] if args.epochs else []
     cmd += ["--data", args.data] if args.data else []
-    cmd += ["--teacher", str(args.out / f"{t.teacher}-{t.split}")] if t.teacher else []
+    for teacher in t.teachers:
+        cmd += ["--teacher", str(args.out / Training(teacher, t.split).name)]
     env, core = dict(os.environ), None
     if cores is not None:
         core = cores.get()
@@ -82,7 +87,7 @@ def result_row(t: Training, run: Path) -> str:
         val = f"{m['validation_accuracy']:.2%}"
     seconds = training_seconds(run)
     each = ", ".join(f"{s:.0f}" for s in seconds)
-    model = f"{t.model} (teacher {t.teacher})" if t.teacher else t.model
+    model = f"{t.model} (teachers {' + '.join(t.teachers)})" if t.teachers else t.model
     return f"| {model} | {t.split} | {acc} | {ua} | {f1} | {val} | {len(seconds)} | {max(seconds):.0f} max ({each}) |"
 
 
@@ -90,11 +95,12 @@ def plan(args: argparse.Namespace) -> list[Training]:
     """Plain trainings first, then distilled ones (each after its teacher's run)."""
     trainings = [Training(m, s) for m in args.models for s in args.splits]
     for pair in args.distill:
-        student, _, teacher = pair.partition(":")
-        if not teacher:
-            raise SystemExit(f"--distill takes STUDENT:TEACHER, got {pair!r}")
-        trainings += [Training(teacher, s) for s in args.splits if Training(teacher, s) not in trainings]
-        trainings += [Training(student, s, teacher) for s in args.splits]
+        student, _, joined = pair.partition(":")
+        if not joined:
+            raise SystemExit(f"--distill takes STUDENT:TEACHER[+TEACHER...], got {pair!r}")
+        teachers = tuple(joined.split("+"))
+        trainings += [Training(m, s) for m in teachers for s in args.splits if Training(m, s) not in trainings]
+        trainings += [Training(student, s, teachers) for s in args.splits]
     return trainings
 
 
@@ -118,8 +124,7 @@ def main() -> int:
     started: dict[Training, Future] = {}
 
     def after_teacher(t: Training) -> None:
-        teacher = Training(t.teacher, t.split) if t.teacher else None
-        if teacher in started:
+        for teacher in (Training(m, t.split) for m in t.teachers):
             started[teacher].result()  # submitted earlier, so it runs before or beside this one
         _train(t, args, cores)
 

@@ -242,12 +242,12 @@ def test_distillation_mixes_a_same_split_teacher_into_the_labels_and_refuses_any
         pcm,
         "paper",
         0,
-        replace(student, teacher=str(tmp_path / "teacher"), distill_weight=0.7),
+        replace(student, teachers=(str(tmp_path / "teacher"),), distill_weight=0.7),
         default_frontend("audio_resnet"),
         mcu_probe=False,
         show_progress=False,
     )
-    assert plain["teacher"] is None and distilled["teacher"] == str(tmp_path / "teacher")
+    assert plain["teachers"] == [] and distilled["teachers"] == [str(tmp_path / "teacher")]
     pairs = zip(_weights(tmp_path / "plain"), _weights(tmp_path / "distilled"), strict=True)
     assert any(not np.array_equal(x, y) for x, y in pairs)  # same seed and batches: only the targets differ
 
@@ -259,7 +259,7 @@ def test_distillation_mixes_a_same_split_teacher_into_the_labels_and_refuses_any
             pcm,
             "loso",
             0,
-            replace(student, teacher=str(tmp_path / "teacher")),
+            replace(student, teachers=(str(tmp_path / "teacher"),)),
             default_frontend("audio_resnet"),
             mcu_probe=False,
             show_progress=False,

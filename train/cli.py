@@ -37,7 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--teacher",
         type=Path,
-        help="distil from this finished run (its fold-XX for k-fold/LOSO); it must share --split and --seed",
+        action="append",
+        help="distil from this finished run (its fold-XX for k-fold/LOSO; repeat for an ensemble); same --split and --seed",
     )
     p.add_argument("--distill-weight", type=float, help="share of the teacher's soft targets in the labels; default: TrainConfig")
     p.add_argument("--distill-temperature", type=float, help="softens the teacher's probabilities; default: TrainConfig")
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "learning_rate": args.lr,
-        "teacher": str(args.teacher) if args.teacher else None,
+        "teachers": tuple(str(t) for t in args.teacher) if args.teacher else None,
         "distill_weight": args.distill_weight,
         "distill_temperature": args.distill_temperature,
     }

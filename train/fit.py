@@ -31,7 +31,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     seed: int = 0
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
-    teacher: str | None = None  # run folder whose soft targets are mixed into the labels (train.teacher)
+    teachers: tuple[str, ...] = ()  # run folders whose mean soft targets are mixed into the labels (train.teacher)
     distill_weight: float = 0.5
     distill_temperature: float = 2.0
 

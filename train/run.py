@@ -62,11 +62,12 @@ def train_one(
     train_cfg = asdict(tcfg)
     _write_json(out / "train_config.json", train_cfg)
 
-    train_targets, teacher = labels[part["train"]], None
-    if tcfg.teacher:
-        teacher = teacher_run(Path(tcfg.teacher), test_fold)
-        check_same_test_clips(teacher, manifest)
-        soft = soft_targets(teacher, pcm_of("train"), tcfg.distill_temperature)
+    train_targets = labels[part["train"]]
+    teachers = [teacher_run(Path(t), test_fold) for t in tcfg.teachers]
+    if teachers:
+        for teacher in teachers:
+            check_same_test_clips(teacher, manifest)
+        soft = np.mean([soft_targets(t, pcm_of("train"), tcfg.distill_temperature) for t in teachers], axis=0)
         train_targets = distilled_targets(train_targets, soft, tcfg.distill_weight)
 
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -92,7 +93,7 @@ def train_one(
         "train_seconds": round(train_seconds, 1),
         "train_cpu_seconds": round(cpu_seconds, 1),
         "validation_accuracy": float(history["val_accuracy"][best_epoch]),
-        "teacher": str(teacher) if teacher else None,
+        "teachers": [str(t) for t in teachers],
         "params": int(model.count_params()),
         "macs": count_macs(model),
         "train_clips": len(part["train"]),

@@ -1,8 +1,9 @@
 """Distillation: a finished run (the teacher) softens the labels of a student's training clips.
 
 Offline distillation: the teacher sees each whole training clip once, through its own front end,
-and its tempered class probabilities are mixed into the student's one-hot labels. A small student
-learns from 1,000 clips more easily when it is told which wrong classes are near misses.
+and its tempered class probabilities (the mean over several teachers) are mixed into the student's
+one-hot labels. A small student learns from 1,000 clips more easily when it is told which wrong
+classes are near misses.
 
 The teacher must come from the same split, seed and test fold as the student: then the student's
 test clips are the teacher's test clips too, and no test clip can reach the student through it.
