@@ -2,9 +2,17 @@
 
     python benchmarks/train_benchmark.py --data CASIA [--models audio_resnet spectrogram_resnet]
                                          [--splits paper kfold loso] [--out runs/bench] [--epochs N]
+                                         [--distill audio_resnet:spectrogram_resnet ...] [--jobs 2]
 
-Each (model, split) trains through ``ser-train`` in its own process; finished runs are reused, so
-a cut-off benchmark continues where it stopped. Timings on a shared machine are noisy, so the
+Each (model, split) trains through ``ser-train`` in its own process; finished runs (and finished
+folds) are reused, so a cut-off benchmark continues where it stopped.
+
+``--distill STUDENT:TEACHER`` also trains STUDENT distilled from TEACHER's run of the same split
+(``STUDENT-from-TEACHER-SPLIT``), after that run; TEACHER may be several models joined by ``+``
+(an ensemble of teachers), for example ``spectrogram_resnet:spectrogram_resnet+audio_resnet``.
+
+``--jobs N`` runs N trainings at once, each pinned to its own core with one TensorFlow thread (see
+``train_speed.md`` for what that buys on 2 cores). Timings on a shared machine are noisy, so the
 load average before and after each training is printed with it. Results also go to
 ``<out>/benchmark.md``.
 """
@@ -14,22 +22,51 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Training:
+    model: str
+    split: str
+    teachers: tuple[str, ...] = ()  # model names of the plain teacher runs (same split)
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}-from-{'+'.join(self.teachers)}-{self.split}" if self.teachers else f"{self.model}-{self.split}"
 
 
 def _load() -> str:
     return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
 
-def _train(model: str, split: str, run: Path, args: argparse.Namespace) -> None:
-    cmd = [sys.executable, "-m", "train", "--model", model, "--split", split, "--out", str(run), "--quiet"]
+def _train(t: Training, args: argparse.Namespace, cores: queue.Queue[int] | None) -> None:
+    run = args.out / t.name
+    if (run / "metrics.json").exists():
+        return
+    cmd = [sys.executable, "-m", "train", "--model", t.model, "--split", t.split, "--out", str(run), "--quiet"]
     cmd += ["--epochs", str(args.epochs)] if args.epochs else []
     cmd += ["--data", args.data] if args.data else []
+    for teacher in t.teachers:
+        cmd += ["--teacher", str(args.out / Training(teacher, t.split).name)]
+    env, core = dict(os.environ), None
+    if cores is not None:
+        core = cores.get()
+        env.update(TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1", OMP_NUM_THREADS="1")
     before = _load()
-    subprocess.run(cmd, check=True)
-    print(f"{model} {split}: load average (1/5/15 min) {before} before, {_load()} after", flush=True)
+    try:
+        pin = (lambda: os.sched_setaffinity(0, {core})) if core is not None else None
+        subprocess.run(cmd, check=True, env=env, preexec_fn=pin)
+    finally:
+        if cores is not None:
+            cores.put(core)
+    where = f" on core {core}" if core is not None else ""
+    print(f"{t.name}{where}: load average (1/5/15 min) {before} before, {_load()} after", flush=True)
 
 
 def training_seconds(run: Path) -> list[float]:
@@ -38,38 +75,70 @@ def training_seconds(run: Path) -> list[float]:
     return [json.loads(f.read_text())["train_seconds"] for f in folds or [run / "metrics.json"]]
 
 
+def result_row(t: Training, run: Path) -> str:
+    m = json.loads((run / "metrics.json").read_text())
+    t_ = m["test"]
+    if "folds" in m:
+        acc, ua, f1 = (f"{t_[k]['mean']:.2%} +- {t_[k]['std']:.2%}" for k in ("accuracy", "unweighted_accuracy", "macro_f1"))
+        v = m.get("validation", {}).get("validation_accuracy")
+        val = f"{v['mean']:.2%} +- {v['std']:.2%}" if v else "-"
+    else:
+        acc, ua, f1 = (f"{t_[k]:.2%}" for k in ("accuracy", "unweighted_accuracy", "macro_f1"))
+        val = f"{m['validation_accuracy']:.2%}"
+    seconds = training_seconds(run)
+    each = ", ".join(f"{s:.0f}" for s in seconds)
+    model = f"{t.model} (teachers {' + '.join(t.teachers)})" if t.teachers else t.model
+    return f"| {model} | {t.split} | {acc} | {ua} | {f1} | {val} | {len(seconds)} | {max(seconds):.0f} max ({each}) |"
+
+
+def plan(args: argparse.Namespace) -> list[Training]:
+    """Plain trainings first, then distilled ones (each after its teacher's run)."""
+    trainings = [Training(m, s) for m in args.models for s in args.splits]
+    for pair in args.distill:
+        student, _, joined = pair.partition(":")
+        if not joined:
+            raise SystemExit(f"--distill takes STUDENT:TEACHER[+TEACHER...], got {pair!r}")
+        teachers = tuple(joined.split("+"))
+        trainings += [Training(m, s) for m in teachers for s in args.splits if Training(m, s) not in trainings]
+        trainings += [Training(student, s, teachers) for s in args.splits]
+    return trainings
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="CASIA root; default $CASIA_ROOT")
-    p.add_argument("--models", nargs="+", default=["audio_resnet", "spectrogram_resnet"])
+    p.add_argument("--models", nargs="*", default=["audio_resnet", "spectrogram_resnet"])
     p.add_argument("--splits", nargs="+", default=["paper", "kfold", "loso"])
+    p.add_argument("--distill", nargs="*", default=[], metavar="STUDENT:TEACHER", help="also train distilled students")
     p.add_argument("--epochs", type=int, help="default: ser-train's (TrainConfig)")
+    p.add_argument("--jobs", type=int, default=1, help="trainings at once, one core and one thread each (when > 1)")
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = p.parse_args()
 
+    trainings = plan(args)
+    cores: queue.Queue[int] | None = None
+    if args.jobs > 1:
+        cores = queue.Queue()
+        for core in sorted(os.sched_getaffinity(0))[: args.jobs]:
+            cores.put(core)
+    started: dict[Training, Future] = {}
+
+    def after_teacher(t: Training) -> None:
+        for teacher in (Training(m, t.split) for m in t.teachers):
+            started[teacher].result()  # submitted earlier, so it runs before or beside this one
+        _train(t, args, cores)
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for t in trainings:
+            started[t] = pool.submit(after_teacher, t)
+        for future in started.values():
+            future.result()
+
     rows = [
-        "| model | split | accuracy | UA | macro-F1 | trainings | seconds per training (each) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| model | split | accuracy | UA | macro-F1 | validation acc. | trainings | seconds per training (each) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for model in args.models:
-        for split in args.splits:
-            run = args.out / f"{model}-{split}"
-            if not (run / "metrics.json").exists():
-                _train(model, split, run, args)
-            m = json.loads((run / "metrics.json").read_text())
-            if "folds" in m:
-                t = m["test"]
-                acc, ua, f1 = (
-                    f"{t[k]['mean']:.2%} +- {t[k]['std']:.2%}" for k in ("accuracy", "unweighted_accuracy", "macro_f1")
-                )
-            else:
-                t = m["test"]
-                acc, ua, f1 = (f"{t[k]:.2%}" for k in ("accuracy", "unweighted_accuracy", "macro_f1"))
-            seconds = training_seconds(run)
-            each = ", ".join(f"{s:.0f}" for s in seconds)
-            line = f"| {model} | {split} | {acc} | {ua} | {f1} | {len(seconds)} | {max(seconds):.0f} max ({each}) |"
-            rows.append(line)
-            print(line, flush=True)
+    rows += [result_row(t, args.out / t.name) for t in trainings]
     table = "\n".join(rows)
     print("\n" + table)
     args.out.mkdir(parents=True, exist_ok=True)

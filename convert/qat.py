@@ -239,6 +239,7 @@ def train_config(run: Path) -> TrainConfig:
     aug = raw.pop("augment")
     if aug is not None:
         aug = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()})
+    raw["teachers"] = tuple(raw.get("teachers", ()))
     return TrainConfig(**raw, augment=aug)
 
 

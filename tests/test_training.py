@@ -15,6 +15,7 @@ from train.fit import AugmentedClips, TrainConfig
 from train.frontend import clip_features
 from train.labels import label_index
 from train.run import default_frontend, train_one
+from train.teacher import TeacherError, distilled_targets, soft_targets, teacher_run
 
 ARTIFACTS = [
     "model.keras",
@@ -207,3 +208,89 @@ def test_training_epochs_follow_the_seed_alone_and_hold_each_clip_once(data) -> 
     order = [next(i for i, e in enumerate(expected) if np.array_equal(e, row)) for row in clean]
     assert sorted(order) == list(range(len(pcm)))
     assert onehot.argmax(axis=1).tolist() == [labels[i] for i in order]
+
+
+def test_distillation_mixes_a_same_split_teacher_into_the_labels_and_refuses_any_other(data, tmp_path: Path) -> None:
+    clips, pcm = data
+    teacher_cfg = replace(_short("spectrogram_resnet"), epochs=1)
+    train_one(
+        tmp_path / "teacher",
+        clips,
+        pcm,
+        "paper",
+        0,
+        teacher_cfg,
+        default_frontend("spectrogram_resnet"),
+        mcu_probe=False,
+        show_progress=False,
+    )
+    student = replace(_short("audio_resnet"), epochs=1)
+    plain = train_one(
+        tmp_path / "plain",
+        clips,
+        pcm,
+        "paper",
+        0,
+        student,
+        default_frontend("audio_resnet"),
+        mcu_probe=False,
+        show_progress=False,
+    )
+    distilled = train_one(
+        tmp_path / "distilled",
+        clips,
+        pcm,
+        "paper",
+        0,
+        replace(student, teachers=(str(tmp_path / "teacher"),), distill_weight=0.7),
+        default_frontend("audio_resnet"),
+        mcu_probe=False,
+        show_progress=False,
+    )
+    assert plain["teachers"] == [] and distilled["teachers"] == [str(tmp_path / "teacher")]
+    pairs = zip(_weights(tmp_path / "plain"), _weights(tmp_path / "distilled"), strict=True)
+    assert any(not np.array_equal(x, y) for x, y in pairs)  # same seed and batches: only the targets differ
+
+    # A teacher tested on other clips may have trained on this run's test clips: refused.
+    with pytest.raises(TeacherError, match="tested on other clips"):
+        train_one(
+            tmp_path / "leaky",
+            clips,
+            pcm,
+            "loso",
+            0,
+            replace(student, teachers=(str(tmp_path / "teacher"),)),
+            default_frontend("audio_resnet"),
+            mcu_probe=False,
+            show_progress=False,
+        )
+    assert not (tmp_path / "leaky" / "model.keras").exists()
+    with pytest.raises(TeacherError, match="train the teacher first"):
+        teacher_run(tmp_path / "missing", 0)
+
+
+def test_soft_targets_are_tempered_teacher_probabilities_mixed_by_weight(data, tmp_path: Path) -> None:
+    clips, pcm = data
+    train_one(
+        tmp_path / "teacher",
+        clips,
+        pcm,
+        "paper",
+        0,
+        replace(_short("audio_resnet"), epochs=1),
+        default_frontend("audio_resnet"),
+        mcu_probe=False,
+        show_progress=False,
+    )
+    few = pcm[:8]
+    sharp, soft = (soft_targets(tmp_path / "teacher", few, t) for t in (1.0, 4.0))
+    np.testing.assert_allclose(sharp.sum(axis=1), 1.0, rtol=1e-5)
+    entropy = [-(p * np.log(p)).sum(axis=1) for p in (sharp, soft)]
+    assert np.all(entropy[1] > entropy[0])  # a higher temperature flattens every clip's distribution
+    np.testing.assert_array_equal(sharp.argmax(axis=1), soft.argmax(axis=1))
+    labels = np.array([label_index(c.emotion) for c in clips[:8]])
+    mixed = distilled_targets(labels, sharp, 0.25)
+    np.testing.assert_allclose(mixed.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(mixed[np.arange(8), labels], 0.75 + 0.25 * sharp[np.arange(8), labels], rtol=1e-5)
+    with pytest.raises(ValueError, match="weight"):
+        distilled_targets(labels, sharp, 1.5)

@@ -34,6 +34,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help="default: TrainConfig.batch_size")
     p.add_argument("--lr", type=float, help="peak learning rate (cosine schedule after warm-up); default: TrainConfig")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--teacher",
+        type=Path,
+        action="append",
+        help="distil from this finished run (its fold-XX for k-fold/LOSO; repeat for an ensemble); same --split and --seed",
+    )
+    p.add_argument("--distill-weight", type=float, help="share of the teacher's soft targets in the labels; default: TrainConfig")
+    p.add_argument("--distill-temperature", type=float, help="softens the teacher's probabilities; default: TrainConfig")
     p.add_argument("--no-augment", action="store_true", help="train on clean clips only")
     p.add_argument("--limit-per-class", type=int, help="use only N clips per emotion and speaker (quick checks)")
     p.add_argument("--no-mcu-probe", action="store_true", help="skip the int8 + TFLM arena measurement")
@@ -70,8 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     from train.fit import TrainConfig
     from train.run import budget_lines, default_frontend, summarise_folds, train_one
     from train.splits import assign_folds
+    from train.teacher import TeacherError
 
-    given = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr}
+    given = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "learning_rate": args.lr,
+        "teachers": tuple(str(t) for t in args.teacher) if args.teacher else None,
+        "distill_weight": args.distill_weight,
+        "distill_temperature": args.distill_temperature,
+    }
     tcfg = TrainConfig(model=args.model, seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     if args.no_augment:
         tcfg = replace(tcfg, augment=None)
@@ -96,17 +112,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fold {fold}: finished earlier, reusing {finished} (--retrain to train again)")
             results.append(json.loads(finished.read_text()))
             continue
-        metrics = train_one(
-            run_dir,
-            clips,
-            pcm,
-            args.split,
-            fold,
-            tcfg,
-            default_frontend(args.model),
-            mcu_probe=not args.no_mcu_probe,
-            show_progress=not args.quiet,
-        )
+        try:
+            metrics = train_one(
+                run_dir,
+                clips,
+                pcm,
+                args.split,
+                fold,
+                tcfg,
+                default_frontend(args.model),
+                mcu_probe=not args.no_mcu_probe,
+                show_progress=not args.quiet,
+            )
+        except TeacherError as exc:
+            print(f"ser-train: {exc}", file=sys.stderr)
+            return 2
         results.append(metrics)
         t = metrics["test"]
         print(

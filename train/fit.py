@@ -31,6 +31,9 @@ class TrainConfig:
     label_smoothing: float = 0.1
     seed: int = 0
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
+    teachers: tuple[str, ...] = ()  # run folders whose mean soft targets are mixed into the labels (train.teacher)
+    distill_weight: float = 0.5
+    distill_temperature: float = 2.0
 
 
 def make_deterministic(seed: int) -> None:
@@ -55,6 +58,8 @@ def feature_batch(pcms: list[np.ndarray], cfg: FrontEndConfig) -> np.ndarray:
 class AugmentedClips:
     """Training batches, re-augmented every epoch, built a whole epoch at a time.
 
+    ``labels`` are class indices, or one target distribution per clip (distillation).
+
     Each batch's clips and random draws follow from (seed, epoch, batch) alone, so an epoch can be
     built in any thread, ahead of time, and the same seed always gives the same batches. Whole-epoch
     NumPy arrays go to ``model.fit``: a ``keras.utils.PyDataset`` (a generator bridge into tf.data)
@@ -62,13 +67,15 @@ class AugmentedClips:
     """
 
     def __init__(self, pcms, labels, cfg: FrontEndConfig, tcfg: TrainConfig) -> None:
-        self.pcms, self.labels, self.cfg, self.tcfg = pcms, np.asarray(labels), cfg, tcfg
+        self.pcms, self.cfg, self.tcfg = pcms, cfg, tcfg
+        labels = np.asarray(labels)
+        self.targets = labels.astype(np.float32) if labels.ndim == 2 else keras.utils.to_categorical(labels, NUM_CLASSES)
 
     def __len__(self) -> int:
         return math.ceil(len(self.pcms) / self.tcfg.batch_size)
 
     def batch(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Batch ``index`` of ``epoch``: inputs and one-hot labels."""
+        """Batch ``index`` of ``epoch``: inputs and target distributions."""
         order = np.random.default_rng([self.tcfg.seed, epoch]).permutation(len(self.pcms))
         idx = order[index * self.tcfg.batch_size : (index + 1) * self.tcfg.batch_size]
         rng = np.random.default_rng([self.tcfg.seed, epoch, index])
@@ -80,8 +87,7 @@ class AugmentedClips:
                 continue
             feat = features(augment_pcm(self.pcms[i], self.cfg, aug, rng), self.cfg)
             xs.append(spec_augment(feat, aug, rng) if self.cfg.kind == "logmel" else feat)
-        y = keras.utils.to_categorical(self.labels[idx], NUM_CLASSES)
-        return np.stack(xs), y
+        return np.stack(xs), self.targets[idx]
 
     def epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """All batches of ``epoch`` in training order, concatenated (fit them with shuffle=False)."""
@@ -140,15 +146,18 @@ def fit_model(
     cfg: FrontEndConfig,
     tcfg: TrainConfig,
     train_pcm: list[np.ndarray],
-    train_labels: np.ndarray,
+    train_targets: np.ndarray,
     val_pcm: list[np.ndarray],
     val_labels: np.ndarray,
     show_progress: bool = True,
 ) -> tuple[keras.Model, dict[str, list[float]], int]:
-    """Train; returns the model at its best validation epoch, the history and that epoch (0-based)."""
+    """Train; returns the model at its best validation epoch, the history and that epoch (0-based).
+
+    ``train_targets``: class indices, or one target distribution per clip (distillation).
+    """
     make_deterministic(tcfg.seed)
     model = BUILDERS[tcfg.model](cfg.input_shape, dropout=tcfg.dropout, l2=tcfg.l2)
-    data = AugmentedClips(train_pcm, train_labels, cfg, tcfg)
+    data = AugmentedClips(train_pcm, train_targets, cfg, tcfg)
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=_schedule(tcfg, len(data)), weight_decay=tcfg.weight_decay),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=tcfg.label_smoothing),

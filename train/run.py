@@ -24,6 +24,7 @@ from train.metrics import mean_std, scores
 from train.models import FRONT_END_KIND, count_macs
 from train.plots import plot_confusion, plot_training
 from train.splits import make_manifest, save_manifest
+from train.teacher import check_same_test_clips, distilled_targets, soft_targets, teacher_run
 
 
 def default_frontend(model: str) -> FrontEndConfig:
@@ -61,9 +62,17 @@ def train_one(
     train_cfg = asdict(tcfg)
     _write_json(out / "train_config.json", train_cfg)
 
+    train_targets = labels[part["train"]]
+    teachers = [teacher_run(Path(t), test_fold) for t in tcfg.teachers]
+    if teachers:
+        for teacher in teachers:
+            check_same_test_clips(teacher, manifest)
+        soft = np.mean([soft_targets(t, pcm_of("train"), tcfg.distill_temperature) for t in teachers], axis=0)
+        train_targets = distilled_targets(train_targets, soft, tcfg.distill_weight)
+
     started, cpu_started = time.perf_counter(), time.process_time()
     model, history, best_epoch = fit_model(
-        frontend, tcfg, pcm_of("train"), labels[part["train"]], pcm_of("val"), labels[part["val"]], show_progress
+        frontend, tcfg, pcm_of("train"), train_targets, pcm_of("val"), labels[part["val"]], show_progress
     )
     train_seconds = time.perf_counter() - started
     cpu_seconds = time.process_time() - cpu_started  # all threads; steadier than wall time on a shared machine
@@ -84,6 +93,7 @@ def train_one(
         "train_seconds": round(train_seconds, 1),
         "train_cpu_seconds": round(cpu_seconds, 1),
         "validation_accuracy": float(history["val_accuracy"][best_epoch]),
+        "teachers": [str(t) for t in teachers],
         "params": int(model.count_params()),
         "macs": count_macs(model),
         "train_clips": len(part["train"]),
@@ -169,8 +179,16 @@ def summarise_folds(out: Path, per_fold: list[dict]) -> dict:
         "params": per_fold[0]["params"],
         "macs": per_fold[0]["macs"],
         "test": mean_std(tests),
+        # What every configuration choice may be compared on: the test folds must not steer them.
+        "validation": mean_std(per_fold, keys=("validation_accuracy",)),
         "per_fold": [
-            {"test_fold": m["test_fold"], "accuracy": m["test"]["accuracy"], "best_epoch": m["best_epoch"]} for m in per_fold
+            {
+                "test_fold": m["test_fold"],
+                "accuracy": m["test"]["accuracy"],
+                "validation_accuracy": m["validation_accuracy"],
+                "best_epoch": m["best_epoch"],
+            }
+            for m in per_fold
         ],
         "pooled_confusion": np.sum([t["confusion"] for t in tests], axis=0).tolist(),
         "train_seconds": round(sum(m["train_seconds"] for m in per_fold), 1),
@@ -179,13 +197,19 @@ def summarise_folds(out: Path, per_fold: list[dict]) -> dict:
     plot_confusion(
         summary["pooled_confusion"], out / "confusion.png", f"{summary['model']}, {summary['split']}: all folds pooled"
     )
-    s = summary["test"]
-    rows = "\n".join(f"| {f['test_fold']} | {f['accuracy']:.2%} | {f['best_epoch']} |" for f in summary["per_fold"])
+    s, v = summary["test"], summary["validation"]["validation_accuracy"]
+    rows = "\n".join(
+        f"| {f['test_fold']} | {f['accuracy']:.2%} | {f['validation_accuracy']:.2%} | {f['best_epoch']} |"
+        for f in summary["per_fold"]
+    )
     (out / "summary.md").write_text(
         f"# {summary['model']} - {summary['split']}, {summary['folds']} folds\n\n"
         f"Accuracy {s['accuracy']['mean']:.2%} +- {s['accuracy']['std']:.2%}, "
         f"unweighted accuracy {s['unweighted_accuracy']['mean']:.2%} +- {s['unweighted_accuracy']['std']:.2%}, "
         f"macro-F1 {s['macro_f1']['mean']:.2%} +- {s['macro_f1']['std']:.2%} (mean +- std over folds).\n\n"
-        f"| test fold | accuracy | best epoch |\n| --- | --- | --- |\n{rows}\n\n![confusion](confusion.png)\n"
+        f"Validation accuracy at the chosen epochs {v['mean']:.2%} +- {v['std']:.2%}: compare configurations on this "
+        "figure, never on the test folds.\n\n"
+        f"| test fold | accuracy | validation accuracy | best epoch |\n| --- | --- | --- | --- |\n{rows}\n\n"
+        "![confusion](confusion.png)\n"
     )
     return summary
