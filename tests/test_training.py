@@ -77,50 +77,20 @@ def test_cli_reports_corpus_errors(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_multi_fold_run_writes_fold_folders_summary_and_resumes(synthetic_corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "loso"
-    code = main(
-        [
-            "--model",
-            "audio_resnet",
-            "--data",
-            str(synthetic_corpus),
-            "--split",
-            "loso",
-            "--epochs",
-            "1",
-            "--out",
-            str(out),
-            "--quiet",
-            "--no-mcu-probe",
-        ]
-    )
-    assert code == 0
+    args = ["--model", "audio_resnet", "--data", str(synthetic_corpus), "--split", "loso"]
+    args += ["--epochs", "1", "--out", str(out), "--quiet", "--no-mcu-probe"]
+    assert main(args) == 0
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["folds"] == 4 and len(summary["per_fold"]) == 4
     assert all((out / f"fold-{k:02d}" / "metrics.json").exists() for k in range(4))
     assert np.sum(summary["pooled_confusion"]) == 72
+    val = [json.loads((out / f"fold-{k:02d}" / "metrics.json").read_text())["validation_accuracy"] for k in range(4)]
+    assert summary["validation"]["validation_accuracy"]["mean"] == pytest.approx(np.mean(val))
 
     # A cut-off run continues: a fold whose metrics exist is reused, not trained again.
     (out / "fold-02" / "metrics.json").unlink()
     stamp = (out / "fold-00" / "model.keras").stat().st_mtime_ns
-    assert (
-        main(
-            [
-                "--model",
-                "audio_resnet",
-                "--data",
-                str(synthetic_corpus),
-                "--split",
-                "loso",
-                "--epochs",
-                "1",
-                "--out",
-                str(out),
-                "--quiet",
-                "--no-mcu-probe",
-            ]
-        )
-        == 0
-    )
+    assert main(args) == 0
     assert (out / "fold-00" / "model.keras").stat().st_mtime_ns == stamp
     assert (out / "fold-02" / "metrics.json").exists()
     assert json.loads((out / "metrics.json").read_text())["per_fold"] == summary["per_fold"]
