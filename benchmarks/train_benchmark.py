@@ -12,7 +12,7 @@ folds) are reused, so a cut-off benchmark continues where it stopped.
 (an ensemble of teachers), for example ``spectrogram_resnet:spectrogram_resnet+audio_resnet``.
 
 ``--jobs N`` runs N trainings at once, each pinned to its own core with one TensorFlow thread (see
-``train_speed.md`` for what that buys on 2 cores). Timings on a shared machine are noisy, so the
+``train_speed.md`` for what was measured on 2 cores). Timings on a shared machine are noisy, so the
 load average before and after each training is printed with it. Results also go to
 ``<out>/benchmark.md``.
 """
