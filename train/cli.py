@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--teacher",
         type=Path,
         action="append",
-        help="distil from this finished run (its fold-XX for k-fold/LOSO; repeat for an ensemble); same --split and --seed",
+        help="distill from this finished run (its fold-XX for k-fold/LOSO; repeat for an ensemble); same --split and --seed",
     )
     p.add_argument("--distill-weight", type=float, help="share of the teacher's soft targets in the labels; default: TrainConfig")
     p.add_argument("--distill-temperature", type=float, help="softens the teacher's probabilities; default: TrainConfig")
