@@ -100,9 +100,7 @@ def summarise(records: dict[str, dict], meta: dict, session: dict | None = None)
     out_scale, out_zero = meta["output"]["scale"], meta["output"]["zero_point"]
     summary["board"] = scores(y, np.array([r["predicted"] for r in ok]))
     summary["host_tflm"] = scores(y, host.argmax(1))
-    summary["agreement"] = agreement(host, board) | error_metrics(
-        (host - out_zero) * out_scale, (board - out_zero) * out_scale
-    )
+    summary["agreement"] = agreement(host, board) | error_metrics((host - out_zero) * out_scale, (board - out_zero) * out_scale)
     clock = {b: info.get("core_clock_hz") for b, info in summary["boards"].items()}
     latency = {}
     for key in ("frontend_cycles", "invoke_cycles"):

@@ -199,9 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text + "\n" + note)
     args.runs.mkdir(parents=True, exist_ok=True)
     (args.runs / "main_job.md").write_text("# Main job: paper table\n\n" + text + "\n" + note + "\n")
-    (args.runs / "main_job.json").write_text(
-        json.dumps({"rows": rows, "host_ms": latency, "params": params}, indent=2) + "\n"
-    )
+    (args.runs / "main_job.json").write_text(json.dumps({"rows": rows, "host_ms": latency, "params": params}, indent=2) + "\n")
     print(f"report: {args.runs / 'main_job.md'}")
     return 1 if notes else 0
 
