@@ -51,8 +51,6 @@ def packets(data: bytes) -> bytes:
 class UartEthPort:
     """A pyserial-like port: reads from the UART, writes to the UART or (path 1) to Ethernet."""
 
-    paths = 2
-
     def __init__(self, url: str, timeout: float = 0.05, open_timeout: float = 15.0) -> None:
         self.url, self.timeout = url, timeout
         host, uart, eth = parse_url(url)
