@@ -186,7 +186,11 @@ def test_ctrl_c_keeps_every_finished_clip(run: Path, synthetic_corpus: Path, tmp
     with boards("sim", run) as urls:
         cmd = [sys.executable, "host/eval_on_device.py", "--run", str(run), "--out", str(out), "--port", urls[0]]
         cmd += ["--data", str(synthetic_corpus), "--limit", "8", "--quiet"]
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # A shell's background job (`cmd &`) ignores SIGINT and its children inherit that: restore Ctrl-C.
+        default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+        )
         deadline = time.monotonic() + 120
         while len(read_results(out / RESULTS)) < 2 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)

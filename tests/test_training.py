@@ -86,6 +86,7 @@ def test_multi_fold_run_writes_fold_folders_summary_and_resumes(synthetic_corpus
     assert np.sum(summary["pooled_confusion"]) == 72
     val = [json.loads((out / f"fold-{k:02d}" / "metrics.json").read_text())["validation_accuracy"] for k in range(4)]
     assert summary["validation"]["validation_accuracy"]["mean"] == pytest.approx(np.mean(val))
+    assert "validation clips come from the training speakers" in (out / "summary.md").read_text()
 
     # A cut-off run continues: a fold whose metrics exist is reused, not trained again.
     (out / "fold-02" / "metrics.json").unlink()

@@ -169,6 +169,12 @@ def run_summary_md(m: dict) -> str:
     )
 
 
+LOSO_VALIDATION_CAVEAT = (
+    " Under LOSO the validation clips come from the training speakers: this figure measures speaker-dependent"
+    " accuracy and overstates the speaker-independent accuracy that the test folds measure."
+)
+
+
 def summarise_folds(out: Path, per_fold: list[dict]) -> dict:
     """Top-level metrics.json and summary.md over the folds of a k-fold or LOSO run."""
     tests = [m["test"] for m in per_fold]
@@ -208,7 +214,7 @@ def summarise_folds(out: Path, per_fold: list[dict]) -> dict:
         f"unweighted accuracy {s['unweighted_accuracy']['mean']:.2%} +- {s['unweighted_accuracy']['std']:.2%}, "
         f"macro-F1 {s['macro_f1']['mean']:.2%} +- {s['macro_f1']['std']:.2%} (mean +- std over folds).\n\n"
         f"Validation accuracy at the chosen epochs {v['mean']:.2%} +- {v['std']:.2%}: compare configurations on this "
-        "figure, never on the test folds.\n\n"
+        f"figure, never on the test folds.{LOSO_VALIDATION_CAVEAT if summary['split'] == 'loso' else ''}\n\n"
         f"| test fold | accuracy | validation accuracy | best epoch |\n| --- | --- | --- | --- |\n{rows}\n\n"
         "![confusion](confusion.png)\n"
     )
