@@ -180,16 +180,19 @@ def test_faulty_link_gives_the_clean_results(run: Path, synthetic_corpus: Path, 
     assert any(r["attempts"] > 1 for r in faulty.values())  # the faults were felt
 
 
+def _default_sigint() -> None:
+    """A shell's background job (`cmd &`) ignores SIGINT and its children inherit that: give Ctrl-C back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_keeps_every_finished_clip(run: Path, synthetic_corpus: Path, tmp_path: Path) -> None:
     """SIGINT mid-run (a real process, a real signal): the finished clips stay, resume does the rest."""
     out = tmp_path / "report"
     with boards("sim", run) as urls:
         cmd = [sys.executable, "host/eval_on_device.py", "--run", str(run), "--out", str(out), "--port", urls[0]]
         cmd += ["--data", str(synthetic_corpus), "--limit", "8", "--quiet"]
-        # A shell's background job (`cmd &`) ignores SIGINT and its children inherit that: restore Ctrl-C.
-        default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
         proc = subprocess.Popen(
-            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint
         )
         deadline = time.monotonic() + 120
         while len(read_results(out / RESULTS)) < 2 and time.monotonic() < deadline and proc.poll() is None:
