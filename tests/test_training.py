@@ -11,7 +11,7 @@ import pytest
 
 from train.cli import main
 from train.corpus import discover, load_corpus
-from train.fit import AugmentedClips, TrainConfig
+from train.fit import AugmentedClips, TrainConfig, mixup
 from train.frontend import clip_features
 from train.labels import label_index
 from train.run import default_frontend, train_one
@@ -179,6 +179,30 @@ def test_training_epochs_follow_the_seed_alone_and_hold_each_clip_once(data) -> 
     order = [next(i for i, e in enumerate(expected) if np.array_equal(e, row)) for row in clean]
     assert sorted(order) == list(range(len(pcm)))
     assert onehot.argmax(axis=1).tolist() == [labels[i] for i in order]
+
+
+def test_mixup_blends_each_clip_with_a_partner_by_its_dominant_share() -> None:
+    x = np.random.default_rng(1).standard_normal((6, 1, 50, 1)).astype(np.float32)
+    y = np.eye(6, dtype=np.float32)  # clip i is the only clip of class i
+    mixed_x, mixed_y = mixup(x, y, 0.4, np.random.default_rng(2))
+    np.testing.assert_allclose(mixed_y.sum(axis=1), 1.0, rtol=1e-6)
+    partners = set()
+    for i in range(6):
+        own = mixed_y[i, i]
+        assert own >= 0.5
+        others = np.flatnonzero((mixed_y[i] > 0) & (np.arange(6) != i))
+        j = int(others[0]) if len(others) else i
+        partners.add(j)
+        np.testing.assert_allclose(mixed_x[i], own * x[i] + (1 - own) * x[j], rtol=1e-5, atol=1e-6)
+    assert len(partners) > 1 and not np.array_equal(mixed_x, x)
+
+    # In training it follows the seed alone, like the rest of the augmentation.
+    clips_x = [np.full(4000, 100 * (k + 1), np.int16) for k in range(6)]
+    tcfg = replace(_short("audio_resnet"), augment=None, mixup_alpha=0.4, batch_size=6)
+    cfg = default_frontend("audio_resnet")
+    first, again = (AugmentedClips(clips_x, list(range(6)), cfg, tcfg).epoch(0) for _ in range(2))
+    np.testing.assert_array_equal(first[0], again[0])
+    assert 0.5 <= first[1].max(axis=1).min() < 1.0  # clips of different classes were mixed
 
 
 def test_distillation_mixes_a_same_split_teacher_into_the_labels_and_refuses_any_other(data, tmp_path: Path) -> None:

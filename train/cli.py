@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--distill-weight", type=float, help="share of the teacher's soft targets in the labels; default: TrainConfig")
     p.add_argument("--distill-temperature", type=float, help="softens the teacher's probabilities; default: TrainConfig")
+    p.add_argument(
+        "--mixup", type=float, metavar="ALPHA", help="mix training clips in pairs, share ~ Beta(ALPHA, ALPHA); default: off"
+    )
     p.add_argument("--no-augment", action="store_true", help="train on clean clips only")
     p.add_argument("--limit-per-class", type=int, help="use only N clips per emotion and speaker (quick checks)")
     p.add_argument("--no-mcu-probe", action="store_true", help="skip the int8 + TFLM arena measurement")
@@ -87,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "teachers": tuple(str(t) for t in args.teacher) if args.teacher else None,
         "distill_weight": args.distill_weight,
         "distill_temperature": args.distill_temperature,
+        "mixup_alpha": args.mixup,
     }
     tcfg = TrainConfig(model=args.model, seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     if args.no_augment:

@@ -34,6 +34,7 @@ class TrainConfig:
     teachers: tuple[str, ...] = ()  # run folders whose mean soft targets are mixed into the labels (train.teacher)
     distill_weight: float = 0.5
     distill_temperature: float = 2.0
+    mixup_alpha: float = 0.0  # > 0: mix each training input and target with another clip's, share ~ Beta(alpha, alpha)
 
 
 def make_deterministic(seed: int) -> None:
@@ -87,7 +88,8 @@ class AugmentedClips:
                 continue
             feat = features(augment_pcm(self.pcms[i], self.cfg, aug, rng), self.cfg)
             xs.append(spec_augment(feat, aug, rng) if self.cfg.kind == "logmel" else feat)
-        return np.stack(xs), self.targets[idx]
+        x, y = np.stack(xs), self.targets[idx]
+        return mixup(x, y, self.tcfg.mixup_alpha, rng) if self.tcfg.mixup_alpha > 0 else (x, y)
 
     def epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """All batches of ``epoch`` in training order, concatenated (fit them with shuffle=False)."""
@@ -103,6 +105,21 @@ class AugmentedClips:
                 if e + 1 < count:
                     pending = pool.submit(self.epoch, e + 1)
                 yield ready
+
+
+def mixup(x: np.ndarray, y: np.ndarray, alpha: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Mixes each clip with another clip of the batch (inputs and targets alike).
+
+    The clip's own share is ``max(l, 1 - l)`` with ``l ~ Beta(alpha, alpha)``, so it stays the
+    dominant one. Both front ends are mixed after feature extraction: for the waveform that is
+    mixing the sounds; for the log-mel it is the usual mix of spectrograms.
+    """
+    share = rng.beta(alpha, alpha, size=len(x)).astype(np.float32)
+    share = np.maximum(share, 1 - share)
+    partner = rng.permutation(len(x))
+    sx = share.reshape((-1,) + (1,) * (x.ndim - 1))
+    sy = share[:, None]
+    return sx * x + (1 - sx) * x[partner], sy * y + (1 - sy) * y[partner]
 
 
 class KeepBest(keras.callbacks.Callback):
