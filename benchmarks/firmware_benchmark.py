@@ -14,15 +14,11 @@ clips) and, for each aim of the issue, whether it is met.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import re
 import socket
-import subprocess
 import sys
-import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -114,27 +110,6 @@ def stack_bounds(elf: Path) -> tuple[int, int]:
         return tuple(symbols.get_symbol_by_name(name)[0]["st_value"] for name in ("__stack_limit__", "__stack_top__"))
 
 
-@contextlib.contextmanager
-def board_with_gdb_stub(board: str, elf: Path) -> Iterator[tuple[qemu.EmulatedBoard, int]]:
-    """As host.qemu.running, plus QEMU's GDB stub on a local port (to read the board's RAM)."""
-    if board not in qemu.MACHINES:
-        raise qemu.QemuError(f"{board} is not an emulated board")
-    machine, before = qemu.MACHINES[board]
-    port, gdb_port = qemu.free_port(), qemu.free_port()
-    cmd = ["qemu-system-arm", "-M", machine, "-nographic", "-monitor", "none", "-icount", "shift=0",
-           "-gdb", f"tcp:127.0.0.1:{gdb_port}", *before,
-           "-serial", f"tcp:127.0.0.1:{port},server=on,wait=on", "-kernel", str(elf)]  # fmt: skip
-    process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    time.sleep(0.2)
-    if process.poll() is not None:
-        raise qemu.QemuError(f"QEMU exited at start: {process.stderr.read().decode(errors='replace').strip()}")
-    emu = qemu.EmulatedBoard(board, Path(elf), port, process)
-    try:
-        yield emu, gdb_port
-    finally:
-        emu.stop()
-
-
 def _gdb_command(sock: socket.socket, command: str) -> str:
     """One GDB remote-protocol exchange; returns the reply's body with run-length coding undone.
     Stop notices that arrive meanwhile (QEMU reports the halt on attach) are skipped."""
@@ -182,12 +157,12 @@ def stack_used(gdb_port: int, low: int, top: int) -> int:
 def measure(board: str, tflite: bytes, clips: list[np.ndarray], reference: bool) -> dict:
     elf = build(board, tflite, cmsis_nn=not reference)
     low, top = stack_bounds(elf)
-    with board_with_gdb_stub(board, elf) as (emu, gdb_port), BoardLink(emu.url) as link:
+    with qemu.running(board, elf, gdb_stub=True) as emu, BoardLink(emu.url) as link:
         info = link.hello()
         results = [link.classify(pcm, i) for i, pcm in enumerate(clips)]
         profile = link.profile()
         link.hello()
-        stack = stack_used(gdb_port, low, top)
+        stack = stack_used(emu.gdb_port, low, top)
     return {
         "elf": str(elf),
         "info": info,

@@ -34,10 +34,16 @@ class QemuError(RuntimeError):
     """QEMU is missing, or the emulated board did not come up."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+START_ATTEMPTS = 5
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct local TCP ports that are free now (all probed at once, so none repeats)."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in probes:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in probes]
 
 
 @dataclass
@@ -47,6 +53,7 @@ class EmulatedBoard:
     port: int  # the protocol UART
     process: subprocess.Popen
     eth_port: int | None = None  # the Ethernet controller's socket, where the port reads it
+    gdb_port: int | None = None  # QEMU's GDB stub, when asked for
 
     @property
     def url(self) -> str:
@@ -65,8 +72,12 @@ class EmulatedBoard:
                 self.process.wait()
 
 
-def start(board: str, elf: Path, port: int | None = None) -> EmulatedBoard:
-    """Launch QEMU; the client connects to ``url`` (retrying until QEMU listens)."""
+def start(board: str, elf: Path, gdb_stub: bool = False) -> EmulatedBoard:
+    """Launch QEMU; the client connects to ``url`` (retrying until QEMU listens).
+
+    A free port can be taken by another program between the probe and QEMU's bind; QEMU then
+    exits at once with "Address already in use", and the launch is tried again on new ports.
+    """
     if board not in MACHINES:
         raise QemuError(f"{board} is not an emulated board; emulated boards: {', '.join(MACHINES)}")
     if shutil.which("qemu-system-arm") is None:
@@ -74,37 +85,43 @@ def start(board: str, elf: Path, port: int | None = None) -> EmulatedBoard:
     if not Path(elf).exists():
         raise QemuError(f"{elf} not found: build the firmware first (cmake --build --preset {board})")
     machine, before = MACHINES[board]
-    port = port or free_port()
-    eth_port = free_port() if board in ETHERNET_PATH else None
-    eth = ["-nic", f"socket,listen=127.0.0.1:{eth_port}"] if eth_port else []
-    cmd = [
-        "qemu-system-arm",
-        "-M",
-        machine,
-        "-nographic",
-        "-monitor",
-        "none",
-        "-icount",
-        "shift=0",
-        *before,
-        "-serial",
-        f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on",
-        *eth,
-        "-kernel",
-        str(elf),
-    ]
-    process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    time.sleep(0.2)
-    if process.poll() is not None:
-        raise QemuError(f"QEMU exited at start: {process.stderr.read().decode(errors='replace').strip()}")
-    # QEMU runs the guest only once a client connects, so the client sees the BOOT frame.
-    return EmulatedBoard(board, Path(elf), port, process, eth_port)
+    for _ in range(START_ATTEMPTS):
+        ports = free_ports(3)
+        port = ports[0]
+        eth_port = ports[1] if board in ETHERNET_PATH else None
+        gdb_port = ports[2] if gdb_stub else None
+        cmd = [
+            "qemu-system-arm",
+            "-M",
+            machine,
+            "-nographic",
+            "-monitor",
+            "none",
+            "-icount",
+            "shift=0",
+            *(["-gdb", f"tcp:127.0.0.1:{gdb_port}"] if gdb_port else []),
+            *before,
+            "-serial",
+            f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on",
+            *(["-nic", f"socket,listen=127.0.0.1:{eth_port}"] if eth_port else []),
+            "-kernel",
+            str(elf),
+        ]
+        process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(0.2)
+        if process.poll() is None:
+            # QEMU runs the guest only once a client connects, so the client sees the BOOT frame.
+            return EmulatedBoard(board, Path(elf), port, process, eth_port, gdb_port)
+        error = process.stderr.read().decode(errors="replace").strip()
+        if "Address already in use" not in error:
+            raise QemuError(f"QEMU exited at start: {error}")
+    raise QemuError(f"QEMU found no free local TCP port in {START_ATTEMPTS} attempts: {error}")
 
 
 @contextlib.contextmanager
-def running(board: str, elf: Path) -> Iterator[EmulatedBoard]:
+def running(board: str, elf: Path, gdb_stub: bool = False) -> Iterator[EmulatedBoard]:
     """An emulated board for the duration of a with-block; stopped on exit, error or Ctrl-C."""
-    emu = start(board, elf)
+    emu = start(board, elf, gdb_stub)
     try:
         yield emu
     finally:
