@@ -11,7 +11,7 @@ import pytest
 
 from train.cli import main
 from train.corpus import discover, load_corpus
-from train.fit import AugmentedClips, TrainConfig, mixup
+from train.fit import AugmentedClips, TrainConfig, WeightAverage, mixup
 from train.frontend import clip_features
 from train.labels import label_index
 from train.run import default_frontend, train_one
@@ -203,6 +203,43 @@ def test_mixup_blends_each_clip_with_a_partner_by_its_dominant_share() -> None:
     first, again = (AugmentedClips(clips_x, list(range(6)), cfg, tcfg).epoch(0) for _ in range(2))
     np.testing.assert_array_equal(first[0], again[0])
     assert 0.5 <= first[1].max(axis=1).min() < 1.0  # clips of different classes were mixed
+
+
+def test_weight_average_is_an_exponential_average_of_each_epochs_weights() -> None:
+    average = WeightAverage(0.75)
+    epochs = [[np.full(3, v, np.float32), np.full((2, 2), -v, np.float32)] for v in (4.0, 8.0, 0.0)]
+    first = average.update(epochs[0])
+    np.testing.assert_array_equal(first[0], epochs[0][0])
+    epochs[0][0][:] = 99  # the average keeps its own copy
+    average.update(epochs[1])
+    latest = average.update(epochs[2])
+    expected = 0.75 * (0.75 * 4.0 + 0.25 * 8.0) + 0.25 * 0.0
+    np.testing.assert_allclose(latest[0], expected)
+    np.testing.assert_allclose(latest[1], -expected)
+    assert latest[0].dtype == np.float32
+
+
+def test_weight_averaging_changes_what_is_validated_and_kept_not_how_it_trains(data, tmp_path: Path) -> None:
+    clips, pcm = data
+    model = "audio_resnet"
+    histories = {}
+    for name, decay in (("plain", 0.0), ("averaged", 0.6)):
+        train_one(
+            tmp_path / name,
+            clips,
+            pcm,
+            "paper",
+            0,
+            replace(_short(model), average_decay=decay),
+            default_frontend(model),
+            mcu_probe=False,
+            show_progress=False,
+        )
+        histories[name] = json.loads((tmp_path / name / "history.json").read_text())
+    plain, averaged = histories["plain"], histories["averaged"]
+    assert plain["loss"] == averaged["loss"]  # the same training steps
+    assert plain["val_loss"][0] == averaged["val_loss"][0]  # the first average is the first epoch
+    assert plain["val_loss"][1:] != averaged["val_loss"][1:]
 
 
 def test_distillation_mixes_a_same_split_teacher_into_the_labels_and_refuses_any_other(data, tmp_path: Path) -> None:

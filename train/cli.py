@@ -45,6 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--mixup", type=float, metavar="ALPHA", help="mix training clips in pairs, share ~ Beta(ALPHA, ALPHA); default: off"
     )
+    p.add_argument(
+        "--average-decay",
+        type=float,
+        metavar="D",
+        help="validate and keep an average of the weights, new = D * old + (1 - D) * epoch's; default: off",
+    )
     p.add_argument("--no-augment", action="store_true", help="train on clean clips only")
     p.add_argument("--limit-per-class", type=int, help="use only N clips per emotion and speaker (quick checks)")
     p.add_argument("--no-mcu-probe", action="store_true", help="skip the int8 + TFLM arena measurement")
@@ -91,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "distill_weight": args.distill_weight,
         "distill_temperature": args.distill_temperature,
         "mixup_alpha": args.mixup,
+        "average_decay": args.average_decay,
     }
     tcfg = TrainConfig(model=args.model, seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     if args.no_augment:
