@@ -21,6 +21,7 @@ class ConvSpec:
     channels: int
     kernel: tuple[int, int]
     stride: tuple[int, int]
+    dilation: tuple[int, int] = (1, 1)
 
 
 def _conv_bn_relu(x: keras.KerasTensor, spec: ConvSpec, name: str, l2: float, relu: bool = True):
@@ -28,6 +29,7 @@ def _conv_bn_relu(x: keras.KerasTensor, spec: ConvSpec, name: str, l2: float, re
         spec.channels,
         spec.kernel,
         strides=spec.stride,
+        dilation_rate=spec.dilation,
         padding="same",
         use_bias=False,
         kernel_regularizer=keras.regularizers.L2(l2) if l2 else None,
@@ -62,12 +64,17 @@ def _four_conv_resnet(name: str, input_shape: tuple[int, ...], specs: list[ConvS
 
 
 def audio_resnet(input_shape: tuple[int, ...], dropout: float = 0.2, l2: float = 0.0) -> keras.Model:
-    """AudioResNet: raw 16 kHz waveform, (1, k) convolutions, ~0.13 M parameters."""
+    """AudioResNet: raw 16 kHz waveform, (1, k) convolutions, ~0.13 M parameters.
+
+    conv4 is dilated by 4: each output then sees 556 ms of sound instead of 172 ms, at no cost in
+    parameters, MACs or arena (and about 1 % more board instructions in that layer). It raised
+    10-fold validation accuracy (issue 3); prosody spans longer than a syllable.
+    """
     specs = [
         ConvSpec(24, (1, 64), (1, 16)),
         ConvSpec(48, (1, 9), (1, 4)),
         ConvSpec(96, (1, 9), (1, 4)),
-        ConvSpec(96, (1, 9), (1, 1)),
+        ConvSpec(96, (1, 9), (1, 1), dilation=(1, 4)),
     ]
     return _four_conv_resnet("audio_resnet", input_shape, specs, dropout, l2)
 
