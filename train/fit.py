@@ -206,11 +206,13 @@ def fit_model(
             epochs=epoch + 1,
             verbose=0,
         )
-        trained = model.get_weights()
-        candidate = average.update(trained) if average else trained
-        model.set_weights(candidate)
+        candidate = model.get_weights()
+        if average:  # validate the average, then train on from the epoch's own weights
+            trained, candidate = candidate, average.update(candidate)
+            model.set_weights(candidate)
         val_loss, val_accuracy = model.evaluate(x_val, y_val, batch_size=tcfg.batch_size, verbose=0)
-        model.set_weights(trained)
+        if average:
+            model.set_weights(trained)
         keep.see(epoch, val_accuracy, val_loss, candidate)
         for k, vals in fitted.history.items():
             history.setdefault(k, []).extend(float(v) for v in vals)
