@@ -206,9 +206,9 @@ def fit_model(
             epochs=epoch + 1,
             verbose=0,
         )
-        candidate = model.get_weights()
+        trained = candidate = model.get_weights()
         if average:  # validate the average, then train on from the epoch's own weights
-            trained, candidate = candidate, average.update(candidate)
+            candidate = average.update(trained)
             model.set_weights(candidate)
         val_loss, val_accuracy = model.evaluate(x_val, y_val, batch_size=tcfg.batch_size, verbose=0)
         if average:
