@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from train.augment import AugmentConfig, augment_pcm, change_speed
 from train.cli import main
 from train.corpus import discover, load_corpus
 from train.fit import AugmentedClips, TrainConfig, WeightAverage, mixup
@@ -56,6 +57,10 @@ def test_cli_writes_every_artifact(synthetic_corpus: Path, tmp_path: Path) -> No
             "--out",
             str(out),
             "--quiet",
+            "--n-mels",
+            "32",
+            "--speed-perturb",
+            "0.9,1.0,1.1",
         ]
     )
     assert code == 0
@@ -68,6 +73,26 @@ def test_cli_writes_every_artifact(synthetic_corpus: Path, tmp_path: Path) -> No
     assert metrics["mcu"]["tflm_arena_bytes"] > 0 and metrics["mcu"]["int8_model_bytes"] > 0
     frontend = json.loads((out / "frontend.json").read_text())
     assert frontend["kind"] == "logmel" and frontend["std"] != 1.0  # standardised on the training part
+    assert frontend["n_mels"] == 32  # the override reaches the run's front end, which later stages read
+    assert json.loads((out / "train_config.json").read_text())["augment"]["speeds"] == [0.9, 1.0, 1.1]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "audio_resnet", "--n-mels", "32"], "takes the raw waveform"),
+        (["--model", "spectrogram_resnet", "--n-fft", "1000"], "power of two"),
+        (["--model", "spectrogram_resnet", "--hop", "0"], "--hop must be"),
+        (["--model", "spectrogram_resnet", "--n-fft", "256", "--hop", "128", "--n-mels", "80"], "--n-mels must be 1..64"),
+        (["--no-augment", "--speed-perturb", "0.9,1.1"], "drop it or --no-augment"),
+    ],
+)
+def test_cli_refuses_a_front_end_or_augmentation_it_cannot_honour(
+    args: list[str], message: str, synthetic_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*args, "--data", str(synthetic_corpus), "--out", str(tmp_path / "r")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_cli_reports_corpus_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -179,6 +204,25 @@ def test_training_epochs_follow_the_seed_alone_and_hold_each_clip_once(data) -> 
     order = [next(i for i, e in enumerate(expected) if np.array_equal(e, row)) for row in clean]
     assert sorted(order) == list(range(len(pcm)))
     assert onehot.argmax(axis=1).tolist() == [labels[i] for i in order]
+
+
+def _peak_hz(pcm: np.ndarray) -> float:
+    return float(np.abs(np.fft.rfft(pcm.astype(np.float64))).argmax() * 16000 / len(pcm))
+
+
+def test_speed_perturbation_moves_tempo_and_pitch_together() -> None:
+    tone = (8000 * np.sin(2 * np.pi * 200 * np.arange(16000) / 16000)).astype(np.int16)
+    for factor in (0.9, 1.1):
+        faster = change_speed(tone, factor)
+        assert faster.dtype == np.int16 and abs(len(faster) - 16000 / factor) <= 1
+        assert _peak_hz(faster) == pytest.approx(200 * factor, abs=1.5)
+
+    # In training the drawn speed comes before the crop: a 1 s tone at half speed fills the 2 s waveform input.
+    cfg = default_frontend("audio_resnet")
+    quiet = AugmentConfig(gain_db=0.0, noise_prob=0.0, speeds=(0.5,))
+    slowed = augment_pcm(tone, cfg, quiet, np.random.default_rng(0))
+    assert len(slowed) == cfg.clip_samples and _peak_hz(slowed) == pytest.approx(100, abs=1)
+    assert _peak_hz(augment_pcm(tone, cfg, replace(quiet, speeds=(1.0,)), np.random.default_rng(0))) == pytest.approx(200, abs=1)
 
 
 def test_mixup_blends_each_clip_with_a_partner_by_its_dominant_share() -> None:

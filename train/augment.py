@@ -7,8 +7,10 @@ takes; only SpecAugment masks act on the log-mel output.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
+from scipy.signal import resample_poly
 
 from train.frontend import FrontEndConfig, fit_clip
 
@@ -22,10 +24,24 @@ class AugmentConfig:
     freq_mask_width: int = 5
     time_masks: int = 2
     time_mask_width: int = 12
+    # Speed perturbation (Ko et al. 2015): one factor drawn per clip and epoch; tempo and pitch change together.
+    # (1.0,) is off and draws nothing, so the other augmentations stay bit for bit as without it.
+    speeds: tuple[float, ...] = (1.0,)
+
+
+def change_speed(pcm: np.ndarray, factor: float) -> np.ndarray:
+    """Play ``pcm`` ``factor`` times faster (polyphase resampling, anti-aliased); int16 in and out."""
+    ratio = Fraction(factor).limit_denominator(50)
+    faster = resample_poly(pcm.astype(np.float32), ratio.denominator, ratio.numerator)
+    return np.clip(np.round(faster), -32768, 32767).astype(np.int16)
 
 
 def augment_pcm(pcm: np.ndarray, cfg: FrontEndConfig, aug: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
-    """Random crop or loop offset, gain and noise; returns the board-input samples (int16)."""
+    """Speed, random crop or loop offset, gain and noise; returns the board-input samples (int16)."""
+    if aug.speeds != (1.0,):
+        factor = aug.speeds[int(rng.integers(0, len(aug.speeds)))]
+        if factor != 1.0:
+            pcm = change_speed(pcm, factor)
     n, length = len(pcm), cfg.clip_samples
     if n > length:
         board = fit_clip(pcm, cfg, start=int(rng.integers(0, n - length + 1)))

@@ -12,8 +12,36 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from train.corpus import CorpusError, discover, load_corpus, resolve_root, verify_checksums
-from train.models import BUILDERS
+from train.frontend import DEFAULT_LOGMEL
+from train.models import BUILDERS, FRONT_END_KIND
 from train.splits import SPLITS
+
+
+def _speeds(text: str) -> tuple[float, ...]:
+    try:
+        speeds = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected speeds like 0.9,1.0,1.1, got {text!r}") from None
+    if not all(0.5 <= v <= 2.0 for v in speeds):
+        raise argparse.ArgumentTypeError(f"speeds must lie in 0.5..2.0, got {text!r}")
+    return speeds
+
+
+def frontend_overrides(args: argparse.Namespace) -> dict[str, int]:
+    """The log-mel settings given on the command line; ValueError says what is wrong with them."""
+    given = {k: v for k, v in {"n_fft": args.n_fft, "hop": args.hop, "n_mels": args.n_mels}.items() if v is not None}
+    if not given:
+        return given
+    if FRONT_END_KIND[args.model] != "logmel":
+        raise ValueError(f"--n-fft/--hop/--n-mels set the log-mel front end; {args.model} takes the raw waveform")
+    cfg = replace(DEFAULT_LOGMEL, **given)
+    if not 64 <= cfg.n_fft <= 8192 or cfg.n_fft & (cfg.n_fft - 1):
+        raise ValueError(f"--n-fft must be a power of two from 64 to 8192 (the board's radix-2 FFT), got {cfg.n_fft}")
+    if not 0 < cfg.hop <= cfg.n_fft:
+        raise ValueError(f"--hop must be 1..n_fft ({cfg.n_fft}) so that frames cover the clip, got {cfg.hop}")
+    if not 0 < cfg.n_mels <= cfg.n_fft // 4:
+        raise ValueError(f"--n-mels must be 1..{cfg.n_fft // 4} for n_fft {cfg.n_fft} (or every band is a bin or less)")
+    return given
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,7 +79,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="D",
         help="validate and keep an average of the weights, new = D * old + (1 - D) * epoch's; default: off",
     )
+    p.add_argument(
+        "--speed-perturb",
+        type=_speeds,
+        metavar="F,F,...",
+        help="also play each training clip at one of these speeds, e.g. 0.9,1.0,1.1 (pitch moves with it); default: off",
+    )
     p.add_argument("--no-augment", action="store_true", help="train on clean clips only")
+    fe = p.add_argument_group("log-mel front end (spectrogram models; saved in frontend.json, which every later stage reads)")
+    fe.add_argument("--n-fft", type=int, help=f"FFT and window length, a power of two; default {DEFAULT_LOGMEL.n_fft}")
+    fe.add_argument("--hop", type=int, help=f"samples between frames; default {DEFAULT_LOGMEL.hop}")
+    fe.add_argument("--n-mels", type=int, help=f"mel bands; default {DEFAULT_LOGMEL.n_mels}")
     p.add_argument("--limit-per-class", type=int, help="use only N clips per emotion and speaker (quick checks)")
     p.add_argument("--no-mcu-probe", action="store_true", help="skip the int8 + TFLM arena measurement")
     p.add_argument("--no-verify", action="store_true", help="skip SHA256SUMS verification")
@@ -62,6 +100,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        frontend_given = frontend_overrides(args)
+    except ValueError as exc:
+        print(f"ser-train: {exc}", file=sys.stderr)
+        return 2
+    if args.no_augment and args.speed_perturb:
+        print("ser-train: --speed-perturb is an augmentation; drop it or --no-augment", file=sys.stderr)
+        return 2
     try:
         root = resolve_root(args.data)
         if not args.no_verify:
@@ -102,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     tcfg = TrainConfig(model=args.model, seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     if args.no_augment:
         tcfg = replace(tcfg, augment=None)
+    elif args.speed_perturb and tcfg.augment is not None:
+        tcfg = replace(tcfg, augment=replace(tcfg.augment, speeds=args.speed_perturb))
     out = args.out or Path("runs") / f"{args.model}-{args.split}"
     _, num_folds = assign_folds(clips, args.split, args.seed)
     if args.split == "paper":
@@ -131,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.split,
                 fold,
                 tcfg,
-                default_frontend(args.model),
+                replace(default_frontend(args.model), **frontend_given),
                 mcu_probe=not args.no_mcu_probe,
                 show_progress=not args.quiet,
             )
