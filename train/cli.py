@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     tcfg = TrainConfig(model=args.model, seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     if args.no_augment:
         tcfg = replace(tcfg, augment=None)
-    elif args.speed_perturb and tcfg.augment is not None:
+    elif args.speed_perturb:
         tcfg = replace(tcfg, augment=replace(tcfg.augment, speeds=args.speed_perturb))
     out = args.out or Path("runs") / f"{args.model}-{args.split}"
     _, num_folds = assign_folds(clips, args.split, args.seed)
