@@ -12,6 +12,8 @@ byte by byte, and with Nagle's algorithm each small reply waited for the host's 
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import shutil
 import socket
 import subprocess
@@ -35,6 +37,9 @@ class QemuError(RuntimeError):
 
 
 START_ATTEMPTS = 5
+LISTEN_TIMEOUT = 30.0  # seconds for QEMU to bind its sockets; a loaded CI machine is slow
+# what QEMU prints once its -serial socket listens and waits for a client
+WAITING_FOR_CLIENT = b"QEMU waiting for connection on"
 
 
 def free_ports(count: int) -> list[int]:
@@ -76,7 +81,7 @@ def start(board: str, elf: Path, gdb_stub: bool = False) -> EmulatedBoard:
     """Launch QEMU; the client connects to ``url`` (retrying until QEMU listens).
 
     A free port can be taken by another program between the probe and QEMU's bind; QEMU then
-    exits at once with "Address already in use", and the launch is tried again on new ports.
+    exits with "Address already in use", and the launch is tried again on new ports.
     """
     if board not in MACHINES:
         raise QemuError(f"{board} is not an emulated board; emulated boards: {', '.join(MACHINES)}")
@@ -90,6 +95,9 @@ def start(board: str, elf: Path, gdb_stub: bool = False) -> EmulatedBoard:
         port = ports[0]
         eth_port = ports[1] if board in ETHERNET_PATH else None
         gdb_port = ports[2] if gdb_stub else None
+        # The GDB stub is a -chardev so that QEMU binds it before the UART, like the Ethernet socket:
+        # every bind has succeeded once QEMU says it waits for the UART client.
+        gdb = ["-chardev", f"socket,id=gdb,host=127.0.0.1,port={gdb_port},server=on,wait=off", "-gdb", "chardev:gdb"]
         cmd = [
             "qemu-system-arm",
             "-M",
@@ -99,7 +107,7 @@ def start(board: str, elf: Path, gdb_stub: bool = False) -> EmulatedBoard:
             "none",
             "-icount",
             "shift=0",
-            *(["-gdb", f"tcp:127.0.0.1:{gdb_port}"] if gdb_port else []),
+            *(gdb if gdb_port else []),
             *before,
             "-serial",
             f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on",
@@ -108,14 +116,39 @@ def start(board: str, elf: Path, gdb_stub: bool = False) -> EmulatedBoard:
             str(elf),
         ]
         process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(0.2)
-        if process.poll() is None:
+        error = wait_until_listening(process)
+        if error is None:
             # QEMU runs the guest only once a client connects, so the client sees the BOOT frame.
             return EmulatedBoard(board, Path(elf), port, process, eth_port, gdb_port)
-        error = process.stderr.read().decode(errors="replace").strip()
         if "Address already in use" not in error:
             raise QemuError(f"QEMU exited at start: {error}")
     raise QemuError(f"QEMU found no free local TCP port in {START_ATTEMPTS} attempts: {error}")
+
+
+def wait_until_listening(process: subprocess.Popen, timeout: float = LISTEN_TIMEOUT) -> str | None:
+    """None once QEMU says it waits for the UART client; what QEMU printed if it exited instead.
+
+    Reading QEMU's own message, not sleeping a fixed time, is what tells a bind that failed
+    from a QEMU that is merely slow to start on a loaded machine.
+    """
+    printed = b""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        if not select.select([process.stderr], [], [], left)[0]:
+            break
+        chunk = os.read(process.stderr.fileno(), 4096)
+        if not chunk:  # QEMU closed stderr: it exited
+            process.wait()
+            return printed.decode(errors="replace").strip() or f"exit code {process.returncode}"
+        printed += chunk
+        if WAITING_FOR_CLIENT in printed:
+            return None
+    process.kill()
+    process.wait()
+    raise QemuError(
+        f"QEMU did not open its UART socket within {timeout:.0f} s; it printed: "
+        f"{printed.decode(errors='replace').strip() or 'nothing'}"
+    )
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,25 +25,47 @@ def test_free_ports_are_distinct_and_bindable() -> None:
 
 
 @needs_qemu
-def test_start_tries_again_when_a_port_is_taken_before_qemu_binds_it(tmp_path: Path, monkeypatch) -> None:
-    # QEMU binds the UART socket and waits for a client before it reads the kernel, so any file will do.
+@pytest.mark.parametrize(
+    ("board", "gdb_stub", "taken"),
+    [
+        ("qemu-mps2-an500", False, "uart"),
+        ("qemu-mps2-an386", False, "ethernet"),
+        ("qemu-mps2-an500", True, "gdb"),
+    ],
+)
+def test_start_tries_again_when_a_port_is_taken_before_qemu_binds_it(
+    tmp_path: Path, monkeypatch, board: str, gdb_stub: bool, taken: str
+) -> None:
+    # QEMU binds its sockets and waits for a UART client before it reads the kernel, so any file will do.
     elf = tmp_path / "unused.elf"
     elf.write_bytes(b"\0")
     real_free_ports = qemu.free_ports
     probes: list[list[int]] = []
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        busy = taken.getsockname()[1]
+    with socket.socket() as other_program:
+        other_program.bind(("127.0.0.1", 0))
+        other_program.listen()
+        busy = other_program.getsockname()[1]
 
         def first_probe_finds_a_taken_port(count: int) -> list[int]:
-            probes.append(real_free_ports(count) if probes else [busy] * count)
-            return probes[-1]
+            ports = real_free_ports(count)
+            if not probes:
+                ports[["uart", "ethernet", "gdb"].index(taken)] = busy
+            probes.append(ports)
+            return ports
 
         monkeypatch.setattr(qemu, "free_ports", first_probe_finds_a_taken_port)
-        emu = qemu.start("qemu-mps2-an500", elf)
+        emu = qemu.start(board, elf, gdb_stub=gdb_stub)
         try:
-            assert len(probes) == 2 and emu.port == probes[1][0] != busy
+            assert len(probes) == 2 and busy not in (emu.port, emu.eth_port, emu.gdb_port)
+            assert emu.port == probes[1][0]
             assert emu.process.poll() is None
         finally:
             emu.stop()
+
+
+def test_a_qemu_that_never_listens_is_stopped_with_a_clear_error() -> None:
+    # a process that prints nothing and never exits stands where QEMU hangs before binding
+    sleeper = subprocess.Popen(["sleep", "60"], stderr=subprocess.PIPE)
+    with pytest.raises(qemu.QemuError, match="did not open its UART socket within 1 s; it printed: nothing"):
+        qemu.wait_until_listening(sleeper, timeout=1.0)
+    assert sleeper.poll() is not None
