@@ -125,12 +125,13 @@ def test_ser_logf_is_within_one_ulp() -> None:
     assert lib.ser_logf(0.0) == -np.inf and lib.ser_logf(np.inf) == np.inf and np.isnan(lib.ser_logf(-1.0))
 
 
-def test_twiddle_tables_are_cos_and_sin_of_the_fft_angles() -> None:
-    cos, sin = fft_twiddles(DEFAULT_LOGMEL)
-    k = np.arange(DEFAULT_LOGMEL.n_fft // 2)
-    assert cos.dtype == sin.dtype == np.float32 and len(cos) == len(sin) == 256
-    assert cos.tobytes() == np.cos(2 * np.pi * k / 512).astype(np.float32).tobytes()
-    assert sin.tobytes() == np.sin(2 * np.pi * k / 512).astype(np.float32).tobytes()
+@pytest.mark.parametrize("n_fft", [512, 1024])
+def test_twiddle_tables_are_cos_and_sin_of_the_fft_angles(n_fft: int) -> None:
+    cos, sin = fft_twiddles(replace(DEFAULT_LOGMEL, n_fft=n_fft))
+    k = np.arange(n_fft // 2)
+    assert cos.dtype == sin.dtype == np.float32 and len(cos) == len(sin) == n_fft // 2
+    assert cos.tobytes() == np.cos(2 * np.pi * k / n_fft).astype(np.float32).tobytes()
+    assert sin.tobytes() == np.sin(2 * np.pi * k / n_fft).astype(np.float32).tobytes()
 
 
 # ---- 2. streaming equals one push, bit for bit ----
