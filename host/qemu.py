@@ -97,7 +97,8 @@ def start(board: str, elf: Path, gdb_stub: bool = False) -> EmulatedBoard:
         gdb_port = ports[2] if gdb_stub else None
         # The GDB stub is a -chardev so that QEMU binds it before the UART, like the Ethernet socket:
         # every bind has succeeded once QEMU says it waits for the UART client.
-        gdb = ["-chardev", f"socket,id=gdb,host=127.0.0.1,port={gdb_port},server=on,wait=off", "-gdb", "chardev:gdb"]
+        gdb_chardev = f"socket,id=gdb,host=127.0.0.1,port={gdb_port},server=on,wait=off"
+        gdb = ["-chardev", gdb_chardev, "-gdb", "chardev:gdb"] if gdb_port else []
         cmd = [
             "qemu-system-arm",
             "-M",
@@ -107,7 +108,7 @@ def start(board: str, elf: Path, gdb_stub: bool = False) -> EmulatedBoard:
             "none",
             "-icount",
             "shift=0",
-            *(gdb if gdb_port else []),
+            *gdb,
             *before,
             "-serial",
             f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on",
