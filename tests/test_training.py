@@ -175,15 +175,34 @@ def test_same_seed_same_weights_and_test_clips_never_reach_selection(data, tmp_p
     assert predictions[0] != predictions[1]  # the poison did reach the test part
 
 
-def test_different_seed_gives_different_weights(data, tmp_path: Path) -> None:
+def test_different_seed_gives_different_weights_and_split_seed_holds_the_split(data, tmp_path: Path) -> None:
     clips, pcm = data
     model = "audio_resnet"
-    for seed in (0, 1):
+    for name, seed, split_seed in (("0", 0, None), ("1", 1, None), ("1-on-split-0", 1, 0)):
         tcfg = replace(_short(model), seed=seed, epochs=1)
         train_one(
-            tmp_path / str(seed), clips, pcm, "paper", 0, tcfg, default_frontend(model), mcu_probe=False, show_progress=False
+            tmp_path / name,
+            clips,
+            pcm,
+            "paper",
+            0,
+            tcfg,
+            default_frontend(model),
+            mcu_probe=False,
+            show_progress=False,
+            split_seed=split_seed,
         )
     assert any(not np.array_equal(x, y) for x, y in zip(_weights(tmp_path / "0"), _weights(tmp_path / "1"), strict=True))
+
+    def roles(name: str) -> list[tuple[str, str]]:
+        return [(c["path"], c["role"]) for c in json.loads((tmp_path / name / "manifest.json").read_text())["clips"]]
+
+    assert roles("1") != roles("0")  # --seed alone draws another split
+    assert roles("1-on-split-0") == roles("0")  # --split-seed holds it
+    metrics = json.loads((tmp_path / "1-on-split-0" / "metrics.json").read_text())
+    assert (metrics["seed"], metrics["split_seed"]) == (1, 0)
+    same_split = zip(_weights(tmp_path / "0"), _weights(tmp_path / "1-on-split-0"), strict=True)
+    assert any(not np.array_equal(x, y) for x, y in same_split)  # on one split, --seed still moves the weights
 
 
 def test_training_epochs_follow_the_seed_alone_and_hold_each_clip_once(data) -> None:

@@ -61,12 +61,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, help="default: TrainConfig.epochs")
     p.add_argument("--batch-size", type=int, help="default: TrainConfig.batch_size")
     p.add_argument("--lr", type=float, help="peak learning rate (cosine schedule after warm-up); default: TrainConfig")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, augmentation and (unless --split-seed) the split")
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        help="seed of the split and its validation part; default: --seed. Fix it and vary --seed to see "
+        "how much initialisation alone moves the score on one split",
+    )
     p.add_argument(
         "--teacher",
         type=Path,
         action="append",
-        help="distill from this finished run (its fold-XX for k-fold/LOSO; repeat for an ensemble); same --split and --seed",
+        help="distill from this finished run (its fold-XX for k-fold/LOSO; repeat for an ensemble); "
+        "same --split and --split-seed",
     )
     p.add_argument("--distill-weight", type=float, help="share of the teacher's soft targets in the labels; default: TrainConfig")
     p.add_argument("--distill-temperature", type=float, help="softens the teacher's probabilities; default: TrainConfig")
@@ -151,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.speed_perturb:
         tcfg = replace(tcfg, augment=replace(tcfg.augment, speeds=args.speed_perturb))
     out = args.out or Path("runs") / f"{args.model}-{args.split}"
-    _, num_folds = assign_folds(clips, args.split, args.seed)
+    split_seed = args.seed if args.split_seed is None else args.split_seed
+    _, num_folds = assign_folds(clips, args.split, split_seed)
     if args.split == "paper":
         folds, per_fold_dirs = [0], False
     elif args.fold is not None:
@@ -182,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 replace(default_frontend(args.model), **frontend_given),
                 mcu_probe=not args.no_mcu_probe,
                 show_progress=not args.quiet,
+                split_seed=split_seed,
             )
         except TeacherError as exc:
             print(f"ser-train: {exc}", file=sys.stderr)

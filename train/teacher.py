@@ -5,7 +5,7 @@ and its tempered class probabilities (the mean over several teachers) are mixed 
 one-hot labels. A small student learns from 1,000 clips more easily when it is told which wrong
 classes are near misses.
 
-The teacher must come from the same split, seed and test fold as the student: then the student's
+The teacher must come from the same split, split seed and test fold as the student: then the student's
 test clips are the teacher's test clips too, and no test clip can reach the student through it.
 """
 
@@ -33,7 +33,7 @@ def teacher_run(path: Path, test_fold: int) -> Path:
     if not (run / "model.keras").is_file() or not (run / "manifest.json").is_file():
         raise TeacherError(
             f"teacher {run}: no model.keras and manifest.json there; train the teacher first "
-            f"(ser-train --out {path}, same --split and --seed as the student)"
+            f"(ser-train --out {path}, same --split and --split-seed (default --seed) as the student)"
         )
     return run
 
@@ -45,7 +45,8 @@ def check_same_test_clips(run: Path, manifest: dict) -> None:
     if theirs != ours:
         raise TeacherError(
             f"teacher {run} was tested on other clips than this run ({len(theirs ^ ours)} differ): "
-            "train it with the same --split, --seed and test fold, or test clips could reach the student through it"
+            "train it with the same --split, --split-seed (default --seed) and test fold, "
+            "or test clips could reach the student through it"
         )
 
 
