@@ -3,6 +3,7 @@
     python benchmarks/train_benchmark.py --data CASIA [--models audio_resnet spectrogram_resnet]
                                          [--splits paper kfold loso] [--out runs/bench] [--epochs N]
                                          [--distill audio_resnet:spectrogram_resnet ...] [--jobs 2]
+                                         [--seeds 0 1 2]
 
 Each (model, split) trains through ``ser-train`` in its own process; finished runs (and finished
 folds) are reused, so a cut-off benchmark continues where it stopped.
@@ -10,6 +11,10 @@ folds) are reused, so a cut-off benchmark continues where it stopped.
 ``--distill STUDENT:TEACHER`` also trains STUDENT distilled from TEACHER's run of the same split
 (``STUDENT-from-TEACHER-SPLIT``), after that run; TEACHER may be several models joined by ``+``
 (an ensemble of teachers), for example ``spectrogram_resnet:spectrogram_resnet+audio_resnet``.
+
+``--seeds 0 1 2`` trains each (model, split) once per seed on the same split (``--split-seed 0``), so
+the spread that initialisation and augmentation alone cause shows beside each score, with the mean
+over seeds.
 
 ``--jobs N`` runs N trainings at once, each pinned to its own core with one TensorFlow thread (see
 ``train_speed.md`` for what was measured on 2 cores). Timings on a shared machine are noisy, so the
@@ -29,16 +34,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Training:
     model: str
     split: str
     teachers: tuple[str, ...] = ()  # model names of the plain teacher runs (same split)
+    seed: int = 0  # initialisation and augmentation; the split is always drawn with seed 0
 
     @property
     def name(self) -> str:
-        return f"{self.model}-from-{'+'.join(self.teachers)}-{self.split}" if self.teachers else f"{self.model}-{self.split}"
+        base = f"{self.model}-from-{'+'.join(self.teachers)}-{self.split}" if self.teachers else f"{self.model}-{self.split}"
+        return f"{base}-seed{self.seed}" if self.seed else base
 
 
 def _load() -> str:
@@ -50,10 +59,11 @@ def _train(t: Training, args: argparse.Namespace, cores: queue.Queue[int] | None
     if (run / "metrics.json").exists():
         return
     cmd = [sys.executable, "-m", "train", "--model", t.model, "--split", t.split, "--out", str(run), "--quiet"]
+    cmd += ["--seed", str(t.seed), "--split-seed", "0"]
     cmd += ["--epochs", str(args.epochs)] if args.epochs else []
     cmd += ["--data", args.data] if args.data else []
     for teacher in t.teachers:
-        cmd += ["--teacher", str(args.out / Training(teacher, t.split).name)]
+        cmd += ["--teacher", str(args.out / Training(teacher, t.split, seed=t.seed).name)]
     env, core = dict(os.environ), None
     if cores is not None:
         core = cores.get()
@@ -88,19 +98,34 @@ def result_row(t: Training, run: Path) -> str:
     seconds = training_seconds(run)
     each = ", ".join(f"{s:.0f}" for s in seconds)
     model = f"{t.model} (teachers {' + '.join(t.teachers)})" if t.teachers else t.model
-    return f"| {model} | {t.split} | {acc} | {ua} | {f1} | {val} | {len(seconds)} | {max(seconds):.0f} max ({each}) |"
+    return f"| {model} | {t.split} | {t.seed} | {acc} | {ua} | {f1} | {val} | {len(seconds)} | {max(seconds):.0f} max ({each}) |"
+
+
+def seeds_row(group: list[Training], out: Path) -> str:
+    """Mean +- std over seeds of the test and validation accuracy (the fold mean for k-fold and LOSO)."""
+    metrics = [json.loads((out / t.name / "metrics.json").read_text()) for t in group]
+    test = [m["test"]["accuracy"]["mean"] if "folds" in m else m["test"]["accuracy"] for m in metrics]
+    val = [m["validation"]["validation_accuracy"]["mean"] if "folds" in m else m["validation_accuracy"] for m in metrics]
+    t = group[0]
+    model = f"{t.model} (teachers {' + '.join(t.teachers)})" if t.teachers else t.model
+    return (
+        f"| {model} | {t.split} | mean of {len(group)} | {np.mean(test):.2%} +- {np.std(test):.2%} | | "
+        f"| {np.mean(val):.2%} +- {np.std(val):.2%} | | |"
+    )
 
 
 def plan(args: argparse.Namespace) -> list[Training]:
     """Plain trainings first, then distilled ones (each after its teacher's run)."""
-    trainings = [Training(m, s) for m in args.models for s in args.splits]
+    trainings = [Training(m, s, seed=n) for n in args.seeds for m in args.models for s in args.splits]
     for pair in args.distill:
         student, _, joined = pair.partition(":")
         if not joined:
             raise SystemExit(f"--distill takes STUDENT:TEACHER[+TEACHER...], got {pair!r}")
         teachers = tuple(joined.split("+"))
-        trainings += [Training(m, s) for m in teachers for s in args.splits if Training(m, s) not in trainings]
-        trainings += [Training(student, s, teachers) for s in args.splits]
+        for n in args.seeds:
+            needed = [Training(m, s, seed=n) for m in teachers for s in args.splits]
+            trainings += [t for t in needed if t not in trainings]
+            trainings += [Training(student, s, teachers, seed=n) for s in args.splits]
     return trainings
 
 
@@ -111,6 +136,7 @@ def main() -> int:
     p.add_argument("--splits", nargs="+", default=["paper", "kfold", "loso"])
     p.add_argument("--distill", nargs="*", default=[], metavar="STUDENT:TEACHER", help="also train distilled students")
     p.add_argument("--epochs", type=int, help="default: ser-train's (TrainConfig)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="train each run once per seed, on split seed 0")
     p.add_argument("--jobs", type=int, default=1, help="trainings at once, one core and one thread each (when > 1)")
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = p.parse_args()
@@ -124,7 +150,7 @@ def main() -> int:
     started: dict[Training, Future] = {}
 
     def after_teacher(t: Training) -> None:
-        for teacher in (Training(m, t.split) for m in t.teachers):
+        for teacher in (Training(m, t.split, seed=t.seed) for m in t.teachers):
             started[teacher].result()  # submitted earlier, so it runs before or beside this one
         _train(t, args, cores)
 
@@ -135,10 +161,15 @@ def main() -> int:
             future.result()
 
     rows = [
-        "| model | split | accuracy | UA | macro-F1 | validation acc. | trainings | seconds per training (each) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | split | seed | accuracy | UA | macro-F1 | validation acc. | trainings | seconds per training (each) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    rows += [result_row(t, args.out / t.name) for t in trainings]
+    groups: dict[tuple, list[Training]] = {}
+    for t in trainings:
+        groups.setdefault((t.model, t.split, t.teachers), []).append(t)
+    for group in groups.values():
+        rows += [result_row(t, args.out / t.name) for t in group]
+        rows += [seeds_row(group, args.out)] if len(group) > 1 else []
     table = "\n".join(rows)
     print("\n" + table)
     args.out.mkdir(parents=True, exist_ok=True)
