@@ -2,6 +2,9 @@
 
 TFLM's output is the reference the board must reproduce; LiteRT's reference kernels should match it
 nearly bit for bit, LiteRT's default (XNNPACK) kernels need not.
+
+Whether int8 loses too much, and so whether quantization-aware training is called for, is decided
+on the run's validation clips: the test clips are scored and reported, never used to choose.
 """
 
 from __future__ import annotations
@@ -15,27 +18,54 @@ from tqdm.auto import tqdm
 from convert.compare import agreement, error_metrics
 from convert.interpreters import LiteRtRunner, TflmRunner, dequantize, quantize_input, tflm_arena_bytes
 from convert.quantize import MODEL_FILE
-from convert.tflite_file import io_specs, op_versions, sha256
+from convert.tflite_file import TensorSpec, io_specs, op_versions, sha256
 from train.corpus import read_wav
 from train.frontend import FrontEndConfig, clip_features
 from train.labels import label_index
 from train.metrics import scores
 from train.splits import clips_with_role, load_manifest
 
-ACCURACY_DROP_LIMIT = 0.01  # more than one point lost to int8 is reported loudly
+ACCURACY_DROP_LIMIT = 0.01  # more than one point lost to int8 is reported loudly (test) and calls for QAT (validation)
+
+
+def _inputs(clips: list[dict], root: Path, cfg: FrontEndConfig, role: str, show_progress: bool) -> np.ndarray:
+    bar = tqdm(clips, desc=f"front end ({role} clips)", unit="clip", disable=not show_progress)
+    return np.stack([clip_features(read_wav(root / c["path"]), cfg) for c in bar])
+
+
+def _labels(clips: list[dict]) -> np.ndarray:
+    return np.array([label_index(c["emotion"]) for c in clips])
+
+
+def validation_drop(
+    model: keras.Model,
+    tflm: TflmRunner,
+    in_spec: TensorSpec,
+    clips: list[dict],
+    root: Path,
+    cfg: FrontEndConfig,
+    show_progress: bool,
+) -> dict:
+    """Float vs int8 (TFLM) accuracy on the validation clips: the figure that decides on QAT."""
+    x, y = _inputs(clips, root, cfg, "validation", show_progress), _labels(clips)
+    float_acc = float(np.mean(model.predict(x, verbose=0, batch_size=64).argmax(1) == y))
+    int8_acc = float(np.mean(np.stack([tflm(quantize_input(xi, in_spec)) for xi in x]).argmax(1) == y))
+    drop = float_acc - int8_acc
+    return {"clips": len(clips), "float_accuracy": float_acc, "int8_accuracy": int8_acc, "accuracy_drop": drop}
 
 
 def verify_run(run: Path, root: Path, show_progress: bool = True) -> dict:
-    """Float (the run's ``model.keras``) vs its int8 ``model_int8.tflite`` on the run's test clips."""
+    """Float (the run's ``model.keras``) vs its int8 ``model_int8.tflite`` on the run's test and validation clips."""
     tflite = (run / MODEL_FILE).read_bytes()
     in_spec, out_spec = io_specs(tflite)
     cfg = FrontEndConfig.load(run / "frontend.json")
-    test = clips_with_role(load_manifest(run / "manifest.json"), "test")
-    y = np.array([label_index(c["emotion"]) for c in test])
-    bar = tqdm(test, desc="front end (test clips)", unit="clip", disable=not show_progress)
-    x = np.stack([clip_features(read_wav(root / c["path"]), cfg) for c in bar])
+    manifest = load_manifest(run / "manifest.json")
+    test = clips_with_role(manifest, "test")
+    y = _labels(test)
+    x = _inputs(test, root, cfg, "test", show_progress)
 
-    float_probs = keras.models.load_model(run / "model.keras").predict(x, verbose=0, batch_size=64)
+    model = keras.models.load_model(run / "model.keras")
+    float_probs = model.predict(x, verbose=0, batch_size=64)
     q_inputs = [quantize_input(xi, in_spec) for xi in x]
     runners = [TflmRunner(tflite), LiteRtRunner(tflite, reference_kernels=True), LiteRtRunner(tflite, reference_kernels=False)]
     outputs = {}
@@ -60,6 +90,9 @@ def verify_run(run: Path, root: Path, show_progress: bool = True) -> dict:
     }
     report["accuracy_drop"] = report["float"]["accuracy"] - report["int8"]["accuracy"]
     report["accuracy_drop_too_large"] = report["accuracy_drop"] > ACCURACY_DROP_LIMIT
+    val = validation_drop(model, runners[0], in_spec, clips_with_role(manifest, "val"), root, cfg, show_progress)
+    report["validation"] = val
+    report["qat_advised"] = val["accuracy_drop"] > ACCURACY_DROP_LIMIT
     return report
 
 
@@ -83,6 +116,8 @@ def report_md(r: dict, run: Path) -> str:
         row("float (Keras)", r["float"]),
         row("int8 (TFLM)", r["int8"]),
         "",
+        validation_line(r),
+        "",
         f"Predictions agree on {r['prediction_agreement_float_int8']:.2%} of clips. Dequantized int8 scores vs float: "
         f"RMSE {e['rmse']:.4f}, MAE {e['mae']:.4f}, L2 relative {e['l2_relative']:.4f}, cosine {e['cosine']:.4f}.",
         "",
@@ -100,6 +135,17 @@ def report_md(r: dict, run: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def validation_line(r: dict) -> str:
+    """What decides on quantization-aware training: the drop on the validation clips."""
+    v = r["validation"]
+    verdict = "QAT advised" if r["qat_advised"] else "no QAT needed"
+    return (
+        f"On the {v['clips']} validation clips, which decide on quantization-aware training: float "
+        f"{v['float_accuracy']:.2%}, int8 {v['int8_accuracy']:.2%} ({-v['accuracy_drop']:+.2%}; limit "
+        f"{-ACCURACY_DROP_LIMIT:+.0%}): {verdict}."
+    )
+
+
 def drop_warning(r: dict, run: Path) -> str:
     """The loud message for an int8 model that loses more than the limit, naming the remedy."""
     lost = (
@@ -109,7 +155,8 @@ def drop_warning(r: dict, run: Path) -> str:
     if "ptq" in r:
         ptq = 100 * r["ptq"]["accuracy_drop"]
         return f"{lost} even after quantization-aware training (post-training quantization lost {ptq:.2f} points)."
-    return f"{lost}. Recover it with quantization-aware training: ser-convert {run} --qat"
+    val = f"on the validation clips it loses {100 * r['validation']['accuracy_drop']:.2f}"
+    return f"{lost}; {val}. Quantization-aware training may recover it: ser-convert {run} --qat"
 
 
 def qat_lines(r: dict) -> list[str]:

@@ -17,13 +17,17 @@ import pytest
 from convert.budget import board, elf_usage
 from convert.cli import budget_main, convert_main, emit_main
 from convert.emit import emit, render
+from convert.interpreters import TflmRunner, quantize_input
 from convert.ops import UnsupportedOpError, check_ops
 from convert.quantize import MODEL_FILE, quantize_int8
 from convert.tflite_file import ModelFileError, buffers_aligned, io_specs, read_metadata
-from train.corpus import discover, load_corpus
+from convert.verify import ACCURACY_DROP_LIMIT
+from train.corpus import discover, load_corpus, read_wav
 from train.fit import TrainConfig
-from train.frontend import FrontEndConfig
+from train.frontend import FrontEndConfig, clip_features
+from train.labels import label_index
 from train.run import default_frontend, train_one
+from train.splits import clips_with_role, load_manifest
 
 ARM_CXX = ["arm-none-eabi-g++", "-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"]
 ARM_CC = ["arm-none-eabi-gcc", *ARM_CXX[1:]]
@@ -78,6 +82,28 @@ def test_tflm_agrees_with_litert_reference_kernels(run: Path) -> None:
     assert {"float", "int8", "prediction_agreement_float_int8", "accuracy_drop"} <= set(report)
     assert "litert_default" in report["tflm_vs"]
     assert (run / "conversion.md").read_text().startswith("# int8 conversion")
+
+
+def test_validation_clips_decide_on_qat_and_are_scored_by_the_real_models(run: Path, synthetic_corpus: Path) -> None:
+    report = json.loads((run / "conversion.json").read_text())
+    val = clips_with_role(load_manifest(run / "manifest.json"), "val")
+    v = report["validation"]
+    assert v["clips"] == len(val) > 0
+
+    # scored again here, independently: the run's Keras model and its int8 model in TFLM
+    cfg = FrontEndConfig.load(run / "frontend.json")
+    x = np.stack([clip_features(read_wav(synthetic_corpus / c["path"]), cfg) for c in val])
+    y = np.array([label_index(c["emotion"]) for c in val])
+    float_pred = keras.models.load_model(run / "model.keras").predict(x, verbose=0).argmax(1)
+    tflite = (run / MODEL_FILE).read_bytes()
+    in_spec = io_specs(tflite)[0]
+    tflm = TflmRunner(tflite)
+    int8_pred = np.array([tflm(quantize_input(xi, in_spec)).argmax() for xi in x])
+    assert v["float_accuracy"] == pytest.approx(np.mean(float_pred == y))
+    assert v["int8_accuracy"] == pytest.approx(np.mean(int8_pred == y))
+    assert v["accuracy_drop"] == pytest.approx(v["float_accuracy"] - v["int8_accuracy"])
+    assert report["qat_advised"] == (v["accuracy_drop"] > ACCURACY_DROP_LIMIT)
+    assert "validation clips, which decide on quantization-aware training" in (run / "conversion.md").read_text()
 
 
 def _tiny_model(activation: str) -> keras.Model:
