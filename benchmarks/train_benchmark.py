@@ -90,11 +90,11 @@ def result_row(t: Training, run: Path) -> str:
     t_ = m["test"]
     if "folds" in m:
         acc, ua, f1 = (f"{t_[k]['mean']:.2%} +- {t_[k]['std']:.2%}" for k in ("accuracy", "unweighted_accuracy", "macro_f1"))
-        v = m.get("validation", {}).get("validation_accuracy")
+        v = (m.get("validation") or {}).get("validation_accuracy")  # None: refit runs have no validation part
         val = f"{v['mean']:.2%} +- {v['std']:.2%}" if v else "-"
     else:
         acc, ua, f1 = (f"{t_[k]:.2%}" for k in ("accuracy", "unweighted_accuracy", "macro_f1"))
-        val = f"{m['validation_accuracy']:.2%}"
+        val = "-" if m["validation_accuracy"] is None else f"{m['validation_accuracy']:.2%}"
     seconds = training_seconds(run)
     each = ", ".join(f"{s:.0f}" for s in seconds)
     model = f"{t.model} (teachers {' + '.join(t.teachers)})" if t.teachers else t.model
@@ -105,12 +105,15 @@ def seeds_row(group: list[Training], out: Path) -> str:
     """Mean +- std over seeds of the test and validation accuracy (the fold mean for k-fold and LOSO)."""
     metrics = [json.loads((out / t.name / "metrics.json").read_text()) for t in group]
     test = [m["test"]["accuracy"]["mean"] if "folds" in m else m["test"]["accuracy"] for m in metrics]
-    val = [m["validation"]["validation_accuracy"]["mean"] if "folds" in m else m["validation_accuracy"] for m in metrics]
+    val = [
+        (m["validation"] or {}).get("validation_accuracy", {}).get("mean") if "folds" in m else m["validation_accuracy"]
+        for m in metrics
+    ]
     t = group[0]
     model = f"{t.model} (teachers {' + '.join(t.teachers)})" if t.teachers else t.model
     return (
         f"| {model} | {t.split} | mean of {len(group)} | {np.mean(test):.2%} +- {np.std(test):.2%} | | "
-        f"| {np.mean(val):.2%} +- {np.std(val):.2%} | | |"
+        f"| {'-' if None in val else f'{np.mean(val):.2%} +- {np.std(val):.2%}'} | | |"
     )
 
 

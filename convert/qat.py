@@ -36,7 +36,7 @@ from train.corpus import read_wav
 from train.fit import AugmentedClips, TrainConfig, feature_batch, make_deterministic
 from train.frontend import FrontEndConfig
 from train.labels import NUM_CLASSES, label_index
-from train.splits import clips_with_role, load_manifest
+from train.splits import clips_with_role, decision_clips, load_manifest
 
 QAT_MODEL_FILE = "model_qat.keras"
 
@@ -246,6 +246,9 @@ def train_config(run: Path) -> TrainConfig:
 def fine_tune(run: Path, root: Path, qcfg: QatConfig = QatConfig(), show_progress: bool = True) -> tuple[keras.Model, dict]:
     """QAT of the run's model on its training clips; the epoch kept has the lowest validation loss.
 
+    A refit run has no validation part: a fixed sample of its training clips takes its place
+    (``decision_clips``), so the kept epoch tracks quantization damage rather than generalisation.
+
     Loss, not accuracy: on a validation part of about a hundred clips accuracy moves in steps of a
     point and rarely sees what int8 costs; the loss of the fake-quantized model does.
 
@@ -255,7 +258,7 @@ def fine_tune(run: Path, root: Path, qcfg: QatConfig = QatConfig(), show_progres
     tcfg = train_config(run)
     cfg = FrontEndConfig.load(run / "frontend.json")
     manifest = load_manifest(run / "manifest.json")
-    train, val = clips_with_role(manifest, "train"), clips_with_role(manifest, "val")
+    train, (val, val_role) = clips_with_role(manifest, "train"), decision_clips(manifest)
     make_deterministic(tcfg.seed)
     original = keras.models.load_model(run / "model.keras")
     model = rebuild(original, quantize=True)
@@ -305,6 +308,7 @@ def fine_tune(run: Path, root: Path, qcfg: QatConfig = QatConfig(), show_progres
         "batch_size": batch,
         "train_clips": len(train),
         "val_clips": len(val),
+        "val_role": val_role,
         "ranges": ranges,
     }
     return strip(model, original), history

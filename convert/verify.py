@@ -4,7 +4,8 @@ TFLM's output is the reference the board must reproduce; LiteRT's reference kern
 nearly bit for bit, LiteRT's default (XNNPACK) kernels need not.
 
 Whether int8 loses too much, and so whether quantization-aware training is called for, is decided
-on the run's validation clips: the test clips are scored and reported, never used to choose.
+on the run's validation clips (a refit run, which has none, on a fixed sample of its training
+clips): the test clips are scored and reported, never used to choose.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from train.corpus import read_wav
 from train.frontend import FrontEndConfig, clip_features
 from train.labels import label_index
 from train.metrics import scores
-from train.splits import clips_with_role, load_manifest
+from train.splits import clips_with_role, decision_clips, load_manifest
 
 ACCURACY_DROP_LIMIT = 0.01  # more than one point lost to int8 is reported loudly (test) and calls for QAT (validation)
 
@@ -41,17 +42,18 @@ def validation_drop(
     model: keras.Model,
     tflm: TflmRunner,
     in_spec: TensorSpec,
-    clips: list[dict],
+    manifest: dict,
     root: Path,
     cfg: FrontEndConfig,
     show_progress: bool,
 ) -> dict:
-    """Float vs int8 (TFLM) accuracy on the validation clips: the figure that decides on QAT."""
-    x, y = _inputs(clips, root, cfg, "validation", show_progress), _labels(clips)
+    """Float vs int8 (TFLM) accuracy on the decision clips (``decision_clips``): the figure that decides on QAT."""
+    clips, role = decision_clips(manifest)
+    x, y = _inputs(clips, root, cfg, role, show_progress), _labels(clips)
     float_acc = float(np.mean(model.predict(x, verbose=0, batch_size=64).argmax(1) == y))
     int8_acc = float(np.mean(np.stack([tflm(quantize_input(xi, in_spec)) for xi in x]).argmax(1) == y))
     drop = float_acc - int8_acc
-    return {"clips": len(clips), "float_accuracy": float_acc, "int8_accuracy": int8_acc, "accuracy_drop": drop}
+    return {"clips": len(clips), "role": role, "float_accuracy": float_acc, "int8_accuracy": int8_acc, "accuracy_drop": drop}
 
 
 def verify_run(run: Path, root: Path, show_progress: bool = True) -> dict:
@@ -90,7 +92,7 @@ def verify_run(run: Path, root: Path, show_progress: bool = True) -> dict:
     }
     report["accuracy_drop"] = report["float"]["accuracy"] - report["int8"]["accuracy"]
     report["accuracy_drop_too_large"] = report["accuracy_drop"] > ACCURACY_DROP_LIMIT
-    val = validation_drop(model, runners[0], in_spec, clips_with_role(manifest, "val"), root, cfg, show_progress)
+    val = validation_drop(model, runners[0], in_spec, manifest, root, cfg, show_progress)
     report["validation"] = val
     report["qat_advised"] = val["accuracy_drop"] > ACCURACY_DROP_LIMIT
     return report
@@ -139,8 +141,9 @@ def validation_line(r: dict) -> str:
     """What decides on quantization-aware training: the drop on the validation clips."""
     v = r["validation"]
     verdict = "QAT advised" if r["qat_advised"] else "no QAT needed"
+    which = "validation clips" if v["role"] == "validation" else "training clips (a refit run has no validation part)"
     return (
-        f"On the {v['clips']} validation clips, which decide on quantization-aware training: float "
+        f"On {v['clips']} {which}, which decide on quantization-aware training: float "
         f"{v['float_accuracy']:.2%}, int8 {v['int8_accuracy']:.2%} ({-v['accuracy_drop']:+.2%}; limit "
         f"{-ACCURACY_DROP_LIMIT:+.0%}): {verdict}."
     )
@@ -155,7 +158,7 @@ def drop_warning(r: dict, run: Path) -> str:
     if "ptq" in r:
         ptq = 100 * r["ptq"]["accuracy_drop"]
         return f"{lost} even after quantization-aware training (post-training quantization lost {ptq:.2f} points)."
-    val = f"on the validation clips it loses {100 * r['validation']['accuracy_drop']:.2f}"
+    val = f"on the {r['validation']['role']} clips that decide on QAT it loses {100 * r['validation']['accuracy_drop']:.2f}"
     return f"{lost}; {val}. Quantization-aware training may recover it: ser-convert {run} --qat"
 
 
@@ -179,8 +182,8 @@ def qat_lines(r: dict) -> list[str]:
         "",
         f"QAT: {q['epochs']} epochs of fine-tuning with fake int8 weights and activations (at the converter's "
         f"scales) on {q['train_clips']} training clips, peak learning rate {q['learning_rate']:g}. Epoch kept: "
-        f"{k} (0 = not fine-tuned), the lowest validation loss of the fake-quantized model on {q['val_clips']} "
-        f"validation clips ({q['val_loss'][0]:.4f} before, {q['val_loss'][k]:.4f} kept; validation accuracy "
-        f"{q['val_accuracy'][0]:.2%} before, {q['val_accuracy'][k]:.2%} kept). "
+        f"{k} (0 = not fine-tuned), the lowest loss of the fake-quantized model on {q['val_clips']} "
+        f"{q.get('val_role', 'validation')} clips ({q['val_loss'][0]:.4f} before, {q['val_loss'][k]:.4f} kept; "
+        f"accuracy {q['val_accuracy'][0]:.2%} before, {q['val_accuracy'][k]:.2%} kept). "
         "Test clips played no part in it.",
     ]

@@ -98,3 +98,17 @@ def test_convert_with_qat_keeps_ptq_and_reports_both(run: Path, synthetic_corpus
     assert "even after quantization-aware training" in report_md(worse, run)
     ptq_only = {k: v for k, v in worse.items() if k not in ("ptq", "qat")}
     assert f"ser-convert {run} --qat" in report_md(ptq_only, run)
+
+
+def test_a_refit_run_decides_on_qat_and_its_epoch_on_a_training_sample(synthetic_corpus: Path, tmp_path: Path) -> None:
+    """A refit run has no validation part: ser-convert measures int8's loss, and QAT keeps its epoch, on training clips."""
+    out = tmp_path / "refit"
+    clips = discover(synthetic_corpus)
+    tcfg = TrainConfig(model="audio_resnet", epochs=2, batch_size=16, warmup_epochs=1, refit=True)
+    train_one(out, clips, load_corpus(synthetic_corpus, clips), "paper", 0, tcfg, FRONTEND, mcu_probe=False, show_progress=False)
+    assert convert_main([str(out), "--data", str(synthetic_corpus), "--qat", "--qat-epochs", "1", "--quiet"]) == 0
+    report = json.loads((out / "conversion.json").read_text())
+    train_paths = {c["path"] for c in json.loads((out / "manifest.json").read_text())["clips"] if c["role"] == "train"}
+    assert report["validation"]["role"] == report["ptq"]["validation"]["role"] == report["qat"]["val_role"] == "training"
+    assert report["validation"]["clips"] == report["qat"]["val_clips"] == min(100, len(train_paths))
+    assert "training clips (a refit run has no validation part)" in (out / "conversion.md").read_text()

@@ -10,7 +10,16 @@ import pytest
 
 from train.corpus import SPEAKERS, Clip
 from train.labels import EMOTIONS
-from train.splits import KFOLD_FOLDS, assign_folds, clips_with_role, load_manifest, make_manifest, save_manifest
+from train.splits import (
+    HELD_OUT_SAMPLE,
+    KFOLD_FOLDS,
+    assign_folds,
+    clips_with_role,
+    decision_clips,
+    load_manifest,
+    make_manifest,
+    save_manifest,
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +81,19 @@ def test_manifest_round_trip_and_rejects_other_json(clips: list[Clip], tmp_path:
 def test_bad_fold_is_refused(clips: list[Clip]) -> None:
     with pytest.raises(ValueError, match=r"folds 0\.\.3"):
         make_manifest(clips, "loso", 4)
+
+
+@pytest.mark.parametrize("split", ["paper", "kfold", "loso"])
+def test_a_refit_manifest_trains_every_non_test_clip_and_decides_on_a_fixed_training_sample(
+    clips: list[Clip], split: str
+) -> None:
+    usual, refit = make_manifest(clips, split, 1, seed=0), make_manifest(clips, split, 1, seed=0, validation=False)
+    assert clips_with_role(refit, "test") == clips_with_role(usual, "test")
+    assert not clips_with_role(refit, "val") and refit["validation_fraction"] == 0.0
+    non_test = {c["path"] for c in usual["clips"] if c["role"] != "test"}
+    assert {c["path"] for c in clips_with_role(refit, "train")} == non_test
+
+    assert decision_clips(usual) == (clips_with_role(usual, "val"), "validation")
+    sample, role = decision_clips(refit)
+    assert role == "training" and len(sample) == HELD_OUT_SAMPLE
+    assert {c["path"] for c in sample} <= non_test and sample == decision_clips(refit)[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -173,6 +174,43 @@ def test_same_seed_same_weights_and_test_clips_never_reach_selection(data, tmp_p
         np.testing.assert_array_equal(x, y)
     predictions = [json.loads((tmp_path / r / "test_predictions.json").read_text()) for r in ("a", "poisoned")]
     assert predictions[0] != predictions[1]  # the poison did reach the test part
+
+
+def test_refit_trains_on_every_non_test_clip_keeps_the_last_epoch_and_never_sees_a_test_clip(data, tmp_path: Path) -> None:
+    clips, pcm = data
+    model = "audio_resnet"
+    tcfg = replace(_short(model), refit=True)
+    manifest_paths = {}
+    for name, audio in (("refit", pcm), ("poisoned", None)):
+        if audio is None:  # every test clip replaced by loud noise: nothing that is kept may change
+            test_paths = {c["path"] for c in manifest_paths["refit"] if c["role"] == "test"}
+            rng = np.random.default_rng(7)
+            audio = [
+                rng.integers(-30000, 30000, len(p)).astype(np.int16) if c.path in test_paths else p
+                for c, p in zip(clips, pcm, strict=True)
+            ]
+        metrics = train_one(
+            tmp_path / name, clips, audio, "paper", 0, tcfg, default_frontend(model), mcu_probe=False, show_progress=False
+        )
+        manifest_paths[name] = json.loads((tmp_path / name / "manifest.json").read_text())["clips"]
+    roles = Counter(c["role"] for c in manifest_paths["refit"])
+    assert roles["val"] == 0 and metrics["train_clips"] == roles["train"] == len(clips) - roles["test"]
+    assert metrics["refit"] and metrics["validation_accuracy"] is None and metrics["best_epoch"] == tcfg.epochs
+    history = json.loads((tmp_path / "refit" / "history.json").read_text())
+    assert "val_accuracy" not in history and len(history["loss"]) == tcfg.epochs
+    assert history == json.loads((tmp_path / "poisoned" / "history.json").read_text())
+    for x, y in zip(_weights(tmp_path / "refit"), _weights(tmp_path / "poisoned"), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert "refit: no validation part" in (tmp_path / "refit" / "summary.md").read_text()
+
+
+def test_multi_fold_refit_summary_has_no_validation_figure(synthetic_corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "loso-refit"
+    args = ["--model", "audio_resnet", "--data", str(synthetic_corpus), "--split", "loso", "--refit"]
+    assert main([*args, "--epochs", "1", "--out", str(out), "--quiet", "--no-mcu-probe"]) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["validation"] is None and all(f["validation_accuracy"] is None for f in summary["per_fold"])
+    assert "refit runs" in (out / "summary.md").read_text()
 
 
 def test_different_seed_gives_different_weights_and_split_seed_holds_the_split(data, tmp_path: Path) -> None:

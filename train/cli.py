@@ -92,6 +92,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="F,F,...",
         help="also play each training clip at one of these speeds, e.g. 0.9,1.0,1.1 (pitch moves with it); default: off",
     )
+    p.add_argument(
+        "--refit",
+        action=argparse.BooleanOptionalAction,
+        help="train on the whole training part, validation part included, and keep the last epoch (no selection); "
+        "default: TrainConfig.refit",
+    )
     p.add_argument("--no-augment", action="store_true", help="train on clean clips only")
     fe = p.add_argument_group("log-mel front end (spectrogram models; saved in frontend.json, which every later stage reads)")
     fe.add_argument("--n-fft", type=int, help=f"FFT and window length, a power of two; default {DEFAULT_LOGMEL.n_fft}")
@@ -151,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         "distill_temperature": args.distill_temperature,
         "mixup_alpha": args.mixup,
         "average_decay": args.average_decay,
+        "refit": args.refit,
     }
     tcfg = TrainConfig(model=args.model, seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     if args.no_augment:
@@ -200,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"fold {fold}: test accuracy {t['accuracy']:.2%}, UA {t['unweighted_accuracy']:.2%}, "
             f"macro-F1 {t['macro_f1']:.2%} ({t['clips']} clips; "
-            f"best epoch {metrics['best_epoch']}, {metrics['train_seconds']:.0f} s)"
+            f"{'last' if metrics['refit'] else 'best'} epoch {metrics['best_epoch']}, {metrics['train_seconds']:.0f} s)"
         )
     first = results[0]
     print(f"{args.model}: {first['params']:,} parameters, {first['macs'] / 1e6:.1f} M MACs per clip")

@@ -36,6 +36,10 @@ class TrainConfig:
     distill_temperature: float = 2.0
     mixup_alpha: float = 0.0  # > 0: mix each training input and target with another clip's, share ~ Beta(alpha, alpha)
     average_decay: float = 0.0  # > 0: validate and keep an exponential average of the weights, updated each epoch
+    # Refit: train on the whole training part, validation part included, and keep the last epoch (the schedule is
+    # fixed in advance, so nothing is selected). Compared with keeping the best validation epoch by a nested
+    # split of the validation clips (README: Results).
+    refit: bool = False
 
 
 def make_deterministic(seed: int) -> None:
@@ -181,6 +185,7 @@ def fit_model(
     """Train; returns the model at its best validation epoch, the history and that epoch (0-based).
 
     ``train_targets``: class indices, or one target distribution per clip (distillation).
+    No validation clips (a refit run): nothing is validated and the last epoch is kept.
     """
     make_deterministic(tcfg.seed)
     model = BUILDERS[tcfg.model](cfg.input_shape, dropout=tcfg.dropout, l2=tcfg.l2)
@@ -190,8 +195,10 @@ def fit_model(
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=tcfg.label_smoothing),
         metrics=["accuracy"],
     )
-    x_val = feature_batch(val_pcm, cfg)
-    y_val = keras.utils.to_categorical(val_labels, NUM_CLASSES)
+    validate = len(val_pcm) > 0
+    if validate:
+        x_val = feature_batch(val_pcm, cfg)
+        y_val = keras.utils.to_categorical(val_labels, NUM_CLASSES)
     keep = KeepBest()
     average = WeightAverage(tcfg.average_decay) if tcfg.average_decay > 0 else None
     history: dict[str, list[float]] = {}
@@ -209,21 +216,28 @@ def fit_model(
         trained = candidate = model.get_weights()
         if average:  # validate the average, then train on from the epoch's own weights
             candidate = average.update(trained)
+        for k, vals in fitted.history.items():
+            history.setdefault(k, []).extend(float(v) for v in vals)
+        progress.update(1)
+        if not validate:
+            progress.set_postfix(loss=f"{history['loss'][-1]:.3f}", acc=f"{history['accuracy'][-1]:.3f}")
+            continue
+        if average:
             model.set_weights(candidate)
         val_loss, val_accuracy = model.evaluate(x_val, y_val, batch_size=tcfg.batch_size, verbose=0)
         if average:
             model.set_weights(trained)
         keep.see(epoch, val_accuracy, val_loss, candidate)
-        for k, vals in fitted.history.items():
-            history.setdefault(k, []).extend(float(v) for v in vals)
         history.setdefault("val_loss", []).append(float(val_loss))
         history.setdefault("val_accuracy", []).append(float(val_accuracy))
-        progress.update(1)
         progress.set_postfix(
             loss=f"{history['loss'][-1]:.3f}",
             val_acc=f"{val_accuracy:.3f}",
             best=f"{keep.best_key[0]:.3f}@{keep.best_epoch + 1}",
         )
     progress.close()
+    if not validate:
+        model.set_weights(candidate)
+        return model, history, tcfg.epochs - 1
     model.set_weights(keep.best_weights)
     return model, history, keep.best_epoch

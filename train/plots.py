@@ -35,15 +35,18 @@ def plot_training(history: dict[str, list[float]], best_epoch: int, path: Path, 
     epochs = np.arange(1, len(history["loss"]) + 1)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.6))
     ax_loss.plot(epochs, history["loss"], label="train")
-    ax_loss.plot(epochs, history["val_loss"], label="validation")
+    if "val_loss" in history:  # a refit run has no validation part
+        ax_loss.plot(epochs, history["val_loss"], label="validation")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_acc.plot(epochs, history["accuracy"], label="train (augmented)")
-    ax_acc.plot(epochs, history["val_accuracy"], label="validation")
+    if "val_accuracy" in history:
+        ax_acc.plot(epochs, history["val_accuracy"], label="validation")
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy")
     for ax in (ax_loss, ax_acc):
-        ax.axvline(best_epoch + 1, color="grey", linestyle="--", linewidth=1, label="kept (best validation)")
+        kept = "kept (best validation)" if "val_accuracy" in history else "kept (last epoch, refit)"
+        ax.axvline(best_epoch + 1, color="grey", linestyle="--", linewidth=1, label=kept)
         ax.grid(alpha=0.3)
     ax_acc.legend(fontsize=8)
     fig.suptitle(title)

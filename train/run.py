@@ -53,7 +53,9 @@ def train_one(
     ``tcfg.seed`` varies measures what initialisation and augmentation alone move on one split.
     """
     out.mkdir(parents=True, exist_ok=True)
-    manifest = make_manifest(clips, split, test_fold, seed=tcfg.seed if split_seed is None else split_seed)
+    manifest = make_manifest(
+        clips, split, test_fold, seed=tcfg.seed if split_seed is None else split_seed, validation=not tcfg.refit
+    )
     save_manifest(manifest, out / "manifest.json")
     roles = np.array([c["role"] for c in manifest["clips"]])
     labels = np.array([label_index(c.emotion) for c in clips])
@@ -98,7 +100,8 @@ def train_one(
         "epochs": tcfg.epochs,
         "train_seconds": round(train_seconds, 1),
         "train_cpu_seconds": round(cpu_seconds, 1),
-        "validation_accuracy": float(history["val_accuracy"][best_epoch]),
+        "refit": tcfg.refit,
+        "validation_accuracy": float(history["val_accuracy"][best_epoch]) if "val_accuracy" in history else None,
         "teachers": [str(t) for t in teachers],
         "params": int(model.count_params()),
         "macs": count_macs(model),
@@ -142,19 +145,28 @@ def _verdict(what: str, value: float, budget: float, unit: str) -> str:
     return f"- {what}: {shown}{unit} ({ok} budget {budget:,.0f}{unit})"
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
 def run_summary_md(m: dict) -> str:
     t = m["test"]
     recall = " | ".join(f"{t['per_class_recall'][e]:.1%}" for e in EMOTIONS)
+    kept = (
+        f"the last epoch of {m['epochs']} kept, trained on all {m['train_clips']} training clips (refit: no validation part)"
+        if m.get("refit")
+        else f"best epoch {m['best_epoch']} of {m['epochs']} picked on {m['val_clips']} validation clips carved from "
+        "the training part"
+    )
     return "\n".join(
         [
             f"# {m['model']} - {m['split']} split, test fold {m['test_fold']}",
             "",
-            f"Test clips: {t['clips']} (never used for any selection); best epoch {m['best_epoch']} of {m['epochs']} "
-            f"picked on {m['val_clips']} validation clips carved from the training part.",
+            f"Test clips: {t['clips']} (never used for any selection); {kept}.",
             "",
             "| accuracy | unweighted accuracy | macro-F1 | validation accuracy | params | MACs | train time |",
             "| --- | --- | --- | --- | --- | --- | --- |",
-            f"| {t['accuracy']:.2%} | {t['unweighted_accuracy']:.2%} | {t['macro_f1']:.2%} | {m['validation_accuracy']:.2%} "
+            f"| {t['accuracy']:.2%} | {t['unweighted_accuracy']:.2%} | {t['macro_f1']:.2%} | {_pct(m['validation_accuracy'])} "
             f"| {m['params']:,} | {m['macs'] / 1e6:.1f} M | {m['train_seconds']:.0f} s |",
             "",
             "Per-class recall:",
@@ -175,6 +187,10 @@ def run_summary_md(m: dict) -> str:
     )
 
 
+REFIT_NO_VALIDATION = (
+    "These are refit runs (every training clip trained, the last epoch kept): they have no validation part. "
+    "Compare configurations on runs that keep one (without --refit), never on the test folds."
+)
 LOSO_VALIDATION_CAVEAT = (
     " Under LOSO the validation clips come from the training speakers: this figure measures speaker-dependent"
     " accuracy and overstates the speaker-independent accuracy that the test folds measure."
@@ -184,6 +200,7 @@ LOSO_VALIDATION_CAVEAT = (
 def summarise_folds(out: Path, per_fold: list[dict]) -> dict:
     """Top-level metrics.json and summary.md over the folds of a k-fold or LOSO run."""
     tests = [m["test"] for m in per_fold]
+    validated = [m for m in per_fold if m["validation_accuracy"] is not None]
     summary = {
         "model": per_fold[0]["model"],
         "split": per_fold[0]["split"],
@@ -192,7 +209,7 @@ def summarise_folds(out: Path, per_fold: list[dict]) -> dict:
         "macs": per_fold[0]["macs"],
         "test": mean_std(tests),
         # What every configuration choice may be compared on: the test folds must not steer them.
-        "validation": mean_std(per_fold, keys=("validation_accuracy",)),
+        "validation": mean_std(validated, keys=("validation_accuracy",)) if validated else None,
         "per_fold": [
             {
                 "test_fold": m["test_fold"],
@@ -209,18 +226,25 @@ def summarise_folds(out: Path, per_fold: list[dict]) -> dict:
     plot_confusion(
         summary["pooled_confusion"], out / "confusion.png", f"{summary['model']}, {summary['split']}: all folds pooled"
     )
-    s, v = summary["test"], summary["validation"]["validation_accuracy"]
+    s = summary["test"]
     rows = "\n".join(
-        f"| {f['test_fold']} | {f['accuracy']:.2%} | {f['validation_accuracy']:.2%} | {f['best_epoch']} |"
+        f"| {f['test_fold']} | {f['accuracy']:.2%} | {_pct(f['validation_accuracy'])} | {f['best_epoch']} |"
         for f in summary["per_fold"]
     )
+    if summary["validation"] is None:
+        validation = REFIT_NO_VALIDATION
+    else:
+        v = summary["validation"]["validation_accuracy"]
+        validation = (
+            f"Validation accuracy at the chosen epochs {v['mean']:.2%} +- {v['std']:.2%}: compare configurations on this "
+            f"figure, never on the test folds.{LOSO_VALIDATION_CAVEAT if summary['split'] == 'loso' else ''}"
+        )
     (out / "summary.md").write_text(
         f"# {summary['model']} - {summary['split']}, {summary['folds']} folds\n\n"
         f"Accuracy {s['accuracy']['mean']:.2%} +- {s['accuracy']['std']:.2%}, "
         f"unweighted accuracy {s['unweighted_accuracy']['mean']:.2%} +- {s['unweighted_accuracy']['std']:.2%}, "
         f"macro-F1 {s['macro_f1']['mean']:.2%} +- {s['macro_f1']['std']:.2%} (mean +- std over folds).\n\n"
-        f"Validation accuracy at the chosen epochs {v['mean']:.2%} +- {v['std']:.2%}: compare configurations on this "
-        f"figure, never on the test folds.{LOSO_VALIDATION_CAVEAT if summary['split'] == 'loso' else ''}\n\n"
+        f"{validation}\n\n"
         f"| test fold | accuracy | validation accuracy | best epoch |\n| --- | --- | --- | --- |\n{rows}\n\n"
         "![confusion](confusion.png)\n"
     )

@@ -58,24 +58,28 @@ def assign_folds(clips: Sequence[Clip], split: SplitName, seed: int = 0) -> tupl
     raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
 
 
-def make_manifest(clips: Sequence[Clip], split: SplitName, test_fold: int, seed: int = 0) -> dict:
-    """The manifest of one run: every clip with its fold and its role (train, val or test)."""
+def make_manifest(clips: Sequence[Clip], split: SplitName, test_fold: int, seed: int = 0, validation: bool = True) -> dict:
+    """The manifest of one run: every clip with its fold and its role (train, val or test).
+
+    ``validation=False`` (a refit run) leaves every non-test clip in training: no validation part.
+    """
     folds, num_folds = assign_folds(clips, split, seed)
     if not 0 <= test_fold < num_folds:
         raise ValueError(f"split {split} has folds 0..{num_folds - 1}, not {test_fold}")
     roles = np.where(folds == test_fold, "test", "train").astype(object)
-    train_idx = np.flatnonzero(roles == "train")
-    rng = np.random.default_rng(seed + 1000 + test_fold)
-    train_emotions = [clips[i].emotion for i in train_idx]
-    val_folds = _stratified_folds(train_emotions, round(1 / VALIDATION_FRACTION), rng)
-    roles[train_idx[val_folds == 0]] = "val"
+    if validation:
+        train_idx = np.flatnonzero(roles == "train")
+        rng = np.random.default_rng(seed + 1000 + test_fold)
+        train_emotions = [clips[i].emotion for i in train_idx]
+        val_folds = _stratified_folds(train_emotions, round(1 / VALIDATION_FRACTION), rng)
+        roles[train_idx[val_folds == 0]] = "val"
     entries = [dict(asdict(c), fold=int(f), role=str(r)) for c, f, r in zip(clips, folds, roles, strict=True)]
     return {
         "split": split,
         "seed": seed,
         "num_folds": num_folds,
         "test_fold": test_fold,
-        "validation_fraction": VALIDATION_FRACTION,
+        "validation_fraction": VALIDATION_FRACTION if validation else 0.0,
         "clips": entries,
     }
 
@@ -93,3 +97,21 @@ def load_manifest(path: Path) -> dict:
 
 def clips_with_role(manifest: dict, role: str) -> list[dict]:
     return [c for c in manifest["clips"] if c["role"] == role]
+
+
+HELD_OUT_SAMPLE = 100  # training clips that stand in for a refit run's missing validation part
+
+
+def decision_clips(manifest: dict) -> tuple[list[dict], str]:
+    """The clips that decisions after training are made on (does int8 lose too much? which QAT epoch?), and their role.
+
+    The validation part; a refit run has none, so a fixed sample of its training clips. What those
+    decisions measure is the damage quantization does to a trained model, which its training clips
+    show too; test clips never take part.
+    """
+    val = clips_with_role(manifest, "val")
+    if val:
+        return val, "validation"
+    train = clips_with_role(manifest, "train")
+    picked = np.random.default_rng(0).choice(len(train), size=min(HELD_OUT_SAMPLE, len(train)), replace=False)
+    return [train[i] for i in sorted(picked)], "training"
