@@ -72,11 +72,13 @@ def _convert(run: Path, args: argparse.Namespace) -> dict:
     """
     report = run / "conversion.json"
     data = ["--data", args.data] if args.data else []
-    stale = report.exists() and (
-        report.stat().st_mtime < (run / "model.keras").stat().st_mtime
-        or "validation" not in json.loads(report.read_text())  # written before QAT was decided on validation
+    earlier = json.loads(report.read_text()) if report.exists() else None
+    stale = (
+        earlier is None
+        or report.stat().st_mtime < (run / "model.keras").stat().st_mtime
+        or "validation" not in earlier  # written before QAT was decided on validation
     )
-    if not report.exists() or stale:
+    if stale:
         subprocess.run(_python("convert", str(run), "--quiet", *data), check=False)
     if not report.exists():
         raise SystemExit(f"ser-main: conversion of {run} failed (see above)")
