@@ -17,9 +17,10 @@ the spread that initialisation and augmentation alone cause shows beside each sc
 over seeds.
 
 ``--jobs N`` runs N trainings at once, each pinned to its own core with one TensorFlow thread (see
-``train_speed.md`` for what was measured on 2 cores). Timings on a shared machine are noisy, so the
-load average before and after each training is printed with it. Results also go to
-``<out>/benchmark.md``.
+``train_speed.md`` for what was measured on 2 cores); each fold of a k-fold or LOSO run is then a
+training of its own, so one 10-fold run alone keeps every core busy. Timings on a shared machine
+are noisy, so the load average before and after each training is printed with it. Results also go
+to ``<out>/benchmark.md``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from train.corpus import SPEAKERS
+from train.splits import KFOLD_FOLDS
+
+FOLDS = {"kfold": KFOLD_FOLDS, "loso": len(SPEAKERS)}  # test folds of the multi-fold protocols
 
 
 @dataclass(frozen=True)
@@ -54,16 +60,19 @@ def _load() -> str:
     return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
 
-def _train(t: Training, args: argparse.Namespace, cores: queue.Queue[int] | None) -> None:
-    run = args.out / t.name
-    if (run / "metrics.json").exists():
-        return
-    cmd = [sys.executable, "-m", "train", "--model", t.model, "--split", t.split, "--out", str(run), "--quiet"]
+def _ser_train(t: Training, args: argparse.Namespace, out: Path, fold: int | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "train", "--model", t.model, "--split", t.split, "--out", str(out), "--quiet"]
     cmd += ["--seed", str(t.seed), "--split-seed", "0"]
+    cmd += ["--fold", str(fold)] if fold is not None else []
     cmd += ["--epochs", str(args.epochs)] if args.epochs else []
     cmd += ["--data", args.data] if args.data else []
     for teacher in t.teachers:
         cmd += ["--teacher", str(args.out / Training(teacher, t.split, seed=t.seed).name)]
+    return cmd
+
+
+def _run(cmd: list[str], label: str, cores: queue.Queue[int] | None) -> None:
+    """One training process; with a core queue, on a core of its own with one TensorFlow thread."""
     env, core = dict(os.environ), None
     if cores is not None:
         core = cores.get()
@@ -76,7 +85,23 @@ def _train(t: Training, args: argparse.Namespace, cores: queue.Queue[int] | None
         if cores is not None:
             cores.put(core)
     where = f" on core {core}" if core is not None else ""
-    print(f"{t.name}{where}: load average (1/5/15 min) {before} before, {_load()} after", flush=True)
+    print(f"{label}{where}: load average (1/5/15 min) {before} before, {_load()} after", flush=True)
+
+
+def _train(t: Training, args: argparse.Namespace, cores: queue.Queue[int] | None) -> None:
+    run = args.out / t.name
+    if (run / "metrics.json").exists():
+        return
+    if cores is None or t.split not in FOLDS:
+        _run(_ser_train(t, args, run), t.name, cores)
+        return
+    # With --jobs, the folds of one run share the cores too, so a single k-fold run keeps them all busy.
+    todo = [k for k in range(FOLDS[t.split]) if not (run / f"fold-{k:02d}" / "metrics.json").exists()]
+    with ThreadPoolExecutor(max_workers=max(1, len(todo))) as folds:
+        jobs = [folds.submit(_run, _ser_train(t, args, run / f"fold-{k:02d}", k), f"{t.name} fold {k}", cores) for k in todo]
+        for job in jobs:
+            job.result()
+    subprocess.run(_ser_train(t, args, run), check=True)  # trains nothing: reuses every fold, writes the summary
 
 
 def training_seconds(run: Path) -> list[float]:
@@ -140,7 +165,7 @@ def main() -> int:
     p.add_argument("--distill", nargs="*", default=[], metavar="STUDENT:TEACHER", help="also train distilled students")
     p.add_argument("--epochs", type=int, help="default: ser-train's (TrainConfig)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="train each run once per seed, on split seed 0")
-    p.add_argument("--jobs", type=int, default=1, help="trainings at once, one core and one thread each (when > 1)")
+    p.add_argument("--jobs", type=int, default=1, help="trainings (or folds) at once, one core and one thread each (when > 1)")
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = p.parse_args()
 
