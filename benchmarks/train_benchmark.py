@@ -97,7 +97,7 @@ def _train(t: Training, args: argparse.Namespace, cores: queue.Queue[int] | None
         return
     # With --jobs, the folds of one run share the cores too, so a single k-fold run keeps them all busy.
     todo = [k for k in range(FOLDS[t.split]) if not (run / f"fold-{k:02d}" / "metrics.json").exists()]
-    with ThreadPoolExecutor(max_workers=max(1, len(todo))) as folds:
+    with ThreadPoolExecutor(max_workers=args.jobs) as folds:  # the core queue shares the cores between runs
         jobs = [folds.submit(_run, _ser_train(t, args, run / f"fold-{k:02d}", k), f"{t.name} fold {k}", cores) for k in todo]
         for job in jobs:
             job.result()
