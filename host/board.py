@@ -1,7 +1,9 @@
 """Talk to a board over any pyserial URL: handshake, classify a clip, read the per-layer profile.
 
 Every command is numbered; after a timeout or a garbled reply the very same frame is sent again
-(the board answers a repeat from its stored reply, never acting twice). A BOOT frame from the
+(the board answers a repeat from its stored reply, never acting twice). ``LinkStats`` counts what
+went wrong on the way and ``diagnose`` names the likely cause from those counts; under errors the
+chunks get shorter (``ChunkSize``), since a short frame gets through a noisy line. A BOOT frame from the
 board means it reset: the current request fails with ``BoardReset`` so the caller can shake hands
 again and retry the clip.
 """
@@ -9,7 +11,8 @@ again and retry the clip.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import serial
@@ -25,6 +28,7 @@ from host.protocol import (
     Frame,
     Hello,
     Info,
+    Message,
     Next,
     Parser,
     PayloadError,
@@ -39,8 +43,15 @@ from host.protocol import (
 from host.uart_eth import UartEthPort
 
 DEFAULT_BAUD = 921600
-INTER_BYTE_TIMEOUT = 0.5  # seconds; the board's own is 0.2 s (firmware/PROTOCOL.md)
-RETRYABLE = {ErrorCode.BAD_CRC, ErrorCode.TRUNCATED, ErrorCode.TOO_LONG}
+INTER_BYTE_TIMEOUT = 0.1  # seconds a board frame may pause mid-way: it is sent in one go, so a longer pause lost a byte
+RETRYABLE = {ErrorCode.BAD_CRC, ErrorCode.TRUNCATED, ErrorCode.TOO_LONG, ErrorCode.BUSY}  # the board did not act
+NOISY_ATTEMPTS = 60  # attempts at one command while the board answers, but damaged (the link is noisy, the board alive)
+HELLO_NOISY_ATTEMPTS = 400  # INFO is ~370 bytes: at 1 % damaged bytes one in ~40 arrives whole
+BACKOFF_FIRST, BACKOFF_MAX = 0.02, 1.0  # seconds before a resend after silence or BUSY, doubling each time
+CHUNK_FLOOR = 64  # samples: smaller chunks spend more on framing than they save in resends
+CLEAN_TO_GROW = 8  # exchanges right at the first attempt before the chunk size doubles again
+# why an attempt got no reply: the board got our frame damaged, or is busy; its reply came damaged; garbage; nothing
+_REFUSED, _BUSY, _DAMAGED, _GARBAGE, _SILENT = "refused", "busy", "damaged", "garbage", "silent"
 
 
 class BoardError(RuntimeError):
@@ -57,10 +68,80 @@ class BoardReset(BoardError):
 
 @dataclass
 class LinkStats:
+    """What one board's link did, over all its connections: the evidence a diagnosis rests on."""
+
+    frames_sent: int = 0  # retries included
+    frames_received: int = 0  # with a valid CRC
     bytes_sent: int = 0
     bytes_received: int = 0
-    retries: int = 0
-    garbled: int = 0
+    retries: int = 0  # frames sent again
+    crc_errors: int = 0  # board frames that arrived damaged: bad CRC, impossible length, or cut short
+    resyncs: int = 0  # runs of garbage skipped while hunting for a frame start
+    refusals: int = 0  # the board's BAD_CRC/TRUNCATED/TOO_LONG/BUSY: our frame arrived damaged, or too soon
+    timeouts: int = 0  # waits in which nothing at all arrived
+    foreign: int = 0  # valid frames that are no message of this protocol, or INFO of another version
+    resets: int = 0  # BOOT while a command was in flight
+    reopens: int = 0  # the port closed and opened again
+    smallest_chunk: int = 0  # the lowest chunk size limit (samples) the host fell back to; 0: never reduced
+
+    def since(self, before: LinkStats) -> LinkStats:
+        """The counts added after ``before`` (a copy taken earlier): one command's or one clip's share."""
+        counts = {f.name: getattr(self, f.name) - getattr(before, f.name) for f in fields(self) if f.name != "smallest_chunk"}
+        return LinkStats(**counts, smallest_chunk=self.smallest_chunk)
+
+
+def diagnose(counts: LinkStats, first_contact: bool = False) -> str:
+    """The likely cause of a failing link, from its counts; ``first_contact``: no valid frame ever came from this board."""
+    damaged = counts.crc_errors + counts.refusals
+    if counts.foreign:
+        return "other firmware: valid frames, but not of this protocol version; flash this project's firmware"
+    if first_contact and counts.bytes_received and not damaged:
+        return "wrong baud rate: bytes arrive, but never a frame; set the board's baud rate (--baud)"
+    if damaged or counts.resyncs:
+        return (
+            f"noisy or overrun link ({counts.crc_errors} damaged replies, {counts.refusals} commands the board got damaged, "
+            f"{counts.resyncs} resyncs): try a lower baud rate, a better or shorter cable, shorter chunks"
+        )
+    if counts.timeouts and (counts.reopens or counts.resets) and counts.frames_received:
+        return f"link cut or board reset ({counts.reopens} reopenings, {counts.resets} resets): the replies in flight were lost"
+    if counts.timeouts or not counts.bytes_received:
+        return "silent board (not powered, wrong port, not flashed): nothing at all arrived"
+    return "clean link: no frame lost or damaged"
+
+
+@dataclass
+class ChunkSize:
+    """Samples the host puts in one CHUNK (NEXT may ask for fewer). Halved, down to CHUNK_FLOOR, when the board
+    gets a chunk damaged twice running (once is bad luck; twice says the chunks are too long for this line),
+    doubled after CLEAN_TO_GROW exchanges that went through at once. Damaged replies do not count: NEXT is
+    18 bytes whatever the chunk's size."""
+
+    limit: int = 0xFFFF  # no limit but the board's
+    clean: int = 0
+    strikes: int = 0
+
+    def refused(self, sent: int, stats: LinkStats) -> bool:
+        """The board got a chunk of ``sent`` samples damaged; True when the limit has fallen below ``sent``."""
+        self.clean, self.strikes = 0, self.strikes + 1
+        if self.strikes < 2:
+            return False
+        self.strikes = 0
+        self.limit = max(CHUNK_FLOOR, min(self.limit, sent) // 2)
+        stats.smallest_chunk = min(stats.smallest_chunk or self.limit, self.limit)
+        return self.limit < sent
+
+    def succeeded(self, first_attempt: bool) -> None:
+        self.strikes = 0
+        self.clean = self.clean + 1 if first_attempt else 0
+        if self.clean >= CLEAN_TO_GROW and self.limit < 0xFFFF:
+            self.limit, self.clean = min(0xFFFF, 2 * self.limit), 0
+
+
+def backoff(quiet_attempts: int) -> float:
+    """Seconds to wait before resending a command that met silence or BUSY ``quiet_attempts`` times running:
+    a board that is busy or restarting gets time. Damaged bytes show the board keeping up, and noise does
+    not wait, so those are resent at once."""
+    return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (quiet_attempts - 1)) if quiet_attempts else 0.0
 
 
 class BoardLink:
@@ -72,6 +153,7 @@ class BoardLink:
         self.parser = Parser()
         self.sequencer = CommandSequencer()
         self.stats = LinkStats()
+        self.chunk_size = ChunkSize()
         self.info: Info | None = None
         self.boots: list[Boot] = []
         self._pending: list = []  # parsed but not yet handled: a BOOT right behind a reply must not be lost
@@ -87,70 +169,114 @@ class BoardLink:
 
     # ---- one request/reply exchange, with retries ----
 
-    def _frames(self, deadline: float):
-        """Frames and parse errors until ``deadline``; a frame stalled for INTER_BYTE_TIMEOUT is dropped."""
-        last_byte = time.monotonic()
-        while True:
-            while self._pending:
-                yield self._pending.pop(0)
-            now = time.monotonic()
-            if now > deadline:
-                return
-            data = self.port.read(max(1, self.port.in_waiting))
-            if data:
-                last_byte = now
-                self.stats.bytes_received += len(data)
-                self._pending += self.parser.feed(data)
-            elif self.parser.in_frame and now - last_byte > INTER_BYTE_TIMEOUT:
-                self.parser.reset()
-
-    def request(self, msg, expect: tuple[type, ...], timeout: float | None = None, boot_ok: bool = False):
+    def request(
+        self,
+        msg,
+        expect: tuple[type, ...],
+        timeout: float | None = None,
+        boot_ok: bool = False,
+        noisy_attempts: int = NOISY_ATTEMPTS,
+        on_failure: Callable[[bool], Message | None] | None = None,
+    ):
         """Send ``msg`` and return the board's reply of a type in ``expect``.
 
+        A failed attempt is sent again (same seq, after ``backoff``); the host gives up after ``retries`` + 1
+        attempts if the line stays silent or carries only garbage, after ``noisy_attempts`` if the board
+        answers, but damaged (then a give-up would throw away a working board).
         ``boot_ok``: a BOOT frame meanwhile is expected (a board just started), not a reset to report.
+        ``on_failure(untouched)``, called when the board says our frame arrived damaged, may return a message to
+        send instead, under a new seq; ``untouched``: the board refused every copy so far, so it has not acted.
         """
+        before = replace(self.stats)
         frame = self.sequencer.command(msg)
-        for attempt in range(self.retries + 1):
-            if attempt:
-                self.stats.retries += 1
-                frame = self.sequencer.retry()
-                self.parser.reset()  # a reply garbled into a long bogus frame must not swallow the retry's reply
-            self.port.write(frame)
-            self.stats.bytes_sent += len(frame)
-            reply = self._await_reply(expect, timeout or self.timeout, boot_ok)
+        untouched, noisy, attempt, quiet = True, False, 0, 0
+        while True:
+            self._send(frame)
+            reply, why = self._await_reply(expect, timeout or self.timeout, boot_ok)
             if reply is not None:
+                self.chunk_size.succeeded(attempt == 0)
                 return reply
+            attempt += 1
+            untouched = untouched and why in (_REFUSED, _BUSY)
+            noisy = noisy or why in (_REFUSED, _BUSY, _DAMAGED)
+            quiet = quiet + 1 if why in (_BUSY, _SILENT) else 0
+            if attempt >= (noisy_attempts if noisy else self.retries + 1):
+                break
+            self.stats.retries += 1
+            time.sleep(backoff(quiet))
+            self.parser.reset()  # a reply garbled into a long bogus frame must not swallow the retry's reply
+            instead = on_failure(untouched) if on_failure and why == _REFUSED else None
+            if instead is None:
+                frame = self.sequencer.retry()
+            else:
+                msg, frame, untouched = instead, self.sequencer.command(instead), True
+        window = self.stats.since(before)
         raise BoardError(
-            f"no valid answer to {type(msg).__name__} after {self.retries + 1} attempts "
-            f"on {self.url}: is the board running this firmware, at this baud rate?"
+            f"no valid answer to {type(msg).__name__} after {attempt} attempts on {self.url}: "
+            f"likely {diagnose(window, first_contact=self.stats.frames_received == 0)}"
         )
 
+    def _send(self, frame: bytes) -> None:
+        self.port.write(frame)
+        self.stats.frames_sent += 1
+        self.stats.bytes_sent += len(frame)
+
     def _await_reply(self, expect: tuple[type, ...], timeout: float, boot_ok: bool):
-        for item in self._frames(time.monotonic() + timeout):
-            if not isinstance(item, Frame):
-                self.stats.garbled += 1
-                continue
-            try:
-                message = decode_message(item)
-            except PayloadError:
-                self.stats.garbled += 1
-                continue
-            if isinstance(message, Boot):
-                self.boots.append(message)
-                self.info = message
-                self._use_path(0)  # a board that restarts reads its UART
-                if boot_ok:
+        """The reply and None, or None and why there is none. A damaged frame, or a frame or garbage followed by
+        INTER_BYTE_TIMEOUT of quiet, ends the attempt at once: the board has answered (badly), so it is not in
+        the middle of our frame, and a resend now beats waiting out the timeout."""
+        deadline = time.monotonic() + timeout
+        last_byte = time.monotonic()
+        resyncs, heard = self.stats.resyncs, False
+        while True:
+            while self._pending:
+                item = self._pending.pop(0)
+                if not isinstance(item, Frame):
+                    self.stats.crc_errors += 1
+                    return None, _DAMAGED  # a whole frame, damaged: the board has answered, badly
+                self.stats.frames_received += 1
+                try:
+                    message = decode_message(item)
+                except PayloadError:
+                    self.stats.foreign += 1
                     continue
-                raise BoardReset(message)
-            if not self.sequencer.is_reply(item):
-                continue  # a late answer to an earlier attempt
-            if isinstance(message, Error):
-                if message.code in RETRYABLE:
-                    return None  # our frame arrived damaged: send it again
-                raise BoardError(f"board error {ErrorCode(message.code).name}: {message.message}")
-            if isinstance(message, expect):
-                return message
-        return None
+                if isinstance(message, Boot):
+                    self.boots.append(message)
+                    self.info = message
+                    self._use_path(0)  # a board that restarts reads its UART
+                    if boot_ok:
+                        continue
+                    self.stats.resets += 1
+                    raise BoardReset(message)
+                if isinstance(message, Error) and message.code in RETRYABLE:
+                    self.stats.refusals += 1  # whatever its seq (damaged in our frame, perhaps): resend
+                    if not self.sequencer.is_reply(item):
+                        return None, _DAMAGED  # not known to be about this command
+                    return None, _BUSY if message.code == ErrorCode.BUSY else _REFUSED
+                if not self.sequencer.is_reply(item):
+                    continue  # a late answer to an earlier attempt
+                if isinstance(message, Error):
+                    raise BoardError(f"board error {ErrorCode(message.code).name}: {message.message}")
+                if isinstance(message, expect):
+                    return message, None
+            now = time.monotonic()
+            quiet = now - last_byte > INTER_BYTE_TIMEOUT
+            if quiet and self.parser.in_frame:
+                self.parser.reset()  # the frame lost bytes on the way
+                self.stats.crc_errors += 1
+                return None, _DAMAGED
+            if quiet and self.stats.resyncs > resyncs:
+                return None, _GARBAGE
+            if now > deadline:
+                self.stats.timeouts += not heard
+                return None, _SILENT
+            data = self.port.read(max(1, self.port.in_waiting))
+            if data:
+                last_byte, heard = time.monotonic(), True
+                self.stats.bytes_received += len(data)
+                skipped = self.parser.resyncs
+                self._pending += self.parser.feed(data)
+                self.stats.resyncs += self.parser.resyncs - skipped
 
     # ---- commands ----
 
@@ -158,7 +284,7 @@ class BoardLink:
         self.parser.reset()
         self._pending.clear()
         self.port.reset_input_buffer()
-        self.info = self.request(Hello(), (Info,), boot_ok=True)
+        self.info = self.request(Hello(), (Info,), boot_ok=True, noisy_attempts=HELLO_NOISY_ATTEMPTS)
         return self.info
 
     def use_fast_path(self) -> int:
@@ -176,20 +302,36 @@ class BoardLink:
             self.port.use_path(path)
 
     def classify(self, pcm: np.ndarray, clip_id: int, compress: bool = True) -> Result:
-        """Stream one clip (exactly the board's clip_samples int16 samples) and return its RESULT."""
+        """Stream one clip (exactly the board's clip_samples int16 samples) and return its RESULT.
+
+        The board pulls each chunk and takes any size up to NEXT's max_samples, so under errors the chunks
+        shrink (``chunk_size``); a chunk the board refused unread is replaced at once by a shorter one.
+        """
         pcm = np.asarray(pcm, dtype=np.int16)
+
+        def make_chunk(offset: int, most: int) -> Chunk:
+            part = pcm[offset : offset + most]
+            if compress:
+                n, encoding, data = pcm_codec.fit_chunk(part, len(part), CHUNK_MAX_DATA)
+            else:
+                n, encoding, data = len(part), pcm_codec.RAW, part.astype("<i2").tobytes()
+            return Chunk(clip_id, offset, n, encoding, data)
+
         reply = self.request(Start(clip_id, len(pcm)), (Next,))
         while isinstance(reply, Next):
             if reply.clip_id != clip_id:
                 raise BoardError(f"board asked for clip {reply.clip_id} while sending clip {clip_id}")
-            part = pcm[reply.offset : reply.offset + reply.max_samples]
-            if compress:
-                n, encoding, data = pcm_codec.fit_chunk(part, reply.max_samples, CHUNK_MAX_DATA)
-            else:
-                n, encoding, data = len(part), pcm_codec.RAW, part.astype("<i2").tobytes()
-            last = reply.offset + n >= len(pcm)  # only the last chunk waits for the inference (PROTOCOL.md 4)
-            chunk = Chunk(clip_id, reply.offset, n, encoding, data)
-            reply = self.request(chunk, (Next, Result), timeout=self.timeout + 10 if last else None)
+            chunk = make_chunk(reply.offset, min(reply.max_samples, self.chunk_size.limit))
+
+            def shorter(untouched: bool) -> Chunk | None:
+                nonlocal chunk
+                if not self.chunk_size.refused(chunk.n_samples, self.stats) or not untouched:
+                    return None  # the board may hold this chunk already: only the very same frame is safe
+                chunk = make_chunk(chunk.offset, self.chunk_size.limit)
+                return chunk
+
+            last = chunk.offset + chunk.n_samples >= len(pcm)  # only the last chunk waits for the inference (PROTOCOL.md 4)
+            reply = self.request(chunk, (Next, Result), timeout=self.timeout + 10 if last else None, on_failure=shorter)
         if reply.clip_id != clip_id:
             raise BoardError(f"result for clip {reply.clip_id} while waiting for clip {clip_id}")
         return reply

@@ -117,10 +117,20 @@ _SYNC0, _SYNC1, _TYPE, _SEQ, _LEN0, _LEN1, _PAYLOAD, _CRC0, _CRC1 = range(9)
 
 
 class Parser:
-    """Streaming frame parser with the C parser's exact behaviour (state for state)."""
+    """Streaming frame parser with the C parser's exact behaviour (state for state).
+
+    ``resyncs`` counts the runs of garbage it skipped while hunting for a sync pair (a link-health figure).
+    """
 
     def __init__(self) -> None:
+        self.resyncs = 0
+        self._skipping = False
         self.reset()
+
+    def _skip(self) -> None:
+        if not self._skipping:
+            self.resyncs += 1
+            self._skipping = True
 
     def reset(self) -> None:
         """Drop a partial frame (the inter-byte timeout) and hunt for the next sync pair."""
@@ -149,6 +159,8 @@ class Parser:
             st = self._state
             if st == _SYNC0:
                 j = data.find(SYNC[:1], i - 1)  # skip garbage fast
+                if j != i - 1:
+                    self._skip()
                 if j < 0:
                     break
                 i = j + 1
@@ -157,8 +169,11 @@ class Parser:
                 if b == SYNC[1]:
                     self._state = _TYPE
                     self._type = self._seq = self._len = 0
-                elif b != SYNC[0]:
-                    self._state = _SYNC0
+                    self._skipping = False
+                else:
+                    self._skip()  # the 0xA5 before (and b, unless it is one too) was garbage
+                    if b != SYNC[0]:
+                        self._state = _SYNC0
             elif st == _TYPE:
                 self._type, self._state = b, _SEQ
             elif st == _SEQ:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import serial
 
 from convert.tflite_file import sha256
-from host.board import DEFAULT_BAUD, BoardError, BoardLink, BoardReset
+from host.board import DEFAULT_BAUD, BoardError, BoardLink, BoardReset, ChunkSize, LinkStats, diagnose
 from host.protocol import PROTO_VERSION, CommandSequencer, Info, Result
 
 
@@ -29,11 +29,12 @@ class ModelMismatch(FatalBoardError):
 
 
 class ClipFailed(BoardError):
-    """Every attempt at one clip failed; ``errors`` says what happened at each."""
+    """Every attempt at one clip failed; ``errors`` says what happened at each, ``cause`` what the link's counts
+    over the clip point to."""
 
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__(f"{len(errors)} attempts failed: " + "; ".join(errors))
-        self.errors = errors
+    def __init__(self, errors: list[str], cause: str) -> None:
+        super().__init__(f"{len(errors)} attempts failed (likely {cause}): " + "; ".join(errors))
+        self.errors, self.cause = errors, cause
 
 
 @dataclass
@@ -49,7 +50,9 @@ class ClipOutcome:
 def check_info(info: Info, tflite: bytes, url: str) -> None:
     """Refuse a board that speaks another protocol or carries another model (both hashes shown)."""
     if info.proto_version != PROTO_VERSION:
-        raise FatalBoardError(f"{url}: board speaks protocol version {info.proto_version}, this host speaks {PROTO_VERSION}")
+        raise FatalBoardError(
+            f"{url}: other firmware: the board speaks protocol version {info.proto_version}, this host speaks {PROTO_VERSION}"
+        )
     want = sha256(tflite)
     have = info.model_sha256.hex() if info.model_sha256 else "(none reported)"
     if have != want:
@@ -75,12 +78,39 @@ class BoardSession:
         self.link: BoardLink | None = None
         self.info: Info | None = None
         self.rx_path = 0  # where the board reads what we send: 0 its UART, 1 Ethernet (host/uart_eth.py)
-        self.resets = 0
-        self.reconnects = 0
         self._clip_ids = iter(range(random.randrange(1, 2**31), 2**32))  # fresh ids: never a stale replay
-        self._sequencer = CommandSequencer()  # kept across reconnects: no seq of an old link is reused
-        self.bytes_sent = self.bytes_received = 0
-        self.retries = 0  # frames sent again (BoardLink's own retries)
+        # kept across reconnects: no seq of an old link is reused, the counts and the chunk size are the board's
+        self._sequencer = CommandSequencer()
+        self.stats = LinkStats()
+        self.chunk_size = ChunkSize()
+
+    @property
+    def resets(self) -> int:
+        return self.stats.resets
+
+    @property
+    def reconnects(self) -> int:
+        return self.stats.reopens
+
+    @property
+    def retries(self) -> int:
+        return self.stats.retries
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.stats.bytes_sent
+
+    @property
+    def bytes_received(self) -> int:
+        return self.stats.bytes_received
+
+    def diagnosis(self) -> str:
+        """The likely cause of whatever went wrong on this board's link so far (or that nothing did)."""
+        return diagnose(self.stats, first_contact=self.stats.frames_received == 0)
+
+    def link_report(self) -> dict:
+        """The link's counts and their diagnosis, for the evaluation report."""
+        return asdict(self.stats) | {"diagnosis": self.diagnosis()}
 
     def connect(self) -> Info:
         """Open the port and shake hands. At the start, a port that will not open or a board that does not
@@ -96,7 +126,7 @@ class BoardSession:
     def _connect(self) -> Info:
         if self.link is None:
             self.link = BoardLink(self.url, self.baud, timeout=self.timeout)
-            self.link.sequencer = self._sequencer
+            self.link.sequencer, self.link.stats, self.link.chunk_size = self._sequencer, self.stats, self.chunk_size
         self.info = self.link.hello()
         check_info(self.info, self.tflite, self.url)
         self.rx_path = self.link.use_fast_path() if self.fast_path else 0
@@ -104,33 +134,23 @@ class BoardSession:
 
     def close(self) -> None:
         if self.link is not None:
-            self._collect_link_stats()
             self.link.close()
             self.link = None
-
-    def _collect_link_stats(self) -> None:
-        assert self.link is not None
-        stats = self.link.stats
-        self.bytes_sent += stats.bytes_sent
-        self.bytes_received += stats.bytes_received
-        self.retries += stats.retries
-        stats.bytes_sent = stats.bytes_received = stats.retries = 0
 
     def classify(self, pcm: np.ndarray) -> ClipOutcome:
         """The board's RESULT for one clip, after at most ``attempts`` tries; ``ClipFailed`` otherwise."""
         errors: list[str] = []
         start = time.monotonic()
-        sent0, received0 = self._bytes()
+        before = replace(self.stats)
         for attempt in range(1, self.attempts + 1):
             try:
                 if self.link is None:
-                    self.reconnects += 1
+                    self.stats.reopens += 1
                     self._connect()
                 result = self.link.classify(pcm, next(self._clip_ids))
-                sent, received = self._bytes()
-                return ClipOutcome(result, attempt, errors, time.monotonic() - start, sent - sent0, received - received0)
+                window = self.stats.since(before)
+                return ClipOutcome(result, attempt, errors, time.monotonic() - start, window.bytes_sent, window.bytes_received)
             except BoardReset as exc:
-                self.resets += 1
                 errors.append(str(exc))
                 self._rehandshake(errors)
             except FatalBoardError:
@@ -138,7 +158,7 @@ class BoardSession:
             except (BoardError, serial.SerialException, OSError) as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
                 self.close()  # reopen on the next attempt: a cut link or a wedged port starts clean
-        raise ClipFailed(errors)
+        raise ClipFailed(errors, diagnose(self.stats.since(before), first_contact=self.stats.frames_received == 0))
 
     def _rehandshake(self, errors: list[str]) -> None:
         try:
@@ -148,11 +168,6 @@ class BoardSession:
         except (BoardError, serial.SerialException, OSError) as exc:
             errors.append(f"handshake after reset: {exc}")
             self.close()
-
-    def _bytes(self) -> tuple[int, int]:
-        if self.link is None:
-            return self.bytes_sent, self.bytes_received
-        return self.bytes_sent + self.link.stats.bytes_sent, self.bytes_received + self.link.stats.bytes_received
 
 
 def _port_advice(url: str, message: str) -> str:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from host.board import INTER_BYTE_TIMEOUT
 from host.fault_relay import TO_BOARD, TO_TOOL, ByteFaults, FaultPlan, FaultRelay
 from host.session import BoardSession, ClipOutcome
 from tests.boards_under_test import KINDS, clips, reference, running_board, small_model
 
-# Local links answer in milliseconds. Longer than BoardLink's own inter-byte timeout, so that a reply
-# garbled into a long bogus frame is dropped by the client's parser before the retry's reply arrives.
-REPLY_TIMEOUT = INTER_BYTE_TIMEOUT + 0.2
+# Local links answer in milliseconds. Longer than the board's inter-byte timeout (0.2 s) plus a frame, so
+# that a command cut short has been dropped by the board before its retry arrives (PROTOCOL.md 4).
+REPLY_TIMEOUT = 0.6
 
 
 def _run(url: str, model: bytes, pcms: list) -> tuple[dict[int, ClipOutcome], BoardSession]:
