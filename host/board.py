@@ -109,6 +109,15 @@ def diagnose(counts: LinkStats, first_contact: bool = False) -> str:
     return "clean link: no frame lost or damaged"
 
 
+def link_summary(link: dict) -> str:
+    """One line of a board's link counts (``link_report`` of host/session.py) and the likely cause of its errors."""
+    return (
+        f"{link['frames_sent']} frames sent, {link['crc_errors']} CRC/framing errors, {link['resyncs']} resyncs, "
+        f"{link['refusals']} frames the board got damaged, {link['timeouts']} timeouts, {link['resets']} board resets, "
+        f"{link['reopens']} reopenings, smallest chunk {link['smallest_chunk'] or 'never reduced'}; {link['diagnosis']}"
+    )
+
+
 @dataclass
 class ChunkSize:
     """Samples the host puts in one CHUNK (NEXT may ask for fewer). Halved, down to CHUNK_FLOOR, when the board

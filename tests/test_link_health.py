@@ -16,8 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from host.board import CHUNK_FLOOR, BoardLink, LinkStats, diagnose
-from host.eval_report import link_summary
+from host.board import CHUNK_FLOOR, BoardLink, LinkStats, diagnose, link_summary
 from host.fault_relay import ByteFaults, FaultPlan, FaultRelay
 from host.protocol import CHUNK_MAX_RAW_SAMPLES
 from host.session import BoardSession, FatalBoardError
