@@ -2,16 +2,24 @@
 
 One build folder per board (``build/firmware/<board>``) and one generated folder per model
 (``build/generated/<sha256[:12]>``): switching models recompiles only the model and the app, and
-TFLM itself is compiled once per pin and CPU flags into ``build/tflm-cache``.
+TFLM itself is compiled once per pin and CPU flags into ``build/tflm-cache``. The whole output of
+the last build is kept in ``build.log`` in the board's build folder.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
+
+from tqdm.auto import tqdm
 
 from convert.emit import emit
 from convert.tflite_file import sha256
@@ -19,6 +27,18 @@ from convert.tflite_file import sha256
 REPO = Path(__file__).resolve().parents[1]
 FIRMWARE = REPO / "firmware"
 BUILD = REPO / "build"
+LOG = "build.log"
+
+# The build tool's progress lines: Makefiles print "[ 42%] Building ...", Ninja "[123/456] Building ...".
+_PERCENT = re.compile(r"^(?:\x1b\[[\d;]*m)*\[\s*(\d{1,3})%\]")
+_COUNT = re.compile(r"^(?:\x1b\[[\d;]*m)*\[(\d+)/(\d+)\]")
+# TFLM is an ExternalProject: its own build's progress lines (0-100 % again, and once more in its
+# install step) come between these two.
+TFLM_BUILD_STEP = "Performing build step for 'tflm'"
+TFLM_DONE = "Completed 'tflm'"
+
+Progress = Callable[[str, int], None]
+"""Told the stage ("TFLM library" or "firmware") and how far it is (0-100) whenever either moves."""
 
 
 class FirmwareUnavailable(RuntimeError):
@@ -45,15 +65,99 @@ def emit_if_changed(tflite: bytes, generated: Path) -> None:
                 shutil.copyfile(new, old)
 
 
-def build(board: str, tflite: bytes, deps_dir: str | None = None, quiet: bool = True, cmsis_nn: bool = True) -> Path:
-    """The ELF for this board and model, building what is missing (``cmsis_nn=False``: TFLM's reference kernels)."""
+class BuildTracker:
+    """Reads the build's output line by line and tells its listeners the stage and percentage.
+
+    The outer build's percentages stop while TFLM's own build runs, so that build is a stage of its
+    own; the percentage never goes back within a stage (parallel jobs print out of order)."""
+
+    def __init__(self, listeners: list[Progress]) -> None:
+        self.listeners = listeners
+        self.stage, self.percent = "firmware", -1
+
+    def feed(self, line: str) -> None:
+        if TFLM_BUILD_STEP in line:
+            self.stage, self.percent = "TFLM library", -1
+            return
+        if TFLM_DONE in line:
+            self.stage, self.percent = "firmware", -1
+        if m := _PERCENT.match(line):
+            percent = int(m.group(1))
+        elif m := _COUNT.match(line):
+            percent = 100 * int(m.group(1)) // max(1, int(m.group(2)))
+        else:
+            return
+        if percent > self.percent:
+            self.percent = percent
+            for listener in self.listeners:
+                listener(self.stage, percent)
+
+
+class BuildDisplay:
+    """Shows a build's progress: a bar per stage on a terminal, otherwise a line per stage and per
+    tenth (a log shows the build is alive). Says why TFLM's first build takes minutes."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.bar: tqdm | None = None
+        self.stage, self.percent = "", 0
+
+    def __call__(self, stage: str, percent: int) -> None:
+        if stage != self.stage:
+            self.close()
+            if stage == "TFLM library" and percent < 100:
+                print(
+                    "compiling TensorFlow Lite Micro and CMSIS-NN for this CPU: the first build takes several "
+                    "minutes; later builds reuse it from build/tflm-cache",
+                    flush=True,
+                )
+            if self.tty:
+                self.bar = tqdm(total=100, desc=stage, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}")
+        if self.bar is not None:
+            self.bar.update(percent - self.bar.n)
+        elif stage != self.stage or percent // 10 > self.percent // 10:
+            print(f"  {stage}: {percent}%", flush=True)
+        self.stage, self.percent = stage, percent
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _run(step: list[str], log: TextIO, tracker: BuildTracker) -> tuple[int, list[str]]:
+    """Run one build step, its output (stderr too) into ``log`` and ``tracker``: its exit code and lines."""
+    log.write(f"$ {shlex.join(step)}\n")
+    lines: list[str] = []
+    with subprocess.Popen(step, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            lines.append(line.rstrip("\n"))
+            tracker.feed(line)
+    return proc.returncode, lines
+
+
+def build(
+    board: str,
+    tflite: bytes,
+    deps_dir: str | None = None,
+    quiet: bool = True,
+    cmsis_nn: bool = True,
+    progress: Progress | None = None,
+    out_dir: Path | None = None,
+) -> Path:
+    """The ELF for this board and model, building what is missing (``cmsis_nn=False``: TFLM's reference kernels).
+
+    ``quiet=False`` shows how far the build is; ``progress`` is told so in any case. ``out_dir``: another
+    build folder than the board's own (TFLM still comes from the cache)."""
     for tool in ("cmake", "arm-none-eabi-gcc"):
         if shutil.which(tool) is None:
             raise FirmwareUnavailable(f"{tool} not found: run scripts/bootstrap (installs the Arm toolchain and CMake)")
     deps_dir = deps_dir or os.environ.get("SER_DEPS_DIR")
     generated = BUILD / "generated" / sha256(tflite)[:12]
     emit_if_changed(tflite, generated)
-    out_dir = build_dir(board, cmsis_nn)
+    out_dir = out_dir or build_dir(board, cmsis_nn)
     configure = [
         "cmake",
         "-S",
@@ -67,18 +171,33 @@ def build(board: str, tflite: bytes, deps_dir: str | None = None, quiet: bool = 
     ]
     if deps_dir:
         configure.append(f"-DSER_DEPS_DIR={deps_dir}")
-    out = subprocess.DEVNULL if quiet else None
-    for step in (configure, ["cmake", "--build", str(out_dir), "-j", str(os.cpu_count() or 2)]):
-        result = subprocess.run(step, stdout=out, stderr=subprocess.PIPE, text=True)
-        if result.returncode != 0:
-            tail = "\n".join(result.stderr.strip().splitlines()[-15:])
-            if not deps_dir and ("Fetching" in tail or "git" in tail.lower() or "FetchContent" in tail):
-                raise FirmwareUnavailable(
-                    "the firmware needs TensorFlow Lite Micro and CMSIS sources: no SER_DEPS_DIR is set and fetching "
-                    "them from upstream failed (offline?). Set SER_DEPS_DIR to local copies (README: Third-party sources)."
-                )
-            raise FirmwareUnavailable(f"firmware build for {board} failed:\n{tail}")
-    elf = elf_path(board, tflite, cmsis_nn)
+    log_path = out_dir / LOG
+    out_dir.mkdir(parents=True, exist_ok=True)
+    display = None if quiet else BuildDisplay()
+    tracker = BuildTracker([f for f in (display, progress) if f is not None])
+    if display:
+        print(f"building the firmware for {board} (log: {log_path})", flush=True)
+    try:
+        with log_path.open("w", buffering=1) as log:  # line by line: the log can be followed as it grows
+            for step in (configure, ["cmake", "--build", str(out_dir), "-j", str(os.cpu_count() or 2)]):
+                code, lines = _run(step, log, tracker)
+                if code != 0:
+                    break
+    finally:
+        if display:
+            display.close()
+    if code != 0:
+        # what went wrong, without CMake's status lines and the build tool's progress lines around it
+        tail = "\n".join([x for x in lines if not x.startswith("-- ") and not _PERCENT.match(x) and not _COUNT.match(x)][-20:])
+        fetching = step is configure and ("Fetching" in tail or "git" in tail.lower() or "FetchContent" in tail)
+        if fetching and not deps_dir:
+            raise FirmwareUnavailable(
+                "the firmware needs TensorFlow Lite Micro and CMSIS sources: no SER_DEPS_DIR is set and fetching "
+                "them from upstream failed (offline?). Set SER_DEPS_DIR to local copies (README: Third-party sources). "
+                f"Build log: {log_path}"
+            )
+        raise FirmwareUnavailable(f"firmware build for {board} failed (full log: {log_path}); its last lines:\n{tail}")
+    elf = out_dir / elf_path(board, tflite, cmsis_nn).name
     if not elf.exists():
-        raise FirmwareUnavailable(f"build finished but {elf} is missing")
+        raise FirmwareUnavailable(f"build finished but {elf} is missing (build log: {log_path})")
     return elf

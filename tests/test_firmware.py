@@ -3,6 +3,7 @@ boot in QEMU and classify clips bit for bit like the host's TFLM reference."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -23,7 +24,7 @@ from convert.quantize import quantize_int8
 from convert.tflite_file import io_specs, sha256, with_metadata
 from host import qemu
 from host.board import BoardError, BoardLink, BoardReset
-from host.firmware import FIRMWARE, build
+from host.firmware import FIRMWARE, LOG, FirmwareUnavailable, build, build_dir
 from host.protocol import Chunk, ErrorCode, Hello, Parser, Reset, RxPath, RxPathSet, Start, decode_message, encode_message
 from tests.conftest import synthetic_clip
 from train.frontend import DEFAULT_LOGMEL, DEFAULT_WAVEFORM, FrontEndConfig, fit_clip, model_input_int8
@@ -108,7 +109,43 @@ def test_board_code_cross_compiles_warning_free(board: str, logmel_model: bytes,
         )
 
 
+def test_failed_build_names_its_log(logmel_model: bytes) -> None:
+    """A build that fails says where its whole output is, and shows the last lines of it."""
+    if shutil.which("arm-none-eabi-gcc") is None or shutil.which("cmake") is None:
+        pytest.skip("the Arm toolchain or CMake is not installed: run scripts/bootstrap")
+    log = build_dir("no-such-board") / LOG
+    try:
+        with pytest.raises(FirmwareUnavailable) as failure:
+            build("no-such-board", logmel_model, DEPS)
+        assert str(log) in str(failure.value) and "unknown SER_BOARD 'no-such-board'" in str(failure.value)
+        assert "unknown SER_BOARD 'no-such-board'" in log.read_text()
+    finally:
+        shutil.rmtree(build_dir("no-such-board"), ignore_errors=True)
+
+
 # ---- with TFLM sources: real builds, real emulator ----
+
+
+@needs_tflm
+def test_build_shows_how_far_it_is(logmel_model: bytes, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The build tool's progress lines drive the progress shown (plain lines off a terminal) and the
+    callback; the log keeps the build's whole output. A new build folder runs TFLM's steps again (the
+    library itself comes from the cache), so the build goes through all its stages."""
+    seen: list[tuple[str, int]] = []
+    out = tmp_path / "fw"
+    elf = build("qemu-mps2-an386", logmel_model, DEPS, quiet=False, progress=lambda *p: seen.append(p), out_dir=out)
+    assert elf.parent == out and elf.exists()
+    runs = [(stage, [pct for _, pct in group]) for stage, group in itertools.groupby(seen, key=lambda p: p[0])]
+    assert [stage for stage, _ in runs] == ["firmware", "TFLM library", "firmware"]
+    for _, steps in runs:
+        assert steps == sorted(steps) and all(0 <= pct <= 100 for pct in steps)
+    assert runs[1][1][-1] == 100
+    app = runs[2][1]  # the app and the model after TFLM: compiled step by step up to 100 %
+    assert app[0] < 100 and len(app) > 2 and app[-1] == 100
+    log = (out / LOG).read_text()
+    assert re.search(r"^\[100%\] Built target ser_fw$", log, re.M) and "Performing build step for 'tflm'" in log
+    printed = capsys.readouterr().out
+    assert f"log: {out / LOG}" in printed and "  TFLM library: 100%" in printed and "  firmware: 100%" in printed
 
 
 @pytest.fixture(scope="module")
