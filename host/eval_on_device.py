@@ -35,9 +35,10 @@ from tqdm.auto import tqdm
 from convert.tflite_file import MODEL_FILE, ModelFileError, io_specs, sha256
 from host.board import DEFAULT_BAUD
 from host.clips import EvalClip, board_pcm, select
-from host.eval_report import RESULTS, RUN_INFO, ResultsLog, read_results, write_reports
+from host.eval_report import RESULTS, RUN_INFO, ResultsLog, current_summary, forget_idle, read_results, write_reports
 from host.reference import HostReference, audio_frontend
 from host.session import BoardSession, ClipFailed, FatalBoardError
+from train.corpus import CorpusError
 
 EMULATED_DEFAULT = "qemu-mps2-an386"
 
@@ -142,16 +143,12 @@ def plan(args: argparse.Namespace) -> tuple[Path, dict]:
 # ---- the boards ----
 
 
-@contextlib.contextmanager
-def board_urls(args: argparse.Namespace, tflite: bytes, meta: dict) -> Iterator[list[str]]:
-    """The ports to use: the given ones, or emulated boards started here and stopped on exit (Ctrl-C too).
+def emulated_firmware(args: argparse.Namespace, tflite: bytes, meta: dict) -> tuple[str, Path]:
+    """The emulated board's name and ELF, built if needed (``--board``).
 
-    An emulated board's firmware is recorded in ``meta``: resuming with other firmware (the kernels or
-    the app changed since) would mix two firmwares' cycle counts in one report, so it is refused.
+    The firmware is recorded in ``meta``: resuming with other firmware (the kernels or the app changed
+    since) would mix two firmwares' cycle counts in one report, so it is refused.
     """
-    if args.port:
-        yield args.port
-        return
     from host import firmware, qemu
 
     name = EMULATED_DEFAULT if args.board == "qemu" else args.board
@@ -160,7 +157,7 @@ def board_urls(args: argparse.Namespace, tflite: bytes, meta: dict) -> Iterator[
             f"--board {args.board}: emulated boards are qemu, {', '.join(qemu.MACHINES)}; flash a real board and use --port"
         )
     try:
-        elf = firmware.build(name, tflite, args.deps_dir)
+        elf = firmware.build(name, tflite, args.deps_dir, quiet=args.quiet)
     except firmware.FirmwareUnavailable as exc:
         raise EvalError(f"cannot build the emulated board: {exc}") from None
     built = {"board": name, "elf_sha256": sha256(elf.read_bytes())}
@@ -172,6 +169,18 @@ def board_urls(args: argparse.Namespace, tflite: bytes, meta: dict) -> Iterator[
             "start a new evaluation (--run RUN --out NEW_FOLDER) rather than mix two firmwares in one report"
         )
     meta["firmware"] = built
+    return name, elf
+
+
+@contextlib.contextmanager
+def board_urls(args: argparse.Namespace, tflite: bytes, meta: dict) -> Iterator[list[str]]:
+    """The ports to use: the given ones, or emulated boards started here and stopped on exit (Ctrl-C too)."""
+    if args.port:
+        yield args.port
+        return
+    from host import qemu
+
+    name, elf = emulated_firmware(args, tflite, meta)
     boards = []
     try:
         for _ in range(max(1, args.boards)):
@@ -191,13 +200,11 @@ class Progress:
     def __init__(self, total: int, quiet: bool) -> None:
         self.bar = tqdm(total=total, unit="clip", desc="on board", disable=quiet, dynamic_ncols=True)
         self.correct = self.scored = self.exact = self.failed = 0
-        self.scored_records: list[dict] = []  # this session's scored clips, for the throughput figures
         self._lock = threading.Lock()
 
     def add(self, record: dict) -> None:
         with self._lock:
             if record["status"] == "ok":
-                self.scored_records.append(record)
                 self.scored += 1
                 self.correct += record["predicted"] == record["label"]
                 self.exact += record["bit_exact"]
@@ -218,7 +225,7 @@ def evaluate_clip(session: BoardSession, reference: HostReference, root: Path, c
     record = _record(clip, session.url)
     try:
         pcm = board_pcm(root, clip, reference.cfg)
-    except (OSError, ValueError) as exc:  # missing or corrupt audio: the clip fails, the run goes on
+    except (CorpusError, OSError, ValueError) as exc:  # missing or corrupt audio: the clip fails, the run goes on
         return record | {"status": "failed", "error": f"audio: {exc}", "attempts": 0}
     host_scores = reference(pcm)
     try:
@@ -251,6 +258,7 @@ def evaluate_clip(session: BoardSession, reference: HostReference, root: Path, c
         "retry_reasons": outcome.errors,
         "seconds": round(outcome.seconds, 4),
         "bytes_sent": outcome.bytes_sent,
+        "bytes_received": outcome.bytes_received,
         "pcm_samples": len(pcm),
     }
 
@@ -263,8 +271,9 @@ def run_boards(
     log: ResultsLog,
     meta: dict,
     args: argparse.Namespace,
-) -> dict:
-    """Share ``todo`` among the boards; every answer is logged as it comes. Returns throughput figures."""
+) -> None:
+    """Share ``todo`` among the boards; every answer is logged as it comes, with this session's number in
+    ``meta["sessions"]`` and the time since it started (the report's throughput figures)."""
     work: queue.Queue[EvalClip] = queue.Queue()
     for clip in todo:
         work.put(clip)
@@ -272,6 +281,7 @@ def run_boards(
     fatal: list[BaseException] = []
     sessions = [BoardSession(url, tflite, args.baud, args.attempts, args.timeout, fast_path=not args.uart_only) for url in urls]
     stop = threading.Event()
+    number = len(meta.setdefault("sessions", []))
 
     def handshake(session: BoardSession) -> None:
         info = session.connect()
@@ -296,7 +306,7 @@ def run_boards(
                 except queue.Empty:
                     return
                 record = evaluate_clip(session, reference, root, clip)
-                log.append(record)
+                log.append(record | {"session": number, "elapsed_s": round(time.monotonic() - start, 4)})
                 progress.add(record)
         except BaseException as exc:
             fatal.append(exc)
@@ -304,48 +314,43 @@ def run_boards(
         finally:
             session.close()
 
-    for session in sessions:  # all handshakes first: a wrong model is refused before any clip
-        handshake(session)
-    (log.path.parent / RUN_INFO).write_text(json.dumps(meta, indent=1) + "\n")  # records name these boards
-    start = time.monotonic()
-    threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in sessions]
-    for t in threads:
-        t.start()
+    real_ports = [u for u in urls if "://" not in u or u.startswith("rfc2217")]
     try:
+        for session in sessions:  # all handshakes first: a wrong model is refused before any clip
+            handshake(session)
+        fast = any(s.rx_path == 1 for s in sessions)
+        meta["sessions"].append(
+            {
+                "boards": len(urls),
+                "sample_rate": audio_frontend(tflite).sample_rate,
+                "line_rate": f"{args.baud} baud = {args.baud / 10 / 1024:.1f} KiB/s per port"
+                if real_ports
+                else "emulated board: host-to-board bytes as Ethernet packets, replies on its UART (PROTOCOL.md 8)"
+                if fast
+                else "emulated UART on a local socket (no baud rate; QEMU delivers one byte per main-loop round)",
+            }
+        )
+        (log.path.parent / RUN_INFO).write_text(json.dumps(meta, indent=1) + "\n")  # records name these boards
+        start = time.monotonic()
+        threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in sessions]
+        for t in threads:
+            t.start()
         for t in threads:
             while t.is_alive():
                 t.join(0.2)
     finally:
         stop.set()
         progress.bar.close()
+        for session in sessions:  # what each board's link went through, for the report
+            meta["boards"].setdefault(session.url, {})["link"] = session.link_report()
+        forget_idle(meta, read_results(log.path))
     if fatal:
         raise fatal[0]
-    seconds = time.monotonic() - start
-    done = progress.scored_records
-    pcm_bytes = 2 * sum(r["pcm_samples"] for r in done)
-    wire = sum(s.bytes_sent + s.bytes_received for s in sessions)
-    audio_s = sum(r["pcm_samples"] for r in done) / audio_frontend(tflite).sample_rate
-    real_ports = [u for u in urls if "://" not in u or u.startswith("rfc2217")]
-    fast = any(s.rx_path == 1 for s in sessions)
-    return {
-        "boards": len(urls),
-        "clips": len(done),
-        "seconds": seconds,
-        "clips_per_s": len(done) / seconds,
-        "audio_s_per_s": audio_s / seconds,
-        "pcm_bytes_per_s": pcm_bytes / seconds,
-        "wire_bytes_per_s": wire / seconds,
-        "compression": pcm_bytes / max(1, sum(r["bytes_sent"] for r in done)),
-        "line_rate": f"{args.baud} baud = {args.baud / 10 / 1024:.1f} KiB/s per port"
-        if real_ports
-        else "emulated board: host-to-board bytes as Ethernet packets, replies on its UART (PROTOCOL.md 8)"
-        if fast
-        else "emulated UART on a local socket (no baud rate; QEMU delivers one byte per main-loop round)",
-    }
 
 
 def evaluate(args: argparse.Namespace) -> tuple[Path, dict]:
-    """Run (or resume) one evaluation; returns the report folder and its summary.
+    """Run (or resume) one evaluation; returns the report folder and its summary. A resume with nothing
+    left to do starts no board and leaves the report as it is.
 
     Raises ``EvalError``/``FatalBoardError``/``CorpusError``/``ModelFileError`` for what the user must fix,
     and ``KeyboardInterrupt`` after saving the reports of the clips done so far.
@@ -359,10 +364,14 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, dict]:
     done = {k for k, r in read_results(out_dir / RESULTS).items() if r.get("status") == "ok"}
     todo = [EvalClip(c, meta["clip_emotions"][c]) for c in meta["clips"] if c not in done]
     print(f"{len(meta['clips'])} clips, {len(done)} already done, {len(todo)} to go; reports in {out_dir}")
+    if not todo and (summary := current_summary(out_dir, meta)):  # no board needed: the report stands as it is
+        if args.board:  # but a report of other firmware than today's is refused all the same
+            emulated_firmware(args, tflite, meta)
+        return out_dir, summary
     log = ResultsLog(out_dir / RESULTS)
     try:
         with board_urls(args, tflite, meta) as urls:
-            session = run_boards(urls, tflite, root, todo, log, meta, args)
+            run_boards(urls, tflite, root, todo, log, meta, args)
     except KeyboardInterrupt:
         write_reports(out_dir, meta)
         print(
@@ -372,13 +381,11 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, dict]:
         raise
     finally:
         (out_dir / RUN_INFO).write_text(json.dumps(meta, indent=1) + "\n")
-    return out_dir, write_reports(out_dir, meta, session)
+    return out_dir, write_reports(out_dir, meta)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from train.corpus import CorpusError
-
     try:
         out_dir, summary = evaluate(args)
     except (EvalError, FatalBoardError, CorpusError, ModelFileError) as exc:

@@ -3,7 +3,9 @@
 ``results.jsonl`` gets one line per clip as soon as its answer arrives (flushed and synced), so a run
 cut off at any moment loses at most the clip in flight, and ``--resume`` continues from it. The
 summary is always recomputed from the whole log (the last line of a clip wins), so clips evaluated
-over several sessions or boards merge into one report and none counts twice.
+over several sessions or boards merge into one report and none counts twice. Each line names its
+session and when in it the clip ended, so the throughput of a run cut off and resumed (even killed)
+counts every scored clip once, over the time the sessions took to log their clips.
 """
 
 from __future__ import annotations
@@ -11,16 +13,19 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from convert.compare import agreement, error_metrics
+from host.board import link_summary
 from train.labels import EMOTIONS
 from train.metrics import scores
 
 RESULTS = "results.jsonl"
 RUN_INFO = "evaluation.json"
+SUMMARY = "summary.json"
 
 
 class ResultsLog:
@@ -48,19 +53,71 @@ class ResultsLog:
             os.fsync(f.fileno())
 
 
-def read_results(path: Path) -> dict[str, dict]:
-    """The last record of every clip; a line cut off mid-write (the run was killed) is ignored."""
-    records: dict[str, dict] = {}
+def read_log(path: Path) -> Iterator[dict]:
+    """Every record in the order logged; a line cut off mid-write (the run was killed) is ignored."""
     if not path.exists():
-        return records
+        return
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
         if isinstance(record, dict) and "clip" in record:
-            records[record["clip"]] = record
-    return records
+            yield record
+
+
+def latest(log: Iterable[dict]) -> dict[str, dict]:
+    """The last record of every clip: a clip evaluated again (a failed one, on resume) counts once."""
+    return {r["clip"]: r for r in log}
+
+
+def read_results(path: Path) -> dict[str, dict]:
+    """The last record of every clip in the log file."""
+    return latest(read_log(path))
+
+
+def boards_named(records: dict[str, dict], boards: dict) -> dict:
+    """The entries of the boards some record names: a board that evaluated nothing is no part of the report."""
+    named = {r["board"] for r in records.values()}
+    return {url: info for url, info in boards.items() if url in named}
+
+
+def forget_idle(meta: dict, records: dict[str, dict]) -> None:
+    """Drop the boards no record names and a last session that logged no clip: a session that
+    evaluated nothing leaves no trace in the evaluation's description."""
+    meta["boards"] = boards_named(records, meta["boards"])
+    sessions = meta.get("sessions", [])
+    if sessions and not any(r.get("session") == len(sessions) - 1 for r in records.values()):
+        sessions.pop()
+
+
+def throughput(log: list[dict], records: dict[str, dict], meta: dict) -> dict | None:
+    """Clips per second and bytes per second over all sessions: each scored clip once (its last record),
+    each session's time up to the last clip it logged. Lines without a session (older logs) are left out."""
+    sessions = meta.get("sessions", [])
+    seconds: dict[int, float] = {}
+    for r in log:
+        if "session" in r:
+            seconds[r["session"]] = max(seconds.get(r["session"], 0.0), r["elapsed_s"])
+    ok = [r for c in meta["clips"] if (r := records.get(c)) and r["status"] == "ok" and "session" in r]
+    if not ok:
+        return None
+    total = sum(seconds.values())
+    pcm_bytes = 2 * sum(r["pcm_samples"] for r in ok)
+    audio_s = sum(r["pcm_samples"] / sessions[r["session"]]["sample_rate"] for r in ok)
+    used = [sessions[k] for k in sorted(seconds)]
+    return {
+        "sessions": len(used),
+        "boards": max(s["boards"] for s in used),
+        "clips": len(ok),
+        "seconds": total,
+        "clips_per_s": len(ok) / total,
+        "audio_s_per_s": audio_s / total,
+        "pcm_bytes_per_s": pcm_bytes / total,
+        "wire_bytes_per_s": sum(r["bytes_sent"] + r["bytes_received"] for r in ok) / total,
+        "compression": pcm_bytes / max(1, sum(r["bytes_sent"] for r in ok)),
+        "line_rate": "; ".join(dict.fromkeys(s["line_rate"] for s in used)),
+    }
 
 
 def _stats(values: np.ndarray) -> dict:
@@ -74,16 +131,22 @@ def _stats(values: np.ndarray) -> dict:
     }
 
 
-def summarise(records: dict[str, dict], meta: dict, session: dict | None = None) -> dict:
+def summarise(log: list[dict], meta: dict) -> dict:
     """Scores, agreement with the host TFLM reference, latency and throughput of the logged clips."""
+    records = latest(log)
     expected = meta["clips"]
     ok = [records[c] for c in expected if c in records and records[c]["status"] == "ok"]
     failed = [records[c] for c in expected if c in records and records[c]["status"] != "ok"]
+    in_report = {c: records[c] for c in expected if c in records}
+    boards = {
+        url: info | {"scored_clips": sum(r["board"] == url for r in ok)}
+        for url, info in boards_named(in_report, meta.get("boards", {})).items()
+    }
     summary: dict = {
         "run": meta["run"],
         "model_sha256": meta["model_sha256"],
         "split": meta["split"],
-        "boards": meta.get("boards", {}),
+        "boards": boards,
         "clips": {
             "planned": len(expected),
             "ok": len(ok),
@@ -109,8 +172,8 @@ def summarise(records: dict[str, dict], meta: dict, session: dict | None = None)
         latency[key.replace("_cycles", "")] = {"cycles": _stats(cycles), "ms": _stats(ms)}
     summary["latency"] = latency
     summary["retries"] = {"clips_needing_more_than_one_attempt": sum(r["attempts"] > 1 for r in ok)}
-    if session:
-        summary["throughput"] = session
+    if t := throughput(log, records, meta):
+        summary["throughput"] = t
     return summary
 
 
@@ -130,8 +193,10 @@ def summary_md(s: dict) -> str:
         lines.append(
             f"- board `{url}`: {info.get('board')}, {info.get('core_clock_hz', 0) / 1e6:.0f} MHz, "
             f"arena {info.get('arena_used')} of {info.get('arena_size')} bytes used, build {info.get('build_id')}; "
-            f"counter: {info.get('cycle_counter')}"
+            f"counter: {info.get('cycle_counter')}; clips scored: {info['scored_clips']}"
         )
+        if "link" in info:
+            lines.append(f"  - link: {link_summary(info['link'])}")
     if "board" not in s:
         return "\n".join([*lines, "", "No clip scored yet."]) + "\n"
     b, h, a = s["board"], s["host_tflm"], s["agreement"]
@@ -176,9 +241,11 @@ def summary_md(s: dict) -> str:
     if t:
         lines += [
             "",
-            "## Throughput (this session)",
+            "## Throughput",
             "",
-            f"- {t['clips']} clips in {t['seconds']:.1f} s on {t['boards']} board(s): {t['clips_per_s']:.2f} clips/s, "
+            f"- {t['clips']} clips in {t['seconds']:.1f} s on {t['boards']} board(s)"
+            + (f", over {t['sessions']} sessions" if t["sessions"] > 1 else "")
+            + f": {t['clips_per_s']:.2f} clips/s, "
             f"{t['audio_s_per_s']:.2f} s of audio per second",
             f"- PCM delivered {t['pcm_bytes_per_s'] / 1024:.1f} KiB/s (as int16); bytes on the wire "
             f"{t['wire_bytes_per_s'] / 1024:.1f} KiB/s (both directions, framing included); compression "
@@ -215,13 +282,24 @@ def plot_latency(records: dict[str, dict], boards: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_reports(out_dir: Path, meta: dict, session: dict | None = None) -> dict:
+def current_summary(out_dir: Path, meta: dict) -> dict | None:
+    """The summary on disk if it covers the log as it is now (a run killed after its last clip has
+    none yet): left as it is, the report of a finished evaluation never changes."""
+    path = out_dir / SUMMARY
+    if not path.exists():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("clips") == summarise(list(read_log(out_dir / RESULTS)), meta)["clips"] else None
+
+
+def write_reports(out_dir: Path, meta: dict) -> dict:
     """summary.json, summary.md, confusion.png and latency.png from the log as it is now."""
     from train.plots import plot_confusion
 
-    records = read_results(out_dir / RESULTS)
-    s = summarise(records, meta, session)
-    (out_dir / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
+    log = list(read_log(out_dir / RESULTS))
+    records = latest(log)
+    s = summarise(log, meta)
+    (out_dir / SUMMARY).write_text(json.dumps(s, indent=2) + "\n")
     (out_dir / "summary.md").write_text(summary_md(s))
     if "board" in s:
         plot_confusion(s["board"]["confusion"], out_dir / "confusion.png", f"on board ({s['clips']['ok']} clips)")

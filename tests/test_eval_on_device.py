@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,7 +127,83 @@ def test_resume_finishes_a_cut_off_run_without_repeating_a_clip(
     assert sorted(r["clip"] for r in lines) == sorted(complete)  # each clip exactly once, none lost
     resumed = read_results(out / RESULTS)
     assert {k: r["scores"] for k, r in resumed.items()} == {k: r["scores"] for k, r in complete.items()}
-    assert json.loads((out / "summary.json").read_text())["clips"] == {"planned": 6, "ok": 6, "failed": 0, "missing": 0}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["clips"] == {"planned": 6, "ok": 6, "failed": 0, "missing": 0}
+    assert summary["throughput"]["clips"] == 6  # the 2 clips kept from the first session and the 4 redone
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_resume_with_nothing_left_leaves_the_report_as_it_was(
+    kind: str, run: Path, synthetic_corpus: Path, tmp_path: Path
+) -> None:
+    """Rerunning a finished evaluation (as ser-main does) needs no board and changes no byte of its report."""
+    out = tmp_path / "report"
+    resume = ["--resume", str(out), "--data", str(synthetic_corpus), "--quiet"]
+    with boards(kind, run) as urls:
+        assert _eval(run, urls, out, synthetic_corpus, "--limit", "3") == 0
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        assert eval_on_device.main([*resume, "--port", urls[0]]) == 0
+    assert eval_on_device.main([*resume, "--port", "/dev/ttyNO-SUCH-PORT"]) == 0  # no board is even opened
+    if kind == "qemu":  # as ser-main resumes: the firmware is checked (still the same), no board is started
+        assert eval_on_device.main([*resume, "--board", "qemu", "--boards", "1"]) == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    summary = json.loads(before["summary.json"])
+    assert summary["throughput"]["clips"] == 3 and summary["throughput"]["clips_per_s"] > 0
+    assert list(summary["boards"]) == urls and summary["boards"][urls[0]]["scored_clips"] == 3
+
+
+def _log_lines(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / RESULTS).read_text().splitlines() if line.endswith("}")]
+
+
+def test_throughput_of_a_killed_and_resumed_run_counts_every_clip_once(run: Path, synthetic_corpus: Path, tmp_path: Path) -> None:
+    """A run killed outright (no chance to save anything) and resumed: the throughput covers all 8 clips,
+    each once, over the time of both sessions."""
+    out = tmp_path / "report"
+    with boards("sim", run) as urls:
+        cmd = [sys.executable, "host/eval_on_device.py", "--run", str(run), "--out", str(out), "--port", urls[0]]
+        cmd += ["--data", str(synthetic_corpus), "--limit", "8", "--quiet"]
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while len(read_results(out / RESULTS)) < 3 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.kill()
+        _, err = proc.communicate(timeout=60)
+        assert 3 <= len(read_results(out / RESULTS)) < 8, err
+        assert eval_on_device.main(["--resume", str(out), "--port", urls[0], "--data", str(synthetic_corpus), "--quiet"]) == 0
+    lines = _log_lines(out)
+    assert len(read_results(out / RESULTS)) == 8 and {r["session"] for r in lines} == {0, 1}
+    t = json.loads((out / "summary.json").read_text())["throughput"]
+    assert t["clips"] == 8 and t["sessions"] == 2
+    first, second = (max(r["elapsed_s"] for r in lines if r["session"] == k) for k in (0, 1))
+    assert t["seconds"] == pytest.approx(first + second)
+    assert t["clips_per_s"] == pytest.approx(8 / t["seconds"])
+    assert "- 8 clips in" in (out / "summary.md").read_text()
+
+
+def test_a_board_that_evaluated_nothing_gets_no_entry(run: Path, synthetic_corpus: Path, tmp_path: Path) -> None:
+    """A clip whose audio was missing is redone on resume by one of two fresh boards: the other one
+    evaluated nothing and is named neither in the report nor in the evaluation's description."""
+    corpus = shutil.copytree(synthetic_corpus, tmp_path / "corpus")
+    clips = [c.path for c in select(run, "test", 4)]
+    hidden = corpus / clips[0]
+    hidden.rename(hidden.with_suffix(".away"))
+    out = tmp_path / "report"
+    with boards("sim", run, n=3) as (first, *fresh):
+        assert _eval(run, [first], out, corpus, "--limit", "4") == 1  # one clip failed
+        hidden.with_suffix(".away").rename(hidden)
+        argv = ["--resume", str(out), "--data", str(corpus), "--quiet"]
+        assert eval_on_device.main([*argv, "--port", fresh[0], "--port", fresh[1]]) == 0
+    records = read_results(out / RESULTS)
+    assert all(r["status"] == "ok" for r in records.values())
+    redone_on = records[clips[0]]["board"]
+    assert redone_on in fresh
+    summary = json.loads((out / "summary.json").read_text())
+    assert {url: b["scored_clips"] for url, b in summary["boards"].items()} == {first: 3, redone_on: 1}
+    assert set(json.loads((out / "evaluation.json").read_text())["boards"]) == {first, redone_on}
+    assert summary["throughput"]["clips"] == 4 and summary["throughput"]["sessions"] == 2
+    md = (out / "summary.md").read_text()
+    assert next(u for u in fresh if u != redone_on) not in md and "over 2 sessions" in md
 
 
 @pytest.mark.skipif(not DEPS, reason="needs the emulated board: set SER_DEPS_DIR (README: Third-party sources)")
