@@ -29,47 +29,50 @@ static inline uint32_t ror8(uint32_t x) { return (x >> 8) | (x << 24); }
 #define SER_SIMD 0
 #endif
 
-static size_t pair_bytes(int k) { return (size_t)(k / 4 + 1) * 8 * sizeof(int16_t); }
+/* Pixels computed together: each filter word, once widened, feeds this many columns. */
+#define SER_PIXELS 4
+
+/* Groups of 4 K values, the last one zero-padded when K % 4 != 0; each holds 4 values per pixel. */
+static size_t pair_bytes(int k) { return (size_t)((k + 3) / 4) * 4 * SER_PIXELS * sizeof(int16_t); }
 
 size_t ser_conv_s8_scratch_bytes(const ser_conv_s8_params *p) {
   const int k = p->k_h * p->k_w * p->in_c;
   return pair_bytes(k) + (p->in_c % 4 != 0 ? (size_t)k : 0u);
 }
 
-/* Where natural index k of the receptive field lives in the pair buffer, for pixel `slot`. */
-static inline int16_t *column_entry(int16_t *pair, int slot, int k_full, int k) {
-  if (k >= k_full) return pair + 2 * k_full + 4 * slot + (k - k_full);
+/* Where natural index k of the receptive field lives in the column buffer, for pixel `slot`. */
+static inline int16_t *column_entry(int16_t *pair, int slot, int k) {
   static const uint8_t kOrder[4] = {0, 2, 1, 3}; /* SXTB16 order: bytes 0, 2, then 1, 3 */
-  return pair + 2 * (k & ~3) + 4 * slot + kOrder[k & 3];
+  return pair + SER_PIXELS * (k & ~3) + 4 * slot + kOrder[k & 3];
 }
 
 /* Stores n input values (plus offset) at natural indices k.. of pixel `slot`'s column. */
-static void put_values(int16_t *pair, int slot, int k_full, int k, const int8_t *src, int n, int32_t offset) {
-  for (; n > 0 && (k & 3) != 0; k++, src++, n--) *column_entry(pair, slot, k_full, k) = (int16_t)(*src + offset);
+static void put_values(int16_t *pair, int slot, int k, const int8_t *src, int n, int32_t offset) {
+  for (; n > 0 && (k & 3) != 0; k++, src++, n--) *column_entry(pair, slot, k) = (int16_t)(*src + offset);
 #if SER_SIMD
   const uint32_t offset2 = ((uint32_t)offset & 0xFFFFu) * 0x10001u;
-  for (; n >= 4 && k + 4 <= k_full; k += 4, src += 4, n -= 4) {
+  for (; n >= 4; k += 4, src += 4, n -= 4) {
     uint32_t word;
     memcpy(&word, src, 4); /* one unaligned LDR */
     const uint32_t even = __sadd16(__sxtb16(word), offset2);
     const uint32_t odd = __sadd16(__sxtb16(ror8(word)), offset2);
-    uint32_t *dst = (uint32_t *)(void *)(pair + 2 * k + 4 * slot);
+    uint32_t *dst = (uint32_t *)(void *)(pair + SER_PIXELS * k + 4 * slot);
     dst[0] = even;
     dst[1] = odd;
   }
 #endif
-  for (; n > 0; k++, src++, n--) *column_entry(pair, slot, k_full, k) = (int16_t)(*src + offset);
+  for (; n > 0; k++, src++, n--) *column_entry(pair, slot, k) = (int16_t)(*src + offset);
 }
 
 /* Stores n zeros (padding) at natural indices k.. of pixel `slot`'s column. */
-static void put_zeros(int16_t *pair, int slot, int k_full, int k, int n) {
-  for (; n > 0; k++, n--) *column_entry(pair, slot, k_full, k) = 0;
+static void put_zeros(int16_t *pair, int slot, int k, int n) {
+  for (; n > 0; k++, n--) *column_entry(pair, slot, k) = 0;
 }
 
 /* Gathers output pixel (oy, ox)'s receptive field into `slot` of the pair buffer; in_c % 4 != 0
  * goes through `bytes` (padding there is the input zero point, which the offset turns into 0). */
 static void gather(const ser_conv_s8_params *p, const int8_t *image, int oy, int ox, int16_t *pair, int slot,
-                   int k_full, int8_t *bytes) {
+                   int8_t *bytes) {
   const int c = p->in_c;
   const int row = p->k_w * c;
   const int y0 = oy * p->stride_h - p->pad_h;
@@ -84,7 +87,7 @@ static void gather(const ser_conv_s8_params *p, const int8_t *image, int oy, int
       if (staged) {
         memcpy(bytes + k, line + (size_t)x0 * c, (size_t)row);
       } else {
-        put_values(pair, slot, k_full, k, line + (size_t)x0 * c, row, p->input_offset);
+        put_values(pair, slot, k, line + (size_t)x0 * c, row, p->input_offset);
       }
       continue;
     }
@@ -98,90 +101,92 @@ static void gather(const ser_conv_s8_params *p, const int8_t *image, int oy, int
           memset(bytes + k + kx * c, zero_point, (size_t)c);
         }
       } else if (inside) {
-        put_values(pair, slot, k_full, k + kx * c, line + (size_t)x * c, c, p->input_offset);
+        put_values(pair, slot, k + kx * c, line + (size_t)x * c, c, p->input_offset);
       } else {
-        put_zeros(pair, slot, k_full, k + kx * c, c);
+        put_zeros(pair, slot, k + kx * c, c);
       }
     }
   }
-  if (staged) put_values(pair, slot, k_full, 0, bytes, p->k_h * row, p->input_offset);
+  if (staged) put_values(pair, slot, 0, bytes, p->k_h * row, p->input_offset);
 }
 
 #if SER_SIMD
-/* One group of 4 values: the filter words are widened with SXTB16 (bytes 0, 2 and, rotated, 1, 3)
- * and multiplied pairwise with both pixels' columns: 16 MACs in 18 instructions. Assembly because
- * GCC runs out of registers here and spills (14 are live: 4 sums, 3 pointers, 2 + 4 values). */
-#define SER_DOT_GROUP                         \
-  "ldrd   %[c0], %[c1], [%[col]], #8   \n\t" \
-  "ldrd   %[c2], %[c3], [%[col]], #8   \n\t" \
-  "ldr    %[t0], [%[w0]], #4           \n\t" \
+/* One group of 4 values for one filter row and four pixels: the filter word (t0) is widened with
+ * SXTB16 (bytes 0, 2 and, rotated, 1, 3) and meets each pixel's two column words, loaded 8 at a time
+ * with LDM: 16 MACs in 13 instructions. Assembly because the LDM needs fixed registers (r8-r11). */
+#define SER_GROUP_BODY                       \
   "sxtb16 %[t1], %[t0]                 \n\t" \
   "sxtb16 %[t0], %[t0], ror #8         \n\t" \
-  "smlad  %[a00], %[t1], %[c0], %[a00] \n\t" \
-  "smlad  %[a00], %[t0], %[c1], %[a00] \n\t" \
-  "smlad  %[a01], %[t1], %[c2], %[a01] \n\t" \
-  "smlad  %[a01], %[t0], %[c3], %[a01] \n\t" \
-  "ldr    %[t0], [%[w1]], #4           \n\t" \
-  "sxtb16 %[t1], %[t0]                 \n\t" \
-  "sxtb16 %[t0], %[t0], ror #8         \n\t" \
-  "smlad  %[a10], %[t1], %[c0], %[a10] \n\t" \
-  "smlad  %[a10], %[t0], %[c1], %[a10] \n\t" \
-  "smlad  %[a11], %[t1], %[c2], %[a11] \n\t" \
-  "smlad  %[a11], %[t0], %[c3], %[a11] \n\t"
-#define SER_DOT_OPERANDS                                                                         \
-  : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [w0] "+r"(w0), [w1] "+r"(w1), \
-    [col] "+r"(col), [n] "+r"(n), [t0] "=&r"(t0), [t1] "=&r"(t1), [c0] "=&r"(c0), [c1] "=&r"(c1),      \
-    [c2] "=&r"(c2), [c3] "=&r"(c3)                                                                    \
-  :                                                                                                   \
-  : "cc", "memory"
+  "ldmia  %[col]!, {r8, r9, r10, r11}  \n\t" \
+  "smlad  %[a0], %[t1], r8, %[a0]      \n\t" \
+  "smlad  %[a0], %[t0], r9, %[a0]      \n\t" \
+  "smlad  %[a1], %[t1], r10, %[a1]     \n\t" \
+  "smlad  %[a1], %[t0], r11, %[a1]     \n\t" \
+  "ldmia  %[col]!, {r8, r9, r10, r11}  \n\t" \
+  "smlad  %[a2], %[t1], r8, %[a2]      \n\t" \
+  "smlad  %[a2], %[t0], r9, %[a2]      \n\t" \
+  "smlad  %[a3], %[t1], r10, %[a3]     \n\t" \
+  "smlad  %[a3], %[t0], r11, %[a3]     \n\t"
+#define SER_GROUP "ldr    %[t0], [%[w]], #4            \n\t" SER_GROUP_BODY
+#define SER_DOT_OPERANDS                                                                                  \
+  : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [w] "+r"(w), [col] "+r"(col), [n] "+r"(n), \
+    [t0] "+r"(t0), [t1] "=&r"(t1)                                                                         \
+  :                                                                                                        \
+  : "r8", "r9", "r10", "r11", "cc", "memory"
 #endif
 
-/* The four dot products of filter rows w0, w1 with the pair's two columns, added to acc. */
-static inline void dot_2x2(const int8_t *w0, const int8_t *w1, const int16_t *col, int k_full, int k,
-                           int32_t acc[4]) {
-  int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
+/* The dot products of filter row w (k values) with the four pixels' columns, added to acc. */
+static inline void dot_1x4(const int8_t *w, const int16_t *col, int k, int32_t acc[SER_PIXELS]) {
+  int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+  const int groups = k / 4, rest = k % 4;
 #if SER_SIMD
-  const int groups = k_full / 4;
-  int n = groups / 2;
-  uint32_t t0, t1, c0, c1, c2, c3;
-  if (groups & 1) __asm__ volatile(SER_DOT_GROUP SER_DOT_OPERANDS);
+  uint32_t t0 = 0, t1;
+  int n = groups % 4;
+  for (; n > 0; n--) __asm__ volatile(SER_GROUP SER_DOT_OPERANDS);
+  n = groups / 4;
   if (n > 0) {
     __asm__ volatile(
-        "1:                 \n\t" SER_DOT_GROUP SER_DOT_GROUP
+        "1:                 \n\t" SER_GROUP SER_GROUP SER_GROUP SER_GROUP
         "subs   %[n], %[n], #1 \n\t"
         "bne    1b          \n\t" SER_DOT_OPERANDS);
   }
+  if (rest) {
+    /* The last, partial group: the filter bytes past the row are taken as 0 (their columns are 0
+     * too, but reading them could leave the filter's end). */
+    t0 = (uint8_t)w[0];
+    if (rest > 1) t0 |= (uint32_t)(uint8_t)w[1] << 8;
+    if (rest > 2) t0 |= (uint32_t)(uint8_t)w[2] << 16;
+    __asm__ volatile(SER_GROUP_BODY SER_DOT_OPERANDS);
+  }
 #else
-  for (int g = 0; g < k_full / 4; g++, w0 += 4, w1 += 4, col += 8) {
-    static const uint8_t kOrder[4] = {0, 2, 1, 3};
-    for (int j = 0; j < 4; j++) {
-      a00 += w0[j] * col[kOrder[j]];
-      a01 += w0[j] * col[4 + kOrder[j]];
-      a10 += w1[j] * col[kOrder[j]];
-      a11 += w1[j] * col[4 + kOrder[j]];
+  static const uint8_t kOrder[4] = {0, 2, 1, 3};
+  for (int g = 0; g < groups + (rest != 0); g++, w += 4, col += 4 * SER_PIXELS) {
+    for (int j = 0; j < (g < groups ? 4 : rest); j++) {
+      a0 += w[j] * col[kOrder[j]];
+      a1 += w[j] * col[4 + kOrder[j]];
+      a2 += w[j] * col[8 + kOrder[j]];
+      a3 += w[j] * col[12 + kOrder[j]];
     }
   }
 #endif
-  for (int j = 0; j < k - k_full; j++) { /* the K % 4 leftovers, natural order */
-    a00 += w0[j] * col[j];
-    a01 += w0[j] * col[4 + j];
-    a10 += w1[j] * col[j];
-    a11 += w1[j] * col[4 + j];
-  }
-  acc[0] = a00;
-  acc[1] = a01;
-  acc[2] = a10;
-  acc[3] = a11;
+  acc[0] = a0;
+  acc[1] = a1;
+  acc[2] = a2;
+  acc[3] = a3;
 }
 
 static inline int8_t clamp(int32_t v, int32_t lo, int32_t hi) { return (int8_t)(v < lo ? lo : (v > hi ? hi : v)); }
 
-/* True if ser_requantize_right is exact for the whole layer: right shifts only, and no accumulator can
- * reach 2^30 (|filter| <= 128, |input + offset| <= 255, plus the bias). */
+/* The largest right shift for which ser_conv_s8's folded output offset cannot overflow. */
+#define SER_FOLD_SHIFT_MAX 22
+
+/* True if the fast requantization is exact for the whole layer: right shifts of at most
+ * SER_FOLD_SHIFT_MAX only, and no accumulator can reach 2^30 (|filter| <= 128, |input + offset|
+ * <= 255, plus the bias). */
 static int right_shifts_suffice(const ser_conv_s8_params *p, const int32_t *shift, const int32_t *bias) {
   int64_t bias_max = 0;
   for (int c = 0; c < p->out_c; c++) {
-    if (shift[c] > -1) return 0;
+    if (shift[c] > -1 || shift[c] < -SER_FOLD_SHIFT_MAX) return 0;
     const int64_t b = bias ? (bias[c] < 0 ? -(int64_t)bias[c] : bias[c]) : 0;
     bias_max = b > bias_max ? b : bias_max;
   }
@@ -191,41 +196,40 @@ static int right_shifts_suffice(const ser_conv_s8_params *p, const int32_t *shif
 void ser_conv_s8(const ser_conv_s8_params *p, const int32_t *multiplier, const int32_t *shift, const int8_t *input,
                  const int8_t *filter, const int32_t *bias, int8_t *output, int16_t *scratch) {
   const int k = p->k_h * p->k_w * p->in_c;
-  const int k_full = k & ~3;
   const int pixels = p->out_h * p->out_w;
   const int out_c = p->out_c;
   const int32_t offset = p->output_offset, lo = p->act_min, hi = p->act_max;
   const int fast = right_shifts_suffice(p, shift, bias);
   int8_t *bytes = (int8_t *)scratch + pair_bytes(k);
+  /* The padded tail of the last group is never gathered: zero it once. */
+  memset(scratch + SER_PIXELS * (k & ~3), 0, 4 * SER_PIXELS * sizeof(int16_t));
   for (int b = 0; b < p->batches; b++) {
     const int8_t *image = input + (size_t)b * p->in_h * p->in_w * p->in_c;
     int8_t *out = output + (size_t)b * pixels * out_c;
-    for (int px = 0; px < pixels; px += 2) {
-      /* An odd last pixel is gathered twice and its second copy's results are dropped. */
-      const int has_second = px + 1 < pixels;
-      const int px1 = has_second ? px + 1 : px;
-      gather(p, image, px / p->out_w, px % p->out_w, scratch, 0, k_full, bytes);
-      gather(p, image, px1 / p->out_w, px1 % p->out_w, scratch, 1, k_full, bytes);
-      int8_t *out0 = out + (size_t)px * out_c;
-      int8_t *out1 = has_second ? out0 + out_c : out0; /* the dropped copy rewrites pixel 0's value */
-      for (int oc = 0; oc < out_c; oc += 2) {
-        /* Likewise an odd last channel: its filter row is used twice, its value written twice. */
-        const int oc1 = oc + 1 < out_c ? oc + 1 : oc;
-        const int32_t b0 = bias ? bias[oc] : 0, b1 = bias ? bias[oc1] : 0;
-        int32_t acc[4] = {b0, b0, b1, b1};
-        dot_2x2(filter + (size_t)oc * k, filter + (size_t)oc1 * k, scratch, k_full, k, acc);
+    for (int px = 0; px < pixels; px += SER_PIXELS) {
+      /* Past the last pixel, slots repeat it: same columns, so the same values written again. */
+      int8_t *o[SER_PIXELS];
+      for (int s = 0; s < SER_PIXELS; s++) {
+        const int q = px + s < pixels ? px + s : pixels - 1;
+        gather(p, image, q / p->out_w, q % p->out_w, scratch, s, bytes);
+        o[s] = out + (size_t)q * out_c;
+      }
+      const int8_t *w = filter;
+      for (int oc = 0; oc < out_c; oc++, w += k) {
+        const int32_t b0 = bias ? bias[oc] : 0;
+        int32_t acc[SER_PIXELS] = {b0, b0, b0, b0};
+        dot_1x4(w, scratch, k, acc);
         if (fast) {
-          const int32_t r0 = -shift[oc], r1 = -shift[oc1];
-          const int32_t h0 = (int32_t)((1u << r0) >> 1), h1 = (int32_t)((1u << r1) >> 1);
-          out1[oc1] = clamp(ser_requantize_right(acc[3], multiplier[oc1], r1, h1) + offset, lo, hi);
-          out0[oc1] = clamp(ser_requantize_right(acc[2], multiplier[oc1], r1, h1) + offset, lo, hi);
-          out1[oc] = clamp(ser_requantize_right(acc[1], multiplier[oc], r0, h0) + offset, lo, hi);
-          out0[oc] = clamp(ser_requantize_right(acc[0], multiplier[oc], r0, h0) + offset, lo, hi);
+          /* (high + half + sign) >> r, plus the output offset folded in as offset << r. */
+          const int32_t m = multiplier[oc], r = -shift[oc];
+          const int32_t fold = (int32_t)((1u << r) >> 1) + (int32_t)((uint32_t)offset << r);
+          for (int s = SER_PIXELS - 1; s >= 0; s--) {
+            o[s][oc] = clamp(ser_requantize_fast(acc[s], m, r, fold), lo, hi);
+          }
         } else {
-          out1[oc1] = clamp(ser_requantize(acc[3], multiplier[oc1], shift[oc1]) + offset, lo, hi);
-          out0[oc1] = clamp(ser_requantize(acc[2], multiplier[oc1], shift[oc1]) + offset, lo, hi);
-          out1[oc] = clamp(ser_requantize(acc[1], multiplier[oc], shift[oc]) + offset, lo, hi);
-          out0[oc] = clamp(ser_requantize(acc[0], multiplier[oc], shift[oc]) + offset, lo, hi);
+          for (int s = SER_PIXELS - 1; s >= 0; s--) {
+            o[s][oc] = clamp(ser_requantize(acc[s], multiplier[oc], shift[oc]) + offset, lo, hi);
+          }
         }
       }
     }

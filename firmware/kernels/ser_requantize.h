@@ -34,6 +34,19 @@ static inline int32_t ser_requantize_right(int32_t acc, int32_t multiplier, int3
   return (high + half + (high >> 31)) >> right;
 }
 
+/* ser_requantize_right with the output offset folded in: fold = half + (offset << right), for
+ * |acc| < 2^30 and right <= 22 (then no sum overflows; callers check). The high multiply is
+ * SMMULR of 2 * acc: (2 * acc * m + 2^31) >> 32 is (acc * m + 2^30) >> 31 exactly. */
+static inline int32_t ser_requantize_fast(int32_t acc, int32_t multiplier, int32_t right, int32_t fold) {
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+  int32_t high;
+  __asm__("smmulr %0, %1, %2" : "=r"(high) : "r"(acc * 2), "r"(multiplier));
+#else
+  const int32_t high = (int32_t)(((int64_t)acc * multiplier + (1LL << 30)) >> 31);
+#endif
+  return (high + fold + (high >> 31)) >> right;
+}
+
 #ifdef __cplusplus
 }
 #endif
