@@ -8,6 +8,7 @@ the last build is kept in ``build.log`` in the board's build folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -15,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -23,6 +24,11 @@ from tqdm.auto import tqdm
 
 from convert.emit import emit
 from convert.tflite_file import sha256
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; builds into one folder must not overlap
+    fcntl = None
 
 REPO = Path(__file__).resolve().parents[1]
 FIRMWARE = REPO / "firmware"
@@ -125,6 +131,21 @@ class BuildDisplay:
             self.bar = None
 
 
+@contextlib.contextmanager
+def _one_build_at_a_time(out_dir: Path, quiet: bool) -> Iterator[None]:
+    """Hold the build folder: two processes building different models there would reconfigure it under
+    each other (objects of one model linked into the other, or a link that finds them gone)."""
+    with (out_dir / ".build-lock").open("w") as lock:
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not quiet:
+                    print(f"waiting for another build in {out_dir} to finish", flush=True)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _run(step: list[str], log: TextIO, tracker: BuildTracker) -> tuple[int, list[str]]:
     """Run one build step, its output (stderr too) into ``log`` and ``tracker``: its exit code and lines."""
     log.write(f"$ {shlex.join(step)}\n")
@@ -178,7 +199,7 @@ def build(
     if display:
         print(f"building the firmware for {board} (log: {log_path})", flush=True)
     try:
-        with log_path.open("w", buffering=1) as log:  # line by line: the log can be followed as it grows
+        with _one_build_at_a_time(out_dir, quiet), log_path.open("w", buffering=1) as log:  # line-buffered: followable
             for step in (configure, ["cmake", "--build", str(out_dir), "-j", str(os.cpu_count() or 2)]):
                 code, lines = _run(step, log, tracker)
                 if code != 0:
