@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Light imports only (no TensorFlow): --help, ser-emit and ser-budget need none.
+from convert.tflite_file import MODEL_FILE, ModelFileError
+from train.tf_env import quiet_tensorflow
 
-from convert.tflite_file import ModelFileError
+quiet_tensorflow()
 
 DEFAULT_GENERATED = Path("firmware") / "generated"
 
@@ -23,8 +24,6 @@ def _fail(prog: str, message: str) -> int:
 
 def _model_path(target: Path) -> Path:
     """A run folder stands for its model_int8.tflite; a .tflite path stands for itself."""
-    from convert.quantize import MODEL_FILE
-
     path = target / MODEL_FILE if target.is_dir() else target
     if not path.exists():
         hint = f"run ser-convert {target} first" if target.is_dir() else "check the path"
@@ -42,10 +41,22 @@ def convert_main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="CASIA root; default $CASIA_ROOT")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
+        "--no-report",
+        dest="report",
+        action="store_false",
+        help="print the result in one line instead of the whole report (conversion.md holds it either way)",
+    )
+    qat = p.add_mutually_exclusive_group()
+    qat.add_argument(
         "--qat",
         action="store_true",
         help="also fine-tune with fake int8 quantization on the training clips (QAT) and deploy that model; "
         "the PTQ model is kept as model_int8_ptq.tflite and the report compares both",
+    )
+    qat.add_argument(
+        "--qat-if-advised",
+        action="store_true",
+        help="QAT only when post-training quantization loses more than a point on the validation clips (what ser-main does)",
     )
     p.add_argument("--qat-epochs", type=int, default=10, help="QAT fine-tuning epochs")
     args = p.parse_args(argv)
@@ -59,27 +70,21 @@ def convert_main(argv: list[str] | None = None) -> int:
         root = resolve_root(args.data)
         from convert.ops import check_ops
         from convert.quantize import convert_run
-        from convert.verify import report_md, verify_run
+        from convert.verify import drop_warning, report_md, summary, verify_run
 
         path = convert_run(args.run, root)
         check_ops(path.read_bytes())
         report = verify_run(args.run, root, show_progress=not args.quiet)
-        if args.qat:
+        if args.qat or (args.qat_if_advised and report["qat_advised"]):
             report = _qat(args.run, root, report, args.qat_epochs, show_progress=not args.quiet)
     except (CorpusError, ModelFileError) as exc:
         return _fail("ser-convert", str(exc))
     (args.run / "conversion.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.run / "conversion.md").write_text(report_md(report, args.run))
-    print(report_md(report, args.run))
+    print(report_md(report, args.run) if args.report else f"{args.run}: {summary(report)}")
     print(f"wrote {path} and {args.run / 'conversion.md'}")
     if report["accuracy_drop_too_large"]:
-        from convert.verify import drop_warning
-
-        bar = "!" * 100
-        print(f"{bar}\nser-convert: {drop_warning(report, args.run)}\n{bar}", file=sys.stderr)
-    if report["qat_advised"] and "qat" not in report:
-        lost = 100 * report["validation"]["accuracy_drop"]
-        print(f"ser-convert: int8 loses {lost:.2f} points on the validation clips: run ser-convert {args.run} --qat")
+        print(f"ser-convert: {drop_warning(report, args.run)}", file=sys.stderr)
     return 0
 
 
@@ -87,7 +92,7 @@ def _qat(run: Path, root: Path, ptq_report: dict, epochs: int, show_progress: bo
     """Keep the PTQ model aside, fine-tune with fake quantization, convert and verify again; the report holds both."""
     from convert.ops import check_ops
     from convert.qat import QAT_MODEL_FILE, QatConfig, fine_tune
-    from convert.quantize import MODEL_FILE, PTQ_MODEL_FILE, convert_run
+    from convert.quantize import PTQ_MODEL_FILE, convert_run
     from convert.verify import verify_run
 
     shutil.copyfile(run / MODEL_FILE, run / PTQ_MODEL_FILE)
@@ -96,7 +101,8 @@ def _qat(run: Path, root: Path, ptq_report: dict, epochs: int, show_progress: bo
     path = convert_run(run, root, model, keras_file=QAT_MODEL_FILE, quantization="qat")
     check_ops(path.read_bytes())
     report = verify_run(run, root, show_progress=show_progress)
-    return report | {"ptq": ptq_report, "qat": history}
+    # The QAT advice is the one taken on the PTQ model: the QAT model is not judged to need QAT again.
+    return report | {"ptq": ptq_report, "qat": history, "qat_advised": ptq_report["qat_advised"]}
 
 
 def emit_main(argv: list[str] | None = None) -> int:

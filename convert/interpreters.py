@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import tempfile
 from collections.abc import Iterator
 
 import numpy as np
@@ -26,19 +28,33 @@ def dequantize(q: np.ndarray, spec: TensorSpec) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def quiet_fds() -> Iterator[None]:
-    """Silence C++ logging that writes straight to fd 1/2 (TFLM's allocation failures, LiteRT's INFO lines)."""
+def quiet_fds(replay_on_error: bool = False) -> Iterator[None]:
+    """Silence C++ output written straight to fd 1/2, past Python and past any log level (TFLM's allocation
+    failures, LiteRT's INFO lines, the TFLite converter's ``fully_quantize: ...`` line).
+
+    ``replay_on_error``: when the block raises, what it wrote goes to ``sys.stderr`` after all (the reason).
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
-            os.close(fd)
+    failed = False
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, original in zip((1, 2), saved, strict=True):
+                os.dup2(original, fd)
+                os.close(original)
+            if failed and replay_on_error:
+                sink.seek(0)
+                sys.stderr.write(sink.read().decode(errors="replace"))
 
 
 class TflmRunner:

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from convert.interpreters import quiet_fds
 from convert.tflite_file import METADATA_NAME, MODEL_FILE, sha256, with_metadata
 from train.corpus import read_wav
 from train.frontend import FrontEndConfig, clip_features
@@ -40,7 +41,8 @@ def quantize_int8(model: keras.Model, representative: Iterable[np.ndarray]) -> b
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-        return converter.convert()
+        with quiet_fds(replay_on_error=True):  # the MLIR quantizer prints a line per conversion, whatever the log level
+            return converter.convert()
 
 
 def calibration_inputs(run: Path, root: Path, count: int = CALIBRATION_CLIPS, seed: int = 0) -> list[np.ndarray]:

@@ -11,20 +11,22 @@ clips): the test clips are scored and reported, never used to choose.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 from tqdm.auto import tqdm
 
 from convert.compare import agreement, error_metrics
 from convert.interpreters import LiteRtRunner, TflmRunner, dequantize, quantize_input, tflm_arena_bytes
-from convert.quantize import MODEL_FILE
-from convert.tflite_file import TensorSpec, io_specs, op_versions, sha256
+from convert.tflite_file import MODEL_FILE, TensorSpec, io_specs, op_versions, sha256
 from train.corpus import read_wav
 from train.frontend import FrontEndConfig, clip_features
 from train.labels import label_index
 from train.metrics import scores
 from train.splits import clips_with_role, decision_clips, load_manifest
+
+if TYPE_CHECKING:
+    import keras
 
 ACCURACY_DROP_LIMIT = 0.01  # more than one point lost to int8 is reported loudly (test) and calls for QAT (validation)
 
@@ -58,6 +60,8 @@ def validation_drop(
 
 def verify_run(run: Path, root: Path, show_progress: bool = True) -> dict:
     """Float (the run's ``model.keras``) vs its int8 ``model_int8.tflite`` on the run's test and validation clips."""
+    import keras  # here, not at the top: the report's text needs no TensorFlow
+
     tflite = (run / MODEL_FILE).read_bytes()
     in_spec, out_spec = io_specs(tflite)
     cfg = FrontEndConfig.load(run / "frontend.json")
@@ -137,29 +141,63 @@ def report_md(r: dict, run: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _points(change: float) -> str:
+    return f"{100 * change + 0.0:+.2f} points"  # + 0.0: no "-0.00"
+
+
 def validation_line(r: dict) -> str:
-    """What decides on quantization-aware training: the drop on the validation clips."""
-    v = r["validation"]
-    verdict = "QAT advised" if r["qat_advised"] else "no QAT needed"
+    """What decides on quantization-aware training: the drop of post-training quantization on the validation clips.
+
+    After QAT the verdict stays the one that was taken on the PTQ model (a QAT model is not judged to
+    need QAT again); what QAT gave on the same clips follows it.
+    """
+    ptq = r.get("ptq", r)
+    v = ptq["validation"]
+    verdict = "QAT advised" if ptq["qat_advised"] else "no QAT needed"
     which = "validation clips" if v["role"] == "validation" else "training clips (a refit run has no validation part)"
-    return (
+    line = (
         f"On {v['clips']} {which}, which decide on quantization-aware training: float "
-        f"{v['float_accuracy']:.2%}, int8 {v['int8_accuracy']:.2%} ({-v['accuracy_drop']:+.2%}; limit "
-        f"{-ACCURACY_DROP_LIMIT:+.0%}): {verdict}."
+        f"{v['float_accuracy']:.2%}, int8 after post-training quantization {v['int8_accuracy']:.2%} "
+        f"({_points(-v['accuracy_drop'])}; limit {_points(-ACCURACY_DROP_LIMIT)}): {verdict}."
     )
+    if "ptq" in r:
+        q = r["validation"]
+        line += f" After quantization-aware training: int8 {q['int8_accuracy']:.2%} ({_points(-q['accuracy_drop'])})."
+    return line
+
+
+def summary(r: dict) -> str:
+    """The conversion in one line: int8 against float on the test clips, and QAT as the validation clips decided it."""
+    ptq = r.get("ptq", r)
+    v = ptq["validation"]
+    line = (
+        f"int8 {r['int8']['accuracy']:.2%} vs float {r['float']['accuracy']:.2%} on {r['test_clips']} test clips "
+        f"({_points(-r['accuracy_drop'])})"
+    )
+    decided = f"post-training quantization {_points(-v['accuracy_drop'])} on {v['clips']} {v['role']} clips"
+    if "ptq" not in r:
+        return f"{line}; {'QAT advised' if r['qat_advised'] else 'no QAT needed'} ({decided})"
+    qat = "QAT kept no fine-tuned epoch" if r["qat"]["best_epoch"] == 0 else f"QAT {_points(-r['validation']['accuracy_drop'])}"
+    return f"{line} with {'QAT' if ptq['qat_advised'] else 'QAT on request'} ({decided}, {qat})"
 
 
 def drop_warning(r: dict, run: Path) -> str:
-    """The loud message for an int8 model that loses more than the limit, naming the remedy."""
+    """The message for an int8 model that loses more than the limit on the test clips, true to what QAT did."""
     lost = (
-        f"WARNING: int8 loses {100 * r['accuracy_drop']:.2f} points of accuracy against float "
+        f"WARNING: int8 loses {100 * r['accuracy_drop']:.2f} points of accuracy against float on the test clips "
         f"({r['float']['accuracy']:.2%} -> {r['int8']['accuracy']:.2%}; limit {100 * ACCURACY_DROP_LIMIT:g} point)"
     )
     if "ptq" in r:
-        ptq = 100 * r["ptq"]["accuracy_drop"]
-        return f"{lost} even after quantization-aware training (post-training quantization lost {ptq:.2f} points)."
-    val = f"on the {r['validation']['role']} clips that decide on QAT it loses {100 * r['validation']['accuracy_drop']:.2f}"
-    return f"{lost}; {val}. Quantization-aware training may recover it: ser-convert {run} --qat"
+        if r["qat"]["best_epoch"] == 0:
+            return f"{lost}; quantization-aware training kept no fine-tuned epoch (none lowered its validation loss)."
+        ptq = r["ptq"]
+        after = "even after" if ptq["accuracy_drop_too_large"] else "after"
+        return f"{lost} {after} quantization-aware training (post-training quantization lost {100 * ptq['accuracy_drop']:.2f})."
+    v = r["validation"]
+    val = f"on the {v['clips']} {v['role']} clips that decide on QAT it loses {100 * v['accuracy_drop']:.2f}"
+    if r["qat_advised"]:
+        return f"{lost}; {val}. Quantization-aware training may recover it: ser-convert {run} --qat"
+    return f"{lost}; {val}, within the limit, so QAT is not advised (the test clips decide nothing)."
 
 
 def qat_lines(r: dict) -> list[str]:

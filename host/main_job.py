@@ -4,20 +4,28 @@ For both paper models: train on the paper split, convert to int8 and verify on t
 firmware for the emulated board (or use a flashed board given by ``--port``), evaluate the test clips
 over serial, and print the paper's figures beside ours. Every stage reuses what a previous run of the
 job finished (a trained run, a conversion, an evaluation, which resumes), so a cut-off job continues.
+
+Each stage prints one line: what it gave and how long it took. Everything the tools print (and
+TensorFlow's C++ lines, written straight to file descriptor 2) goes to ``main_job.log`` in the runs
+folder; a failed stage shows the end of it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
+import shlex
 import subprocess
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 
 from convert.tflite_file import MODEL_FILE
+from train.tf_env import quiet_tensorflow
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+quiet_tensorflow()
 
 PAPER = {
     "audio_resnet": {"params": 0.13e6, "accuracy": 0.7333, "ms": 3.35, "baseline": "resnet18_1d"},
@@ -26,6 +34,12 @@ PAPER = {
 PAPER_RATIOS = "the paper: AudioResNet has 86x fewer parameters than ResNet18 and runs 7x faster"
 EMULATED = "qemu-mps2-an386"
 EVAL_DIR = "board-eval"
+LOG_FILE = "main_job.log"
+FAILED_TAIL_LINES = 25
+
+
+class StageFailed(Exception):
+    """A stage the job cannot go on without failed; its output is in the log."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,14 +68,42 @@ def _python(*args: str) -> list[str]:
     return [sys.executable, "-m", *args]
 
 
+def _log(args: argparse.Namespace) -> Path:
+    return args.runs / LOG_FILE
+
+
+def _begin(stage: str, model: str, args: argparse.Namespace) -> float:
+    """Mark the stage in the log; returns when it started."""
+    with _log(args).open("a") as log:
+        log.write(f"\n==== {stage} {model} ({datetime.now():%Y-%m-%d %H:%M:%S})\n")
+    return time.perf_counter()
+
+
+def _done(stage: str, model: str, result: str, started: float) -> None:
+    """The stage's one line: what it gave and how long it took."""
+    print(f"{stage:<8} {model:<19} {result} ({time.perf_counter() - started:.0f} s)", flush=True)
+
+
+def _run_logged(cmd: list[str], args: argparse.Namespace) -> int:
+    """Run one of the pipeline's tools with its stdout and stderr (file descriptors 1 and 2) in the log."""
+    with _log(args).open("a") as log:
+        log.write(f"$ {shlex.join(cmd)}\n")
+        log.flush()
+        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+
+
 def _train(model: str, args: argparse.Namespace) -> Path:
-    run = args.runs / f"{model}-paper"
-    if args.retrain or not (run / "metrics.json").exists():
-        cmd = _python("train", "--model", model, "--split", "paper", "--out", str(run))
+    run, started = args.runs / f"{model}-paper", _begin("train", model, args)
+    reused = not args.retrain and (run / "metrics.json").exists()
+    if not reused:
+        cmd = _python("train", "--model", model, "--split", "paper", "--out", str(run), "--quiet")
         cmd += ["--epochs", str(args.epochs)] if args.epochs else []
-        subprocess.run(cmd + (["--data", args.data] if args.data else []), check=True)  # a process per model
-    else:
-        print(f"{run}: finished run found, reusing it (--retrain to train again)")
+        if _run_logged(cmd + (["--data", args.data] if args.data else []), args):
+            raise StageFailed(f"training {model} failed")
+    m = json.loads((run / "metrics.json").read_text())
+    kept = f"{'last' if m['refit'] else 'best'} epoch {m['best_epoch']} of {m['epochs']}"
+    result = f"float {m['test']['accuracy']:.2%} on {m['test']['clips']} test clips ({kept})"
+    _done("train", model, result + (f", reused from {run} (--retrain to train again)" if reused else ""), started)
     return run
 
 
@@ -70,29 +112,51 @@ def _convert(run: Path, args: argparse.Namespace) -> dict:
 
     The test clips never decide it: they are scored after the choice, like every other choice's.
     """
+    from convert.verify import summary
+
     report = run / "conversion.json"
-    data = ["--data", args.data] if args.data else []
     earlier = json.loads(report.read_text()) if report.exists() else None
     stale = (
         earlier is None
         or report.stat().st_mtime < (run / "model.keras").stat().st_mtime
         or "validation" not in earlier  # written before QAT was decided on validation
+        or (earlier["qat_advised"] and "qat" not in earlier)  # QAT was advised but not done
     )
+    model = run.name.removesuffix("-paper")
+    started = _begin("convert", model, args)
     if stale:
-        subprocess.run(_python("convert", str(run), "--quiet", *data), check=False)
-    if not report.exists():
-        raise SystemExit(f"ser-main: conversion of {run} failed (see above)")
+        report.unlink(missing_ok=True)
+        cmd = _python("convert", str(run), "--quiet", "--no-report", "--qat-if-advised")
+        if _run_logged(cmd + (["--data", args.data] if args.data else []), args) or not report.exists():
+            raise StageFailed(f"conversion of {run} failed")
     conversion = json.loads(report.read_text())
-    if conversion["qat_advised"] and "qat" not in conversion:
-        lost = conversion["validation"]["accuracy_drop"]
-        print(f"{run}: int8 loses {lost:.2%} on the validation clips; quantization-aware training (ser-convert --qat)")
-        subprocess.run(_python("convert", str(run), "--qat", *data), check=False)
-        conversion = json.loads(report.read_text())
+    _done("convert", model, summary(conversion) + ("" if stale else ", reused"), started)
     return conversion
 
 
 def _evaluate(run: Path, args: argparse.Namespace) -> tuple[dict | None, str]:
-    """The run's on-board summary (resuming an earlier evaluation), or None and the reason there is none."""
+    """The run's on-board summary (resuming an earlier evaluation), or None and the reason there is none.
+
+    It runs in this process: its printed lines go to the log, its progress bars (on a terminal) stay.
+    """
+    model = run.name.removesuffix("-paper")
+    started = _begin("board", model, args)
+    with _log(args).open("a") as log, contextlib.redirect_stdout(log):
+        summary, why = _evaluate_quietly(run, args)
+    if summary is None:
+        result = f"not evaluated: {why.splitlines()[0]} (all of it in {_log(args)})"
+    elif "board" in summary:
+        a, c, host = summary["agreement"], summary["clips"], summary["host_tflm"]["accuracy"]
+        result = f"{summary['board']['accuracy']:.2%} on {c['ok']} test clips (host TFLM {host:.2%}), "
+        result += f"bit-exact with the host {a['bit_exact_clips']}/{a['clips']}"
+        result += f", {c['failed']} clips failed" if c["failed"] else ""
+    else:
+        result = f"no clip evaluated ({summary['clips']['failed']} failed)"
+    _done("board", model, result, started)
+    return summary, why
+
+
+def _evaluate_quietly(run: Path, args: argparse.Namespace) -> tuple[dict | None, str]:
     from convert.tflite_file import ModelFileError
     from host import eval_on_device
     from host.session import FatalBoardError
@@ -112,6 +176,7 @@ def _evaluate(run: Path, args: argparse.Namespace) -> tuple[dict | None, str]:
         a += ["--port", args.port] if args.port else ["--board", EMULATED, "--boards", str(args.boards)]
         a += ["--limit", str(args.limit)] if args.limit and not resume else []
         a += ["--data", args.data] if args.data else []
+        a += [] if sys.stderr.isatty() else ["--quiet"]  # progress bars only where they redraw in place
         return a + (["--deps-dir", args.deps_dir] if args.deps_dir else [])
 
     try:
@@ -122,8 +187,23 @@ def _evaluate(run: Path, args: argparse.Namespace) -> tuple[dict | None, str]:
             out.rename(out.with_name(f"{EVAL_DIR}-firmware-{started[:12]}"))
             _, summary = eval_on_device.evaluate(eval_on_device.parse_args(argv()))
     except (eval_on_device.EvalError, FatalBoardError, CorpusError, ModelFileError) as exc:
-        return None, str(exc).replace("\n", " ")
+        print(f"ser-main: {exc}")  # into the log, in full
+        return None, str(exc)
     return summary, ""
+
+
+def _host_latency(args: argparse.Namespace) -> dict[str, dict]:
+    """Both paper models and their baselines, float Keras on the host (train.latency: one thread, in rounds)."""
+    from train.latency import ROUNDS, THREADS, host_latency
+
+    names = [*PAPER, *(p["baseline"] for p in PAPER.values())]
+    started = _begin("latency", f"{len(names)} models", args)
+    with _log(args).open("a") as log:
+        latency = host_latency(names, log=log)
+    calls = min(r["calls"] for r in latency.values())
+    result = f"float Keras, batch 1, {THREADS} thread: {ROUNDS} rounds, {calls}+ calls each (in the table)"
+    _done("latency", f"{len(names)} models", result, started)
+    return latency
 
 
 def _memory(run: Path) -> tuple[int, int] | None:
@@ -142,7 +222,18 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2%}"
 
 
-def table(rows: dict[str, dict], latency: dict[str, float], params: dict[str, int]) -> str:
+def _range(r: dict, unit: str = "") -> str:
+    return f"{r['median']:.{_digits(r['median'])}f}{unit} ({r['p10']:.{_digits(r['p10'])}f}-{r['p90']:.{_digits(r['p90'])}f})"
+
+
+def _digits(x: float) -> int:
+    return 2 if x < 10 else 1 if x < 100 else 0
+
+
+def table(rows: dict[str, dict], latency: dict[str, dict]) -> str:
+    """The paper's table beside ours; host times and speed ratios as median (p10-p90) (train.latency)."""
+    from train.latency import ratio
+
     lines = [
         "| model | params (paper / ours) | MACs | accuracy (paper) | float | int8 (host TFLM) | on board "
         "| board = host (bit-exact) | flash | RAM | front end / Invoke (M cycles) | host ms (paper / ours) "
@@ -159,17 +250,29 @@ def table(rows: dict[str, dict], latency: dict[str, float], params: dict[str, in
             cycles = f"{lat['frontend']['cycles']['mean'] / 1e6:.1f} / {lat['invoke']['cycles']['mean'] / 1e6:.1f}"
         mem = r["memory"]
         flash, ram = (f"{mem[0] / 1024:.0f} KiB", f"{mem[1] / 1024:.0f} KiB") if mem else ("n/a", "n/a")
+        ours = {k: latency[name][f"{k}_ms"] for k in ("median", "p10", "p90")}
         lines.append(
             f"| {name} | {paper['params'] / 1e6:.2f} M / {m['params'] / 1e6:.3f} M | {m['macs'] / 1e6:.1f} M "
             f"| {paper['accuracy']:.2%} | {_pct(m['test']['accuracy'])} | {_pct(conv['int8']['accuracy'])} | {on_board} "
-            f"| {agree} | {flash} | {ram} | {cycles} | {paper['ms']:.2f} / {latency[name]:.2f} "
-            f"| {params[base] / m['params']:.0f}x fewer | {latency[base] / latency[name]:.1f}x faster |"
+            f"| {agree} | {flash} | {ram} | {cycles} | {paper['ms']:.2f} / {_range(ours)} "
+            f"| {latency[base]['params'] / m['params']:.0f}x fewer | {_range(ratio(latency[base], latency[name]), 'x')} faster |"
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.runs.mkdir(parents=True, exist_ok=True)
+    print(f"ser-main: every tool's output goes to {_log(args)}", flush=True)
+    try:
+        return _job(args)
+    except StageFailed as exc:
+        lines = _log(args).read_text(errors="replace").splitlines()[-FAILED_TAIL_LINES:]
+        print(f"ser-main: {exc}; the end of {_log(args)}:", *(f"  {line}" for line in lines), sep="\n", file=sys.stderr)
+        return 2
+
+
+def _job(args: argparse.Namespace) -> int:
     runs = {name: _train(name, args) for name in PAPER}
     rows: dict[str, dict] = {}
     notes: list[str] = []
@@ -177,23 +280,15 @@ def main(argv: list[str] | None = None) -> int:
         conversion = _convert(run, args)
         summary, why = _evaluate(run, args)
         if summary is None:
-            notes.append(f"{name}: not evaluated on the board: {why}")
+            notes.append(f"{name}: not evaluated on the board: {why}".replace("\n", " "))
         rows[name] = {
             "metrics": json.loads((run / "metrics.json").read_text()),
             "conversion": conversion,
             "eval": summary,
             "memory": _memory(run),
         }
-
-    from train.latency import host_latency_ms
-    from train.models import BUILDERS
-    from train.run import default_frontend
-
-    latency, params = {}, {}
-    for name in [*PAPER, *(p["baseline"] for p in PAPER.values())]:
-        model = BUILDERS[name](default_frontend(name).input_shape)
-        latency[name], params[name] = host_latency_ms(model), model.count_params()
-    text = table(rows, latency, params)
+    latency = _host_latency(args)
+    text = table(rows, latency)
     where = f"the board on {args.port}" if args.port else f"the emulated board ({EMULATED}, QEMU)"
     note = (
         f"\nPaper split (stratified 80/20, seed 0); accuracy on the 240 test clips, epoch picked on validation clips "
@@ -201,15 +296,17 @@ def main(argv: list[str] | None = None) -> int:
         f"quantization lost more than a point on the validation clips). On board: {where}, "
         f"streamed over serial; 'board = host' counts clips whose int8 scores equal the host TFLM reference bit for "
         f"bit. Cycles under QEMU are emulator instruction counts (-icount), not silicon cycles. Flash/RAM: the linked "
-        f"firmware for {EMULATED}. Host times: float Keras, batch 1, this machine; {PAPER_RATIOS}.\n"
+        f"firmware for {EMULATED}. Host times: float Keras, batch 1, on one thread of this machine, CPU time of a call "
+        f"(its wall time when nothing else runs), median (p10-p90) of calls taken in rounds that visit every model in "
+        f"turn; speed ratios are taken round by round; {PAPER_RATIOS}.\n"
     )
     for line in notes:
         note += f"\n- {line}"
-    print(text + "\n" + note)
-    args.runs.mkdir(parents=True, exist_ok=True)
     (args.runs / "main_job.md").write_text("# Main job: paper table\n\n" + text + "\n" + note + "\n")
-    (args.runs / "main_job.json").write_text(json.dumps({"rows": rows, "host_ms": latency, "params": params}, indent=2) + "\n")
-    print(f"report: {args.runs / 'main_job.md'}")
+    (args.runs / "main_job.json").write_text(json.dumps({"rows": rows, "host_ms": latency}, indent=2) + "\n")
+    print("\n" + text + "\n")
+    each = ", ".join(f"{run}/{{summary,conversion,{EVAL_DIR}/summary}}.md" for run in runs.values())
+    print(f"report: {args.runs / 'main_job.md'} (and main_job.json); per model: {each}; log: {_log(args)}")
     return 1 if notes else 0
 
 

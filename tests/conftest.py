@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from train.corpus import SPEAKERS
 from train.labels import EMOTIONS
+from train.tf_env import quiet_tensorflow
+
+quiet_tensorflow()  # what the command lines set, before any test imports TensorFlow
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int = 16000, channels: int = 1, width: int = 2) -> None:

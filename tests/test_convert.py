@@ -17,7 +17,7 @@ import pytest
 from convert.budget import board, elf_usage
 from convert.cli import budget_main, convert_main, emit_main
 from convert.emit import emit, render
-from convert.interpreters import TflmRunner, quantize_input
+from convert.interpreters import TflmRunner, quantize_input, quiet_fds
 from convert.ops import UnsupportedOpError, check_ops
 from convert.quantize import MODEL_FILE, quantize_int8
 from convert.tflite_file import ModelFileError, buffers_aligned, io_specs, read_metadata
@@ -125,6 +125,17 @@ def test_unsupported_op_is_refused_by_name(tmp_path: Path, capsys: pytest.Captur
     assert emit_main([str(tmp_path / "tanh.tflite"), "--out", str(tmp_path / "gen")]) == 2
     assert "unsupported op(s) TANH" in capsys.readouterr().err
     assert not (tmp_path / "gen").exists()
+
+
+def test_quiet_fds_passes_on_only_what_a_failing_block_wrote(capfd: pytest.CaptureFixture[str]) -> None:
+    """The converter's C++ output is dropped when it succeeds and is the reason when it fails."""
+    with quiet_fds(replay_on_error=True):
+        os.write(2, b"fully_quantize: 0, inference_type: 6\n")
+    with pytest.raises(RuntimeError), quiet_fds(replay_on_error=True):
+        os.write(2, b"error: 'tfl.custom' op is neither a custom op nor a flex op\n")
+        raise RuntimeError("converter failed")
+    err = capfd.readouterr().err
+    assert "neither a custom op" in err and "fully_quantize" not in err
 
 
 def test_not_a_model_is_refused(tmp_path: Path) -> None:

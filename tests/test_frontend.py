@@ -17,7 +17,20 @@ from train.frontend import (
     clip_features,
     features,
     fit_clip,
+    mel_filterbank,
 )
+
+
+@pytest.mark.parametrize(
+    ("n_fft", "n_mels", "fmin", "fmax"), [(1024, 64, 20.0, 8000.0), (512, 40, 0.0, 7600.0), (2048, 128, 300.0, 4000.0)]
+)
+def test_mel_filter_bank_is_librosas_bit_for_bit(n_fft: int, n_mels: int, fmin: float, fmax: float) -> None:
+    """The board's table, computed without importing librosa, is librosa's Slaney bank to the last bit."""
+    cfg = replace(DEFAULT_LOGMEL, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    ref = librosa.filters.mel(sr=cfg.sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=False, norm="slaney")
+    ours = mel_filterbank(cfg)
+    assert ours.dtype == np.float32 and ours.shape == ref.shape
+    assert ours.tobytes() == ref.astype(np.float32).tobytes()
 
 
 def test_log_mel_matches_librosa() -> None:

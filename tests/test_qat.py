@@ -16,7 +16,7 @@ from convert.interpreters import TflmRunner, dequantize, quantize_input
 from convert.qat import QAT_MODEL_FILE, calibrate, rebuild, strip
 from convert.quantize import MODEL_FILE, PTQ_MODEL_FILE, calibration_inputs, quantize_int8
 from convert.tflite_file import io_specs, read_metadata, sha256
-from convert.verify import report_md
+from convert.verify import drop_warning, report_md, validation_line
 from train.corpus import discover, load_corpus
 from train.fit import TrainConfig
 from train.frontend import DEFAULT_WAVEFORM
@@ -93,11 +93,23 @@ def test_convert_with_qat_keeps_ptq_and_reports_both(run: Path, synthetic_corpus
     md = (run / "conversion.md").read_text()
     assert "int8 PTQ" in md and "int8 QAT" in md
 
-    # a QAT model still losing too much says so, and names what PTQ lost
-    worse = report | {"accuracy_drop": 0.05, "accuracy_drop_too_large": True}
-    assert "even after quantization-aware training" in report_md(worse, run)
+    # the verdict on QAT is the one taken on the PTQ model, and what QAT gave on the same clips follows it
+    assert report["qat_advised"] == report["ptq"]["qat_advised"]
+    verdict = "QAT advised" if report["qat_advised"] else "no QAT needed"
+    assert f"{verdict}. After quantization-aware training: int8" in validation_line(report)
+
+    # a QAT model still losing too much says so, and says "even after" only when PTQ lost too much as well
+    worse = report | {"accuracy_drop": 0.05, "accuracy_drop_too_large": True, "qat": qat | {"best_epoch": 1}}
+    ptq_bad = worse | {"ptq": report["ptq"] | {"accuracy_drop": 0.04, "accuracy_drop_too_large": True}}
+    ptq_fine = worse | {"ptq": report["ptq"] | {"accuracy_drop": 0.0, "accuracy_drop_too_large": False}}
+    assert "even after quantization-aware training (post-training quantization lost 4.00)" in report_md(ptq_bad, run)
+    assert "5.00 points" in drop_warning(ptq_fine, run) and "even after" not in drop_warning(ptq_fine, run)
+    assert "kept no fine-tuned epoch" in drop_warning(worse | {"qat": qat | {"best_epoch": 0}}, run)
+    # without QAT the remedy is named only when the validation clips call for it
     ptq_only = {k: v for k, v in worse.items() if k not in ("ptq", "qat")}
-    assert f"ser-convert {run} --qat" in report_md(ptq_only, run)
+    assert f"ser-convert {run} --qat" in report_md(ptq_only | {"qat_advised": True}, run)
+    advice = drop_warning(ptq_only | {"qat_advised": False}, run)
+    assert "QAT is not advised" in advice and "--qat" not in advice
 
 
 def test_a_refit_run_decides_on_qat_and_its_epoch_on_a_training_sample(synthetic_corpus: Path, tmp_path: Path) -> None:

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+# Light imports only (no TensorFlow): --help and every refusal of bad input are immediate.
 from train.corpus import CorpusError, discover, load_corpus, resolve_root, verify_checksums
-from train.frontend import DEFAULT_LOGMEL
-from train.models import BUILDERS, FRONT_END_KIND
+from train.frontend import DEFAULT_LOGMEL, FRONT_END_KIND
 from train.splits import SPLITS
+from train.tf_env import quiet_tensorflow
+
+quiet_tensorflow()
 
 
 def _speeds(text: str) -> tuple[float, ...]:
@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Train a speech-emotion model on CASIA and score it on clips no selection decision has seen.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", choices=sorted(BUILDERS), default="audio_resnet", help="architecture")
+    p.add_argument("--model", choices=sorted(FRONT_END_KIND), default="audio_resnet", help="architecture")
     p.add_argument("--data", help="CASIA root (<speaker>/<emotion>/<n>.wav); default $CASIA_ROOT")
     p.add_argument(
         "--split", choices=SPLITS, default="paper", help="paper: stratified 80/20; kfold: 10 folds; loso: leave one speaker out"

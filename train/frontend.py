@@ -98,6 +98,18 @@ class FrontEndConfig:
 
 DEFAULT_WAVEFORM = FrontEndConfig(kind="waveform", clip_samples=2 * SAMPLE_RATE, waveform_gain=4.0)
 DEFAULT_LOGMEL = FrontEndConfig(kind="logmel")
+# Which front end each architecture of train.models reads (here, so that the command lines know the
+# architectures without importing Keras).
+FRONT_END_KIND = {
+    "audio_resnet": "waveform",
+    "resnet18_1d": "waveform",
+    "spectrogram_resnet": "logmel",
+    "resnet18_2d": "logmel",
+}
+
+
+def default_frontend(model: str) -> FrontEndConfig:
+    return DEFAULT_WAVEFORM if FRONT_END_KIND[model] == "waveform" else DEFAULT_LOGMEL
 
 
 def fit_clip(pcm: np.ndarray, cfg: FrontEndConfig, start: int | None = None) -> np.ndarray:
@@ -123,14 +135,40 @@ def hann_window(cfg: FrontEndConfig) -> np.ndarray:
     return (0.5 - 0.5 * np.cos(2.0 * np.pi * n / cfg.n_fft)).astype(np.float32)
 
 
-def mel_filterbank(cfg: FrontEndConfig) -> np.ndarray:
-    """Slaney mel filter bank (n_mels, n_fft/2+1), float32 (the table the board gets)."""
-    import librosa
+# Slaney's mel scale: linear below 1 kHz (200/3 Hz per mel), logarithmic above (27 mels per factor 6.4).
+_MEL_HZ_PER_MEL = 200.0 / 3
+_MEL_LOG_HZ = 1000.0
+_MEL_LOG_STEP = np.log(6.4) / 27.0
 
-    fb = librosa.filters.mel(
-        sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax, htk=False, norm="slaney"
-    )
-    return fb.astype(np.float32)
+
+def _hz_to_mel(hz: float) -> float:
+    if hz < _MEL_LOG_HZ:
+        return hz / _MEL_HZ_PER_MEL
+    return _MEL_LOG_HZ / _MEL_HZ_PER_MEL + np.log(hz / _MEL_LOG_HZ) / _MEL_LOG_STEP
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    hz = _MEL_HZ_PER_MEL * mels
+    log = mels >= _MEL_LOG_HZ / _MEL_HZ_PER_MEL
+    hz[log] = _MEL_LOG_HZ * np.exp(_MEL_LOG_STEP * (mels[log] - _MEL_LOG_HZ / _MEL_HZ_PER_MEL))
+    return hz
+
+
+def mel_filterbank(cfg: FrontEndConfig) -> np.ndarray:
+    """Slaney mel filter bank (n_mels, n_fft/2+1), float32 (the table the board gets).
+
+    librosa's ``filters.mel(htk=False, norm="slaney")`` operation for operation, so the same bits
+    (tested against librosa), without importing librosa: its SciPy and Numba imports take seconds.
+    """
+    bins = np.fft.rfftfreq(n=cfg.n_fft, d=1.0 / cfg.sample_rate)
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(cfg.fmin), _hz_to_mel(cfg.fmax), cfg.n_mels + 2))
+    widths = np.diff(edges)
+    ramps = np.subtract.outer(edges, bins)
+    fb = np.zeros((cfg.n_mels, len(bins)), dtype=np.float32)
+    for m in range(cfg.n_mels):
+        fb[m] = np.maximum(0, np.minimum(-ramps[m] / widths[m], ramps[m + 2] / widths[m + 1]))
+    fb *= (2.0 / (edges[2:] - edges[: cfg.n_mels]))[:, np.newaxis]  # constant energy per band
+    return fb
 
 
 def fft_twiddles(cfg: FrontEndConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -158,7 +196,7 @@ def sparse_mel(fb: np.ndarray) -> tuple[list[int], list[int], list[int], np.ndar
 
 @functools.lru_cache(maxsize=8)
 def _tables(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> tuple[np.ndarray, np.ndarray]:
-    """Window and filter bank, built once per geometry (librosa is slow to build them)."""
+    """Window and filter bank, built once per geometry."""
     cfg = FrontEndConfig(kind="logmel", sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
     return hann_window(cfg), mel_filterbank(cfg)
 

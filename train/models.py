@@ -124,12 +124,6 @@ BUILDERS = {
     "resnet18_1d": resnet18_1d,
     "resnet18_2d": resnet18_2d,
 }
-FRONT_END_KIND = {
-    "audio_resnet": "waveform",
-    "resnet18_1d": "waveform",
-    "spectrogram_resnet": "logmel",
-    "resnet18_2d": "logmel",
-}
 
 
 def count_macs(model: keras.Model) -> int:

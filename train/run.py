@@ -17,18 +17,15 @@ import numpy as np
 
 from train.corpus import Clip
 from train.fit import TrainConfig, feature_batch, fit_model, standardise
-from train.frontend import DEFAULT_LOGMEL, DEFAULT_WAVEFORM, FrontEndConfig
+from train.frontend import FrontEndConfig
+from train.frontend import default_frontend as default_frontend  # re-exported: callers import it with train_one
 from train.labels import EMOTIONS, label_index
 from train.mcu_probe import ARENA_BUDGET, MACS_BUDGET, MODEL_BUDGET, probe
 from train.metrics import mean_std, scores
-from train.models import FRONT_END_KIND, count_macs
+from train.models import count_macs
 from train.plots import plot_confusion, plot_training
 from train.splits import make_manifest, save_manifest
 from train.teacher import check_same_test_clips, distilled_targets, soft_targets, teacher_run
-
-
-def default_frontend(model: str) -> FrontEndConfig:
-    return DEFAULT_WAVEFORM if FRONT_END_KIND[model] == "waveform" else DEFAULT_LOGMEL
 
 
 def _write_json(path: Path, data: object) -> None:
