@@ -90,15 +90,16 @@ def check_corpus(data: str | None) -> Check:
 
 
 def run_checks(data: str | None, deps_dir: str | None, port: str | None = None) -> list[Check]:
-    """Every prerequisite of ``ser-main`` with these arguments (a flashed board on ``port`` needs no emulator)."""
-    checks = [
-        _tool("C compiler (host)", os.environ.get("CC", "gcc"), "builds the front end for the host", BOOTSTRAP),
-        _tool("Arm cross-compiler", "arm-none-eabi-gcc", "builds the firmware", BOOTSTRAP),
-        _tool("CMake", "cmake", "configures the firmware", BOOTSTRAP),
-    ]
+    """Every prerequisite of ``ser-main`` with these arguments: a flashed board on ``port`` needs no firmware build
+    and no emulator, only the host's front end and the corpus."""
+    checks = [_tool("C compiler (host)", os.environ.get("CC", "gcc"), "builds the front end for the host", BOOTSTRAP)]
     if port is None:
-        checks.append(_tool("QEMU", "qemu-system-arm", "the emulated board", BOOTSTRAP))
-    checks.append(check_sources(deps_dir or os.environ.get("SER_DEPS_DIR")))
+        checks += [
+            _tool("Arm cross-compiler", "arm-none-eabi-gcc", "builds the firmware", BOOTSTRAP),
+            _tool("CMake", "cmake", "configures the firmware", BOOTSTRAP),
+            _tool("QEMU", "qemu-system-arm", "the emulated board", BOOTSTRAP),
+            check_sources(deps_dir or os.environ.get("SER_DEPS_DIR")),
+        ]
     checks.append(check_corpus(data))
     return checks
 

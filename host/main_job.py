@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from convert.tflite_file import MODEL_FILE
+from host import doctor
 from train.tf_env import quiet_tensorflow
 
 quiet_tensorflow()
@@ -61,6 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--boards", type=int, default=2, help="emulated boards run in parallel")
     p.add_argument("--limit", type=int, help="evaluate only N test clips on the board (a quick look)")
     p.add_argument("--deps-dir", help="local TFLM/CMSIS sources for the firmware build (default $SER_DEPS_DIR)")
+    p.add_argument("--check", action="store_true", help="only check the prerequisites (as ser-doctor does) and exit")
     return p.parse_args(argv)
 
 
@@ -262,6 +264,11 @@ def table(rows: dict[str, dict], latency: dict[str, dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    checks = doctor.run_checks(args.data, args.deps_dir, args.port)
+    if args.check or not all(c.ok for c in checks):
+        # Before any training: a missing piece found at the firmware build would waste minutes of work.
+        print(doctor.report(checks))
+        return 0 if all(c.ok for c in checks) else 1
     args.runs.mkdir(parents=True, exist_ok=True)
     print(f"ser-main: every tool's output goes to {_log(args)}", flush=True)
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -52,16 +53,35 @@ def test_train_and_convert_print_one_line_each_and_log_the_rest(
     assert "reused from" in trained and converted.endswith(", reused")
 
 
-def test_a_failed_stage_shows_the_end_of_the_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    empty = tmp_path / "no-corpus"
-    empty.mkdir()
-    assert main(["--data", str(empty), "--runs", str(tmp_path / "runs")]) == 2
+def test_a_failed_stage_shows_the_end_of_the_log(
+    synthetic_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The prerequisites hold (a flashed board's port needs no firmware build), but one clip is cut short.
+    corpus = tmp_path / "casia"
+    shutil.copytree(synthetic_corpus, corpus)
+    clip = next(corpus.glob("*/angry/*.wav"))
+    clip.write_bytes(clip.read_bytes()[:1000])
+    assert main(["--data", str(corpus), "--runs", str(tmp_path / "runs"), "--port", "/dev/null"]) == 2
     out, err = capsys.readouterr()
     log = tmp_path / "runs" / LOG_FILE
     assert out.splitlines() == [f"ser-main: every tool's output goes to {log}"]
     assert f"training audio_resnet failed; the end of {log}:" in err
-    assert "ser-train: " in err  # the tool's own reason, from the log
+    assert "truncated" in err  # the tool's own reason, from the log
     assert "ser-train: " in log.read_text()
+
+
+def test_missing_prerequisites_stop_the_job_before_any_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--data", str(tmp_path / "no-corpus"), "--runs", str(tmp_path / "runs")]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("MISSING  CASIA corpus:") and "does not exist" in line for line in lines)
+    assert lines[-1].endswith("prerequisite(s) missing")
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_check_only_checks(synthetic_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--check", "--data", str(synthetic_corpus), "--runs", str(tmp_path / "runs"), "--port", "/dev/null"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "all prerequisites found"
+    assert not (tmp_path / "runs").exists()
 
 
 def test_host_latency_has_a_median_within_its_spread() -> None:
