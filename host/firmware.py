@@ -190,8 +190,8 @@ def build(
         "-DCMAKE_BUILD_TYPE=Release",
         f"-DSER_CMSIS_NN={'ON' if cmsis_nn else 'OFF'}",
     ]
-    if deps_dir:
-        configure.append(f"-DSER_DEPS_DIR={deps_dir}")
+    if deps_dir:  # absolute: a path relative to where the user stands means nothing to CMake's build folder
+        configure.append(f"-DSER_DEPS_DIR={Path(deps_dir).expanduser().resolve()}")
     log_path = out_dir / LOG
     out_dir.mkdir(parents=True, exist_ok=True)
     display = None if quiet else BuildDisplay()
