@@ -1,7 +1,12 @@
 """Benchmark: the firmware on a board, per model -- memory by component, arena, and instructions.
 
     SER_DEPS_DIR=... python benchmarks/firmware_benchmark.py runs/NAME [runs/OTHER | model.tflite ...]
-        [--board qemu-mps2-an386] [--clips 5] [--no-reference] [--data CASIA] [--out reports/firmware]
+        [--untrained MODEL ...] [--board qemu-mps2-an386] [--clips 5] [--no-reference] [--data CASIA]
+        [--out reports/firmware]
+
+--untrained MODEL (a train.models builder, e.g. spectrogram_resnet) benchmarks that architecture with
+its default front end, untrained and quantized on a few synthetic clips: instruction counts hardly
+depend on the weights, so kernels can be measured without a trained run.
 
 For each model: builds the firmware (our optimized kernels, and TFLM's reference kernels for the
 speed-up), reads flash and RAM by component from the linker map (TFLM, CMSIS-NN, model, app,
@@ -101,6 +106,24 @@ def clips_for(cfg: FrontEndConfig | None, count: int, data: str | None, elements
     return [fit_clip((rng.standard_normal(cfg.clip_samples) * 3000).astype(np.int16), cfg) for _ in range(count)]
 
 
+def untrained_model(name: str) -> bytes:
+    """The int8 model of an untrained `name` with its default front end, carrying the metadata the
+    firmware and this benchmark read, quantized on synthetic clips."""
+    import keras
+
+    from convert.quantize import quantize_int8
+    from convert.tflite_file import with_metadata
+    from train.frontend import default_frontend, features
+    from train.labels import EMOTIONS
+    from train.models import BUILDERS
+
+    keras.utils.set_random_seed(0)
+    cfg = default_frontend(name)
+    model = BUILDERS[name](cfg.input_shape)
+    rep = [features(pcm, cfg) for pcm in clips_for(cfg, 8, None, 0)]
+    return with_metadata(quantize_int8(model, rep), {"format": 1, "frontend": cfg.__dict__, "labels": list(EMOTIONS)})
+
+
 def stack_bounds(elf: Path) -> tuple[int, int]:
     """The stack's lowest address and its top (linker symbols __stack_limit__, __stack_top__)."""
     from elftools.elf.elffile import ELFFile
@@ -176,7 +199,8 @@ def measure(board: str, tflite: bytes, clips: list[np.ndarray], reference: bool)
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("models", nargs="+", type=Path, help="run folders (their model_int8.tflite) or .tflite files")
+    p.add_argument("models", nargs="*", type=Path, help="run folders (their model_int8.tflite) or .tflite files")
+    p.add_argument("--untrained", action="append", default=[], metavar="MODEL", help="an untrained train.models builder")
     p.add_argument("--board", default="qemu-mps2-an386")
     p.add_argument("--clips", type=int, default=5)
     p.add_argument("--data", help="CASIA root for real clips (default: synthetic noise)")
@@ -188,10 +212,16 @@ def main() -> int:
     from convert.budget import elf_usage
 
     spec = board_spec(args.board)
+    if not args.models and not args.untrained:
+        p.error("give run folders, .tflite files or --untrained MODEL")
     report = []
-    for target in args.models:
-        path = target / MODEL_FILE if target.is_dir() else target
-        tflite = path.read_bytes()
+    targets = [(str(t), None) for t in args.models] + [(f"untrained {n}", n) for n in args.untrained]
+    for target, untrained in targets:
+        if untrained:
+            tflite = untrained_model(untrained)
+        else:
+            path = Path(target) / MODEL_FILE if Path(target).is_dir() else Path(target)
+            tflite = path.read_bytes()
         meta = read_metadata(tflite)
         cfg = FrontEndConfig(**meta["frontend"]) if meta else None
         from convert.tflite_file import io_specs
@@ -204,7 +234,7 @@ def main() -> int:
         flash_line, ram_line = elf_usage(Path(fast["elf"]), spec)  # totals from the ELF itself
         memory["ram"]["stack and other"] = ram_line.used - sum(memory["ram"].values())
         row = {
-            "model": str(target),
+            "model": target,
             "board": args.board,
             "counter": fast["info"].cycle_counter,
             "macs": macs,

@@ -1,10 +1,14 @@
 """Our own firmware kernels (firmware/kernels/) on the emulated Cortex-M4, bit for bit against TFLM.
 
-Two small int8 models without a front end (the board takes their int8 input as sent), each ending
+Small int8 models without a front end (the board takes their int8 input as sent), each ending
 in 90 values so that a wrong value anywhere upstream shows:
 - a chain of convolutions taking every path of ser_conv_s8.c: one input channel with K % 4 != 0,
   rows that are not whole groups of 4, 'same' and 'valid' padding, strides that differ per axis,
   dilation, 1xN and 1x1 kernels, odd channel and pixel counts, fused ReLU and ReLU6;
+- a second chain for the rest of ser_conv_s8.c's blocking (one filter row x four pixels) and
+  requantization: K % 4 of 2 and 3 (the zero-padded last group), 1, 2 and 3 pixels past a whole
+  block, odd input channel counts, and a layer whose tiny channel (a right shift past 22) takes the
+  exact, slow requantization beside layers on the fast one (with and without ReLU);
 - the other kernels' less common cases: MEAN over height and width kept as dims and MEAN over
   channels (the reference walk), ADD broadcasting a vector and a single channel.
 The real models (tests/test_firmware.py) cover FULLY_CONNECTED, SOFTMAX and same-shape ADD.
@@ -56,6 +60,31 @@ def conv_zoo() -> bytes:
 
 
 @functools.cache
+def conv_zoo_blocks() -> bytes:
+    import keras
+
+    keras.utils.set_random_seed(5)
+    layers = keras.layers
+    tiny = layers.Conv2D(7, (1, 2))  # 7 channels in and out: K = 14, 3x5 = 15 pixels
+    model = keras.Sequential(
+        [
+            keras.Input((7, 13, 1)),
+            layers.Conv2D(5, (2, 5), strides=(1, 2), padding="same", activation="relu"),  # K = 10: 7x7 = 49 pixels
+            layers.Conv2D(7, (3, 2), strides=(2, 1)),  # 5 channels, K = 30 (K % 4 = 2): 3x6 = 18 pixels
+            tiny,
+            layers.Conv2D(6, 1, activation="relu"),  # K = 7 (K % 4 = 3)
+            layers.Reshape((15, 6)),
+        ]
+    )
+    kernel, bias = tiny.get_weights()
+    kernel[..., 0] *= 1e-7  # channel 0's scale: a requantization shift far past 22
+    tiny.set_weights([kernel, bias])
+    rng = np.random.default_rng(0)
+    rep = [rng.uniform(-1, 1, (7, 13, 1)).astype(np.float32) for _ in range(16)]
+    return align(quantize_int8(model, rep))
+
+
+@functools.cache
 def broadcast_zoo() -> bytes:
     import keras
 
@@ -97,6 +126,12 @@ def _runs_bit_exact(tflite: bytes, own_symbols: list[str]) -> None:
 
 def test_convolutions_run_our_kernel_bit_exact() -> None:
     tflite = conv_zoo()
+    assert [name for name, _ in op_versions(tflite)] == ["CONV_2D", "RESHAPE"]
+    _runs_bit_exact(tflite, ["ser_conv_s8"])
+
+
+def test_convolution_blocks_and_requantization_paths_bit_exact() -> None:
+    tflite = conv_zoo_blocks()
     assert [name for name, _ in op_versions(tflite)] == ["CONV_2D", "RESHAPE"]
     _runs_bit_exact(tflite, ["ser_conv_s8"])
 

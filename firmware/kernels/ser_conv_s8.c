@@ -1,18 +1,19 @@
-/* int8 convolution as im2col + a 2x2 register-blocked matrix multiply on the DSP extension.
+/* int8 convolution as im2col + a 1x4 register-blocked matrix multiply on the DSP extension.
  *
- * Two output pixels are processed together: their receptive fields are gathered ("im2col") into
+ * Four output pixels are processed together: their receptive fields are gathered ("im2col") into
  * a scratch buffer as int16 values with the input offset already added (padding becomes 0, which
- * is what TFLM's reference does by skipping it). Then, for two output channels at a time, four
- * dot products over K = k_h * k_w * in_c run with SMLAD, which multiplies and adds two int16
- * pairs in one instruction. Filter bytes are widened with SXTB16, which yields bytes 0 and 2 (or,
- * rotated by 8, bytes 1 and 3) of a word; the columns are stored in that same order, so no
- * reordering happens in the inner loop.
+ * is what TFLM's reference does by skipping it). Then, for one output channel at a time, four dot
+ * products over K = k_h * k_w * in_c run with SMLAD, which multiplies and adds two int16 pairs in
+ * one instruction. Filter bytes are widened with SXTB16, which yields bytes 0 and 2 (or, rotated by
+ * 8, bytes 1 and 3) of a word; the columns are stored in that same order, so no reordering happens
+ * in the inner loop. One widened filter word serves four pixels (two channels x two pixels would
+ * need more registers than there are).
  *
- * Column pair layout (int16): for each full group g of 4 values, 8 entries
- *   [pixel0: x0 x2 x1 x3][pixel1: x0 x2 x1 x3]
- * then the K % 4 leftover values in natural order: [pixel0: up to 4][pixel1: up to 4].
- * When in_c is not a multiple of 4 (a first layer on 1-channel features), a pixel's receptive
- * field is first copied as bytes (K, after the pair buffer) so that it converts 4 values at a time.
+ * Column layout (int16): for each group g of 4 values, 16 entries
+ *   [pixel0: x0 x2 x1 x3][pixel1: ...][pixel2: ...][pixel3: ...]
+ * and when K % 4 != 0 the last group is zero-padded (the padding is zeroed once per call). When
+ * in_c is not a multiple of 4 (a first layer on 1-channel features), a pixel's receptive field is
+ * first copied as bytes (K, after the column buffer) so that it converts 4 values at a time.
  */
 #include "ser_conv_s8.h"
 
@@ -201,8 +202,8 @@ void ser_conv_s8(const ser_conv_s8_params *p, const int32_t *multiplier, const i
   const int32_t offset = p->output_offset, lo = p->act_min, hi = p->act_max;
   const int fast = right_shifts_suffice(p, shift, bias);
   int8_t *bytes = (int8_t *)scratch + pair_bytes(k);
-  /* The padded tail of the last group is never gathered: zero it once. */
-  memset(scratch + SER_PIXELS * (k & ~3), 0, 4 * SER_PIXELS * sizeof(int16_t));
+  /* The padded tail of a partial last group is never gathered: zero it once. */
+  if (k % 4 != 0) memset(scratch + SER_PIXELS * (k & ~3), 0, 4 * SER_PIXELS * sizeof(int16_t));
   for (int b = 0; b < p->batches; b++) {
     const int8_t *image = input + (size_t)b * p->in_h * p->in_w * p->in_c;
     int8_t *out = output + (size_t)b * pixels * out_c;
@@ -214,18 +215,21 @@ void ser_conv_s8(const ser_conv_s8_params *p, const int32_t *multiplier, const i
         gather(p, image, q / p->out_w, q % p->out_w, scratch, s, bytes);
         o[s] = out + (size_t)q * out_c;
       }
+      int8_t *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3];
       const int8_t *w = filter;
       for (int oc = 0; oc < out_c; oc++, w += k) {
         const int32_t b0 = bias ? bias[oc] : 0;
         int32_t acc[SER_PIXELS] = {b0, b0, b0, b0};
         dot_1x4(w, scratch, k, acc);
         if (fast) {
-          /* (high + half + sign) >> r, plus the output offset folded in as offset << r. */
+          /* (high + half + sign) >> r, plus the output offset folded in as offset << r; written
+           * out per pixel so that the sums stay in registers. */
           const int32_t m = multiplier[oc], r = -shift[oc];
           const int32_t fold = (int32_t)((1u << r) >> 1) + (int32_t)((uint32_t)offset << r);
-          for (int s = SER_PIXELS - 1; s >= 0; s--) {
-            o[s][oc] = clamp(ser_requantize_fast(acc[s], m, r, fold), lo, hi);
-          }
+          o3[oc] = clamp(ser_requantize_fast(acc[3], m, r, fold), lo, hi);
+          o2[oc] = clamp(ser_requantize_fast(acc[2], m, r, fold), lo, hi);
+          o1[oc] = clamp(ser_requantize_fast(acc[1], m, r, fold), lo, hi);
+          o0[oc] = clamp(ser_requantize_fast(acc[0], m, r, fold), lo, hi);
         } else {
           for (int s = SER_PIXELS - 1; s >= 0; s--) {
             o[s][oc] = clamp(ser_requantize(acc[s], multiplier[oc], shift[oc]) + offset, lo, hi);
