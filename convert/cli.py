@@ -112,11 +112,17 @@ def emit_main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("model", type=Path, help="a run folder (its model_int8.tflite) or any int8 .tflite")
     p.add_argument("--out", type=Path, default=DEFAULT_GENERATED, help="generated folder in the firmware tree")
+    p.add_argument(
+        "--labels",
+        type=Path,
+        help="a text file with one label per output, in output order (default: the model's metadata, else class_0..N-1)",
+    )
     args = p.parse_args(argv)
     from convert.emit import emit
 
     try:
-        written = emit(_model_path(args.model).read_bytes(), args.out)
+        labels = [ln.strip() for ln in args.labels.read_text().splitlines() if ln.strip()] if args.labels else None
+        written = emit(_model_path(args.model).read_bytes(), args.out, labels=labels)
     except (FileNotFoundError, ModelFileError, ValueError) as exc:
         return _fail("ser-emit", str(exc))
     for path in written:

@@ -20,10 +20,9 @@ import numpy as np
 
 from convert.interpreters import tflm_arena_bytes
 from convert.ops import FIRMWARE_OPS, check_ops
-from convert.tflite_file import io_specs, model_frontend, operator_names, read_metadata, sha256
+from convert.tflite_file import io_specs, model_frontend, model_labels, operator_names, sha256
 from train.frontend import fft_twiddles, hann_window, mel_filterbank, sparse_mel
 from train.frontend_c import KINDS, workspace_floats
-from train.labels import EMOTIONS
 
 TEMPLATES = Path(__file__).with_name("templates")
 OUTPUTS = ("model_data.h", "model_data.cc", "op_resolver.h", "model_config.h", "frontend_tables.c")
@@ -48,18 +47,15 @@ def arena_with_margin(measured: int) -> int:
     return (measured + margin + 15) // 16 * 16
 
 
-def render(tflite: bytes, arena_measured: int | None = None) -> dict[str, str]:
+def render(tflite: bytes, arena_measured: int | None = None, labels: list[str] | None = None) -> dict[str, str]:
     """File name -> text of every emitted file."""
     ops = check_ops(tflite)
     in_spec, out_spec = io_specs(tflite)
-    meta = read_metadata(tflite)
     digest = sha256(tflite)
     frontend = model_frontend(tflite)
-    labels = meta["labels"] if meta else list(EMOTIONS)
+    labels = model_labels(tflite, int(out_spec.shape[-1]), labels)
     if frontend is not None and tuple(in_spec.shape[1:]) != frontend.input_shape:
         raise ValueError(f"model input {in_spec.shape} does not match its front end's {frontend.input_shape}")
-    if out_spec.shape[-1] != len(labels):
-        raise ValueError(f"model has {out_spec.shape[-1]} outputs but {len(labels)} labels")
     measured = arena_measured if arena_measured is not None else tflm_arena_bytes(tflite)
 
     env = jinja2.Environment(
@@ -106,9 +102,9 @@ def render(tflite: bytes, arena_measured: int | None = None) -> dict[str, str]:
     return {name: env.get_template(name + ".j2").render(context) for name in OUTPUTS}
 
 
-def emit(tflite: bytes, out_dir: Path, arena_measured: int | None = None) -> list[Path]:
+def emit(tflite: bytes, out_dir: Path, arena_measured: int | None = None, labels: list[str] | None = None) -> list[Path]:
     """Write the generated files into ``out_dir`` (other files there are left alone)."""
-    files = render(tflite, arena_measured)
+    files = render(tflite, arena_measured, labels)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, text in files.items():

@@ -126,6 +126,21 @@ def read_metadata(tflite: bytes, name: str = METADATA_NAME) -> dict | None:
     return None
 
 
+def model_labels(tflite: bytes, outputs: int, given: list[str] | None = None) -> list[str]:
+    """The output's labels: given ones (``--labels``), else our metadata's, else ``class_0 .. class_N-1``.
+
+    A foreign model never gets the CASIA emotions: they would be wrong for it, and for any other count."""
+    meta = read_metadata(tflite)
+    labels = given if given is not None else meta["labels"] if meta else [f"class_{i}" for i in range(outputs)]
+    source = "the labels file" if given is not None else "the model's metadata"
+    if len(labels) != outputs:
+        raise ValueError(f"model has {outputs} outputs but {source} names {len(labels)} labels: give one label per output")
+    bad = [label for label in labels if not label or any(c in label for c in '"\\\n') or not label.isprintable()]
+    if bad:
+        raise ValueError(f"labels must be printable text without quotes or backslashes: {bad[:3]}")
+    return labels
+
+
 def model_frontend(tflite: bytes) -> FrontEndConfig | None:
     """The front end (``FrontEndConfig``) a model carries in its metadata, or None for a foreign model."""
     from train.frontend import FrontEndConfig

@@ -28,7 +28,7 @@ import numpy as np
 from convert.emit import arena_with_margin
 from convert.interpreters import TflmRunner, quiet_fds, tflm_arena_bytes
 from convert.ops import check_ops
-from convert.tflite_file import io_specs, model_frontend, operator_names, read_metadata
+from convert.tflite_file import io_specs, model_frontend, model_labels, operator_names
 from host import pcm_codec
 from host.protocol import (
     CHUNK_MAX_RAW_SAMPLES,
@@ -54,7 +54,6 @@ from host.protocol import (
     encode_frame,
 )
 from train.frontend_c import KINDS, NativeFrontEnd
-from train.labels import EMOTIONS
 
 INTER_BYTE_TIMEOUT = 0.2  # seconds, as ser_app.c
 MAX_CHUNK_SAMPLES = CHUNK_MAX_RAW_SAMPLES  # as ser_app.c
@@ -97,16 +96,13 @@ class SimulatedBoard:
         in_spec, out_spec = io_specs(tflite)
         if in_spec.dtype != "int8" or out_spec.dtype != "int8":
             raise ValueError(f"the board runs int8 models; this one has {in_spec.dtype} in, {out_spec.dtype} out")
-        meta = read_metadata(tflite)
         self.frontend = model_frontend(tflite)
-        self.labels = tuple(meta["labels"]) if meta else tuple(EMOTIONS)
         if self.frontend is not None and tuple(in_spec.shape[1:]) != self.frontend.input_shape:
             raise ValueError(f"model input {in_spec.shape} does not match its front end's {self.frontend.input_shape}")
         self.in_spec, self.out_spec = in_spec, out_spec
         self.input_elements = int(np.prod(in_spec.shape))
         self.output_elements = int(np.prod(out_spec.shape))
-        if self.output_elements != len(self.labels):
-            raise ValueError(f"model has {self.output_elements} outputs but {len(self.labels)} labels")
+        self.labels = tuple(model_labels(tflite, self.output_elements))  # as ser-emit gives the firmware
         self.clip_samples = self.frontend.clip_samples if self.frontend else self.input_elements
         self.profile_tags = operator_names(tflite)
         self.invocations = 0  # Invokes run since start(): a test can see that a retry was not run twice

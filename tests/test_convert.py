@@ -257,3 +257,25 @@ def test_budget_reads_a_linked_elf(run: Path, tmp_path: Path) -> None:
     assert 70000 <= ram.used < 70000 + 256
     assert flash.fits and ram.fits
     assert budget_main(["--board", "nrf52832dk", "--elf", str(elf)]) == 2  # 70 KB of RAM on a 64 KB part
+
+
+def test_a_foreign_model_gets_its_own_labels_never_the_emotions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.boards_under_test import bare_model
+
+    model = tmp_path / "foreign.tflite"
+    model.write_bytes(bare_model())  # six outputs, no metadata
+    assert emit_main([str(model), "--out", str(tmp_path / "a")]) == 0
+    config = (tmp_path / "a" / "model_config.h").read_text()
+    assert '#define SER_LABELS {"class_0", "class_1", "class_2", "class_3", "class_4", "class_5"}' in config
+
+    names = tmp_path / "labels.txt"
+    names.write_text("yes\nno\n\nup\ndown\nleft\nright\n")
+    assert emit_main([str(model), "--out", str(tmp_path / "b"), "--labels", str(names)]) == 0
+    assert '#define SER_LABELS {"yes", "no", "up", "down", "left", "right"}' in (tmp_path / "b" / "model_config.h").read_text()
+
+    names.write_text("yes\nno\n")
+    assert emit_main([str(model), "--out", str(tmp_path / "c"), "--labels", str(names)]) != 0
+    assert "6 outputs but the labels file names 2 labels" in capsys.readouterr().err
+    names.write_text('a"b\n' * 6)
+    assert emit_main([str(model), "--out", str(tmp_path / "d"), "--labels", str(names)]) != 0
+    assert "without quotes" in capsys.readouterr().err

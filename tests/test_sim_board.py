@@ -117,6 +117,7 @@ def test_model_without_front_end_takes_the_samples_as_input() -> None:
     with SimulatedBoard(model) as board, BoardLink(board.url) as link:
         info = link.hello()
         assert (info.frontend_kind, info.clip_samples) == (0, elements)
+        assert info.labels == tuple(f"class_{i}" for i in range(6))  # a foreign model's labels, as ser-emit gives them
         assert list(link.classify(pcm, 1).scores) == reference(model, pcm)
 
 
