@@ -7,7 +7,7 @@ input quantization: scale = (max - min) / 255 of the reference features over the
 zero point that maps min to -128. Every clip's int8 model input made by the C code (what the board
 writes) is compared with the int8 quantization of the NumPy reference features (``log_mel_frames``).
 Prints the share of clips that are bit-identical, the largest difference in LSB, how many values
-differ, the largest float difference, and the time per clip of the C and NumPy paths.
+differ, the largest and the RMS float difference, and the time per clip of the C and NumPy paths.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def parity(cfg: FrontEndConfig, pcms: list[np.ndarray]) -> dict[str, float]:
         t_ref += time.perf_counter() - t0
     scale, zero_point = input_quantization(refs)
     same, max_lsb, differing, max_float, t_c_int8, t_c_float = 0, 0, 0, 0.0, 0.0, 0.0
+    sq_float = 0.0
     for board, ref in zip(boards, refs, strict=True):
         t0 = time.perf_counter()
         q_c = model_input_int8(board, cfg, scale, zero_point)
@@ -63,6 +64,7 @@ def parity(cfg: FrontEndConfig, pcms: list[np.ndarray]) -> dict[str, float]:
         max_lsb = max(max_lsb, int(diff.max()))
         differing += int(np.count_nonzero(diff))
         max_float = max(max_float, float(np.abs(f_c - ref).max()))
+        sq_float += float(np.sum((f_c.astype(np.float64) - ref.astype(np.float64)) ** 2))
     n = len(boards)
     return {
         "clips": n,
@@ -73,6 +75,7 @@ def parity(cfg: FrontEndConfig, pcms: list[np.ndarray]) -> dict[str, float]:
         "differing_values": differing,
         "values": n * int(np.prod(cfg.input_shape)),
         "max_float": max_float,
+        "rms_float": float(np.sqrt(sq_float / (n * int(np.prod(cfg.input_shape))))),
         "ms_c_int8": 1e3 * t_c_int8 / n,
         "ms_c_float": 1e3 * t_c_float / n,
         "ms_numpy": 1e3 * t_ref / n,
@@ -91,8 +94,8 @@ def main() -> int:
     pcms = load_corpus(root, clips)
     rows = [
         "| front end | clips | int8 scale / zero point | bit-identical clips | max LSB diff | differing values "
-        "| max float diff | C int8 ms/clip | C float ms/clip | NumPy float ms/clip |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| max float diff | RMS float diff | C int8 ms/clip | C float ms/clip | NumPy float ms/clip |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for kind in args.kinds:
         cfg = DEFAULT_LOGMEL if kind == "logmel" else DEFAULT_WAVEFORM
@@ -102,7 +105,7 @@ def main() -> int:
         r = parity(cfg, pcms)
         rows.append(
             f"| {kind} | {r['clips']} | {r['scale']:.6g} / {r['zero_point']} | {r['identical']:.2%} | {r['max_lsb']} "
-            f"| {r['differing_values']} of {r['values']} | {r['max_float']:.3g} | {r['ms_c_int8']:.3f} "
+            f"| {r['differing_values']} of {r['values']} | {r['max_float']:.3g} | {r['rms_float']:.3g} | {r['ms_c_int8']:.3f} "
             f"| {r['ms_c_float']:.3f} | {r['ms_numpy']:.3f} |"
         )
     print("\n".join(rows))

@@ -46,6 +46,11 @@ CONFIGS = {
         DEFAULT_LOGMEL, clip_samples=16000, n_fft=256, hop=100, n_mels=32, fmax=7600.0, pad="zero"
     ).with_standardisation(-5.0, 2.0),
     "gapped": replace(DEFAULT_LOGMEL, clip_samples=20000, n_fft=1024, hop=1100, n_mels=64).with_standardisation(-7.0, 4.0),
+    # n_fft/2 = 2^8 and 2^4 complex points: radix-4 stages only, no radix-2 stage first
+    "even_stages": replace(DEFAULT_LOGMEL, clip_samples=16000, n_fft=512, hop=160, n_mels=40).with_standardisation(-6.0, 3.0),
+    "tiny_fft": replace(
+        DEFAULT_LOGMEL, clip_samples=4000, n_fft=32, hop=16, n_mels=4, fmax=8000.0, pad="zero"
+    ).with_standardisation(-6.0, 3.0),
 }
 
 

@@ -25,7 +25,7 @@ Exact math (float32 throughout, what the Cortex-M4F reproduces from the emitted 
 Who computes it: ``features``, ``model_input_int8`` and ``StreamingFrontEnd`` run the board's own C
 code (``firmware/app/ser_frontend.c`` through ``train/frontend_c.py``), so host and board make the
 same bits. That code fixes what the formulas leave open: float32 basic operations in a fixed order
-without fused multiply-adds; rfft as an n_fft/2-point radix-2 complex FFT plus the split step, with
+without fused multiply-adds; rfft as an n_fft/2-point radix-4 complex FFT plus the split step, with
 the twiddles of ``fft_twiddles``; mel sums over the sparse bank (``sparse_mel``) bin by bin from the
 band's first bin; ``ln`` as ``ser_logf`` (FreeBSD's logf polynomial, under 1 ulp); ``(v - mean) / std``
 as a subtraction then a division. ``log_mel_frames`` is the readable NumPy form of the same math

@@ -139,102 +139,170 @@ int ser_fe_done(const ser_fe_state *st) {
 
 uint32_t ser_fe_received(const ser_fe_state *st) { return st != NULL && st->magic == SER_FE_MAGIC ? st->received : 0u; }
 
-/* a, b <- a + b w, a - b w with w = c - i s (one radix-2 butterfly). All four values are loaded
-   before any store, so the compiler need not reload them after the stores. */
-static inline void butterfly(float *a, float *b, float c, float s) {
-  const float ar = a[0], ai = a[1], br = b[0], bi = b[1];
-  const float tr = br * c + bi * s;
-  const float ti = bi * c - br * s;
-  b[0] = ar - tr;
-  b[1] = ai - ti;
-  a[0] = ar + tr;
-  a[1] = ai + ti;
-}
-
-/* The same for w = 1 (k = 0: cos_t[0] = 1, sin_t[0] = 0): b * 1 + b * 0 equals b up to the sign of
-   a zero result, and no later sum, product or square tells a zero's sign apart from non-zero
-   values, so the features keep every bit. */
-static inline void butterfly_w1(float *a, float *b) {
-  const float ar = a[0], ai = a[1], br = b[0], bi = b[1];
-  b[0] = ar - br;
-  b[1] = ai - bi;
-  a[0] = ar + br;
-  a[1] = ai + bi;
-}
-
-/* In-place complex FFT of n points (interleaved re, im), radix 2, decimation in time.
-   The twiddle e^(-2 pi i j / len) is cos/sin table entry j * (n_fft / len). */
-static void complex_fft(float *z, uint32_t n, const float *cos_t, const float *sin_t) {
-#if SER_HAVE_RBIT
-  uint32_t bits = 0;
-  while ((1u << bits) < n) bits++;
-#endif
-  for (uint32_t i = 0, j = 0; i < n; ++i) { /* bit-reversal permutation */
-#if SER_HAVE_RBIT
-    j = bits ? reverse_bits(i) >> (32u - bits) : 0u; /* one instruction where the core has it */
-#endif
-    if (i < j) {
-      const float re = z[2 * i], im = z[2 * i + 1];
-      z[2 * i] = z[2 * j];
-      z[2 * i + 1] = z[2 * j + 1];
-      z[2 * j] = re;
-      z[2 * j + 1] = im;
-    }
-#if !SER_HAVE_RBIT
-    uint32_t bit = n >> 1;
-    while (bit != 0u && (j & bit) != 0u) {
-      j ^= bit;
-      bit >>= 1;
-    }
-    j |= bit;
-#endif
+/* W^j = e^(-2 pi i j / n_fft) as (c, s) with W^j = c - i s, for 0 <= j < n_fft: the tables hold
+   j < n_fft/2, and W^(j + n_fft/2) = -W^j (an exact negation). */
+static inline void twiddle(const float *cos_t, const float *sin_t, uint32_t j, uint32_t half_table, float *c,
+                           float *s) {
+  if (j < half_table) {
+    *c = cos_t[j];
+    *s = sin_t[j];
+  } else {
+    *c = -cos_t[j - half_table];
+    *s = -sin_t[j - half_table];
   }
-  /* Butterflies of one stage touch disjoint pairs, so their order does not change the result:
+}
+
+/* One radix-4 decimation-in-time butterfly over four length-h sub-DFTs in bit-reversed order:
+   P0 at z[0], P2 at z[h], P1 at z[2h], P3 at z[3h] (complex offsets), twiddles W^k, W^2k, W^3k
+   given as (c, s) pairs: X[k + q h] = sum_r W^(rk) (-i)^(rq) P_r[k]. */
+static inline void butterfly4(float *z, uint32_t h, float c1, float s1, float c2, float s2, float c3, float s3) {
+  float *a = z, *b = z + 2 * h, *c = z + 4 * h, *d = z + 6 * h;
+  const float p0r = a[0], p0i = a[1], p2r = b[0], p2i = b[1], p1r = c[0], p1i = c[1], p3r = d[0], p3i = d[1];
+  const float t1r = p1r * c1 + p1i * s1, t1i = p1i * c1 - p1r * s1;
+  const float t2r = p2r * c2 + p2i * s2, t2i = p2i * c2 - p2r * s2;
+  const float t3r = p3r * c3 + p3i * s3, t3i = p3i * c3 - p3r * s3;
+  const float s02r = p0r + t2r, s02i = p0i + t2i, d02r = p0r - t2r, d02i = p0i - t2i;
+  const float s13r = t1r + t3r, s13i = t1i + t3i, d13r = t1r - t3r, d13i = t1i - t3i;
+  a[0] = s02r + s13r;
+  a[1] = s02i + s13i;
+  c[0] = s02r - s13r;
+  c[1] = s02i - s13i;
+  b[0] = d02r + d13i;
+  b[1] = d02i - d13r;
+  d[0] = d02r - d13i;
+  d[1] = d02i + d13r;
+}
+
+/* The same for k = 0 (every twiddle 1): no multiplications. */
+static inline void butterfly4_w1(float *z, uint32_t h) {
+  float *a = z, *b = z + 2 * h, *c = z + 4 * h, *d = z + 6 * h;
+  const float p0r = a[0], p0i = a[1], p2r = b[0], p2i = b[1], p1r = c[0], p1i = c[1], p3r = d[0], p3i = d[1];
+  const float s02r = p0r + p2r, s02i = p0i + p2i, d02r = p0r - p2r, d02i = p0i - p2i;
+  const float s13r = p1r + p3r, s13i = p1i + p3i, d13r = p1r - p3r, d13i = p1i - p3i;
+  a[0] = s02r + s13r;
+  a[1] = s02i + s13i;
+  c[0] = s02r - s13r;
+  c[1] = s02i - s13i;
+  b[0] = d02r + d13i;
+  b[1] = d02i - d13r;
+  d[0] = d02r - d13i;
+  d[1] = d02i + d13r;
+}
+
+/* In-place complex FFT of n points (interleaved re, im) whose input is already in bit-reversed order
+   and has had its first h_done levels combined (1: none; 2: the radix-2 stage of len 2 when log2(n)
+   is odd, see window_frame), decimation in time with radix-4 stages. The twiddle e^(-2 pi i j / len)
+   is table entry j * (n_fft / len), with n_fft = 2n. */
+static void complex_fft_reversed(float *z, uint32_t n, uint32_t h_done, const float *cos_t, const float *sin_t) {
+  uint32_t h = h_done; /* length of the sub-DFTs the next stage combines */
+  /* Butterflies of one stage touch disjoint quadruples, so their order does not change the result:
      twiddle-outer while a twiddle serves several blocks, block-outer once blocks are few. */
-  for (uint32_t len = 2; len <= n; len <<= 1) {
-    const uint32_t half = len >> 1, stride = 2u * n / len;
-    if (half <= n / len) {
-      for (uint32_t i = 0; i < n; i += len) butterfly_w1(z + 2 * i, z + 2 * (i + half));
-      for (uint32_t k = 1; k < half; ++k) {
-        const float c = cos_t[k * stride], s = sin_t[k * stride];
-        for (uint32_t i = k; i < n; i += len) butterfly(z + 2 * i, z + 2 * (i + half), c, s);
+  for (; 4u * h <= n; h <<= 2) {
+    const uint32_t len = 4u * h, stride = 2u * n / len;
+    if (h <= n / len) {
+      for (uint32_t i = 0; i < n; i += len) butterfly4_w1(z + 2 * i, h);
+      for (uint32_t k = 1; k < h; ++k) {
+        float c1, s1, c2, s2, c3, s3;
+        twiddle(cos_t, sin_t, k * stride, n, &c1, &s1);
+        twiddle(cos_t, sin_t, 2u * k * stride, n, &c2, &s2);
+        twiddle(cos_t, sin_t, 3u * k * stride, n, &c3, &s3);
+        for (uint32_t i = k; i < n; i += len) butterfly4(z + 2 * i, h, c1, s1, c2, s2, c3, s3);
       }
     } else {
       for (uint32_t i0 = 0; i0 < n; i0 += len) {
-        butterfly_w1(z + 2 * i0, z + 2 * (i0 + half));
-        for (uint32_t k = 1; k < half; ++k) {
-          butterfly(z + 2 * (i0 + k), z + 2 * (i0 + k + half), cos_t[k * stride], sin_t[k * stride]);
+        butterfly4_w1(z + 2 * i0, h);
+        for (uint32_t k = 1; k < h; ++k) {
+          float c1, s1, c2, s2, c3, s3;
+          twiddle(cos_t, sin_t, k * stride, n, &c1, &s1);
+          twiddle(cos_t, sin_t, 2u * k * stride, n, &c2, &s2);
+          twiddle(cos_t, sin_t, 3u * k * stride, n, &c3, &s3);
+          butterfly4(z + 2 * (i0 + k), h, c1, s1, c2, s2, c3, s3);
         }
       }
     }
   }
 }
 
+static inline uint32_t log2_u32(uint32_t n) {
+  uint32_t bits = 0;
+  while ((1u << bits) < n) bits++;
+  return bits;
+}
+
+#if !SER_HAVE_RBIT
+/* j -> the bit reversal of (its own reversal + 1), over log2(n) bits: steps through reversed order. */
+static inline uint32_t next_reversed(uint32_t j, uint32_t n) {
+  uint32_t bit = n >> 1;
+  while (bit != 0u && (j & bit) != 0u) {
+    j ^= bit;
+    bit >>= 1;
+  }
+  return j | bit;
+}
+#endif
+
+/* The windowed frame as n = n_fft/2 complex points (even samples real, odd imaginary), written
+   straight into bit-reversed order, so the FFT needs no permutation pass. Positions 2m and 2m + 1
+   hold the points rev(2m) and rev(2m) + n/2; when log2(n) is odd the FFT's first radix-2 stage
+   (a + b, a - b) is done here too. Returns the sub-DFT length the FFT starts from. */
+static uint32_t window_frame(const ser_fe_state *st, float *z) {
+  const ser_fe_config *cfg = st->cfg;
+  const uint32_t n = cfg->n_fft / 2u, mask = cfg->n_fft - 1u, bits = log2_u32(n);
+  const uint32_t start = st->next_frame_end - cfg->n_fft;
+  const float *ring = st->ring, *w = cfg->window;
+  const int fuse = (int)(bits & 1u);
+#if !SER_HAVE_RBIT
+  uint32_t j = 0;
+#endif
+  for (uint32_t m = 0; m < n / 2u; ++m) {
+#if SER_HAVE_RBIT
+    const uint32_t i0 = reverse_bits(2u * m) >> (32u - bits);
+#else
+    const uint32_t i0 = j;
+    j = next_reversed(next_reversed(j, n), n);
+#endif
+    const uint32_t i1 = i0 + n / 2u, s0 = 2u * i0, s1 = 2u * i1;
+    const float ar = ring[(start + s0) & mask] * w[s0], ai = ring[(start + s0 + 1u) & mask] * w[s0 + 1u];
+    const float br = ring[(start + s1) & mask] * w[s1], bi = ring[(start + s1 + 1u) & mask] * w[s1 + 1u];
+    float *out = z + 4u * m;
+    if (fuse) {
+      out[0] = ar + br;
+      out[1] = ai + bi;
+      out[2] = ar - br;
+      out[3] = ai - bi;
+    } else {
+      out[0] = ar;
+      out[1] = ai;
+      out[2] = br;
+      out[3] = bi;
+    }
+  }
+  return fuse ? 2u : 1u;
+}
+
 /* Power spectrum of the frame ending at st->next_frame_end: window, n_fft/2-point complex FFT, split. */
 static void frame_power(ser_fe_state *st) {
   const ser_fe_config *cfg = st->cfg;
-  const uint32_t n_fft = cfg->n_fft, half = n_fft / 2u, mask = n_fft - 1u;
-  const uint32_t start = st->next_frame_end - n_fft;
+  const uint32_t n_fft = cfg->n_fft, half = n_fft / 2u;
   float *z = st->fft;
-  /* The frame is the ring from `start` on, wrapping once: two runs, no index masking. */
-  const uint32_t first = n_fft - (start & mask);
-  for (uint32_t i = 0; i < first; ++i) z[i] = st->ring[(start & mask) + i] * cfg->window[i];
-  for (uint32_t i = first; i < n_fft; ++i) z[i] = st->ring[i - first] * cfg->window[i];
-  complex_fft(z, half, cfg->fft_cos, cfg->fft_sin);
+  const uint32_t h_done = window_frame(st, z);
+  complex_fft_reversed(z, half, h_done, cfg->fft_cos, cfg->fft_sin);
   /* X[k] = E[k] + e^(-2 pi i k / n_fft) O[k], with E, O the DFTs of the even and odd samples:
-     E[k] = (Z[k] + conj Z[half-k]) / 2, O[k] = (Z[k] - conj Z[half-k]) / 2i. */
+     E[k] = (Z[k] + conj Z[half-k]) / 2, O[k] = (Z[k] - conj Z[half-k]) / 2i. The halvings are left
+     out and the power is scaled by 1/4 instead: scaling by a power of two is exact, so every bit is
+     the same (barring values below 2^-126, which the log offset hides). */
   float *p = st->power;
   const float dc = z[0] + z[1], nyquist = z[0] - z[1];
   p[0] = dc * dc;
   p[half] = nyquist * nyquist;
   for (uint32_t k = 1; k < half; ++k) {
     const float ar = z[2 * k], ai = z[2 * k + 1], br = z[2 * (half - k)], bi = z[2 * (half - k) + 1];
-    const float er = 0.5f * (ar + br), ei = 0.5f * (ai - bi);
-    const float orr = 0.5f * (ai + bi), oi = 0.5f * (br - ar);
+    const float er = ar + br, ei = ai - bi; /* 2 E[k] */
+    const float orr = ai + bi, oi = br - ar; /* 2 O[k] */
     const float c = cfg->fft_cos[k], s = cfg->fft_sin[k];
     const float xr = er + (orr * c + oi * s);
     const float xi = ei + (oi * c - orr * s);
-    p[k] = xr * xr + xi * xi;
+    p[k] = 0.25f * (xr * xr + xi * xi);
   }
 }
 

@@ -11,15 +11,17 @@
  *   int8:     q = clamp(round_half_even(value / input_scale) + input_zero_point, -128, 127)
  *
  * No libm call is made (their results differ between glibc and newlib): the logarithm is
- * ser_logf below, and the FFT is a radix-2 real FFT driven by twiddle tables from the caller.
+ * ser_logf below, and the FFT is a radix-4 real FFT driven by twiddle tables from the caller.
  * Build with -ffp-contract=off so no multiply-add is fused (the host build does the same), never
  * with -ffast-math, and run with the FPU's defaults (round to nearest, no flush-to-zero).
  *
  * Twiddle layout: for k = 0 .. n_fft/2 - 1,
  *   fft_cos[k] = (float)cos(2*pi*k / n_fft),  fft_sin[k] = (float)sin(2*pi*k / n_fft)
  * (the emitted g_fe_fft_cos / g_fe_fft_sin). The real FFT of n_fft samples is a complex FFT of
- * n_fft/2 points (even samples real, odd samples imaginary; its twiddles are the even entries)
- * followed by the split step, which uses every entry.
+ * n_fft/2 points (even samples real, odd samples imaginary; its twiddles are the even entries,
+ * those past the table as W^(j + n_fft/2) = -W^j) followed by the split step, which uses every
+ * entry. The complex FFT is radix 4, with one radix-2 stage first when log2(n_fft/2) is odd; the
+ * windowing writes the frame straight into bit-reversed order, so there is no permutation pass.
  *
  * Memory: no allocation. The state lives in the caller's ser_fe_state and a float workspace of
  * ser_fe_workspace_floats(cfg) values: the last n_fft samples (a ring), the n_fft/2-point complex
