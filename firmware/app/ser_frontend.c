@@ -196,29 +196,16 @@ static inline void butterfly4_w1(float *z, uint32_t h) {
 static void complex_fft_reversed(float *z, uint32_t n, uint32_t h_done, const float *cos_t, const float *sin_t) {
   uint32_t h = h_done; /* length of the sub-DFTs the next stage combines */
   /* Butterflies of one stage touch disjoint quadruples, so their order does not change the result:
-     twiddle-outer while a twiddle serves several blocks, block-outer once blocks are few. */
+     twiddle-outer, so each twiddle triple is looked up once per stage and stays in registers. */
   for (; 4u * h <= n; h <<= 2) {
     const uint32_t len = 4u * h, stride = 2u * n / len;
-    if (h <= n / len) {
-      for (uint32_t i = 0; i < n; i += len) butterfly4_w1(z + 2 * i, h);
-      for (uint32_t k = 1; k < h; ++k) {
-        float c1, s1, c2, s2, c3, s3;
-        twiddle(cos_t, sin_t, k * stride, n, &c1, &s1);
-        twiddle(cos_t, sin_t, 2u * k * stride, n, &c2, &s2);
-        twiddle(cos_t, sin_t, 3u * k * stride, n, &c3, &s3);
-        for (uint32_t i = k; i < n; i += len) butterfly4(z + 2 * i, h, c1, s1, c2, s2, c3, s3);
-      }
-    } else {
-      for (uint32_t i0 = 0; i0 < n; i0 += len) {
-        butterfly4_w1(z + 2 * i0, h);
-        for (uint32_t k = 1; k < h; ++k) {
-          float c1, s1, c2, s2, c3, s3;
-          twiddle(cos_t, sin_t, k * stride, n, &c1, &s1);
-          twiddle(cos_t, sin_t, 2u * k * stride, n, &c2, &s2);
-          twiddle(cos_t, sin_t, 3u * k * stride, n, &c3, &s3);
-          butterfly4(z + 2 * (i0 + k), h, c1, s1, c2, s2, c3, s3);
-        }
-      }
+    for (uint32_t i = 0; i < n; i += len) butterfly4_w1(z + 2 * i, h);
+    for (uint32_t k = 1; k < h; ++k) {
+      float c1, s1, c2, s2, c3, s3;
+      twiddle(cos_t, sin_t, k * stride, n, &c1, &s1);
+      twiddle(cos_t, sin_t, 2u * k * stride, n, &c2, &s2);
+      twiddle(cos_t, sin_t, 3u * k * stride, n, &c3, &s3);
+      for (uint32_t i = k; i < n; i += len) butterfly4(z + 2 * i, h, c1, s1, c2, s2, c3, s3);
     }
   }
 }
@@ -241,18 +228,22 @@ static inline uint32_t next_reversed(uint32_t j, uint32_t n) {
 }
 #endif
 
-/* The windowed frame as n = n_fft/2 complex points (even samples real, odd imaginary), written
-   straight into bit-reversed order, so the FFT needs no permutation pass. Positions 2m and 2m + 1
-   hold the points rev(2m) and rev(2m) + n/2; when log2(n) is odd the FFT's first radix-2 stage
-   (a + b, a - b) is done here too. Returns the sub-DFT length the FFT starts from. */
-static uint32_t window_frame(const ser_fe_state *st, float *z) {
-  const ser_fe_config *cfg = st->cfg;
-  const uint32_t n = cfg->n_fft / 2u, mask = cfg->n_fft - 1u, bits = log2_u32(n);
-  const uint32_t start = st->next_frame_end - cfg->n_fft;
-  const float *ring = st->ring, *w = cfg->window;
-  const int fuse = (int)(bits & 1u);
+/* Frame sample s and s + 1 (s even), windowed, as one complex point. The frame starts at ring
+   index `at`; when `at` is even the pair never straddles the ring's end, so one index serves both. */
+static inline void load_point(const float *ring, const float *w, uint32_t at, uint32_t s, uint32_t mask, int at_even,
+                              float *re, float *im) {
+  const uint32_t r0 = (at + s) & mask;
+  const uint32_t r1 = at_even ? r0 + 1u : (at + s + 1u) & mask;
+  *re = ring[r0] * w[s];
+  *im = ring[r1] * w[s + 1u];
+}
+
+/* window_frame's loop, inlined twice so that `at_even` is a constant in each copy. */
+static inline void window_pass(const float *ring, const float *w, uint32_t at, uint32_t n, uint32_t bits,
+                               uint32_t mask, int at_even, int fuse, float *z) {
 #if !SER_HAVE_RBIT
   uint32_t j = 0;
+  (void)bits;
 #endif
   for (uint32_t m = 0; m < n / 2u; ++m) {
 #if SER_HAVE_RBIT
@@ -261,9 +252,9 @@ static uint32_t window_frame(const ser_fe_state *st, float *z) {
     const uint32_t i0 = j;
     j = next_reversed(next_reversed(j, n), n);
 #endif
-    const uint32_t i1 = i0 + n / 2u, s0 = 2u * i0, s1 = 2u * i1;
-    const float ar = ring[(start + s0) & mask] * w[s0], ai = ring[(start + s0 + 1u) & mask] * w[s0 + 1u];
-    const float br = ring[(start + s1) & mask] * w[s1], bi = ring[(start + s1 + 1u) & mask] * w[s1 + 1u];
+    float ar, ai, br, bi;
+    load_point(ring, w, at, 2u * i0, mask, at_even, &ar, &ai);
+    load_point(ring, w, at, 2u * (i0 + n / 2u), mask, at_even, &br, &bi);
     float *out = z + 4u * m;
     if (fuse) {
       out[0] = ar + br;
@@ -276,6 +267,22 @@ static uint32_t window_frame(const ser_fe_state *st, float *z) {
       out[2] = br;
       out[3] = bi;
     }
+  }
+}
+
+/* The windowed frame as n = n_fft/2 complex points (even samples real, odd imaginary), written
+   straight into bit-reversed order, so the FFT needs no permutation pass. Positions 2m and 2m + 1
+   hold the points rev(2m) and rev(2m) + n/2; when log2(n) is odd the FFT's first radix-2 stage
+   (a + b, a - b) is done here too. Returns the sub-DFT length the FFT starts from. */
+static uint32_t window_frame(const ser_fe_state *st, float *z) {
+  const ser_fe_config *cfg = st->cfg;
+  const uint32_t n = cfg->n_fft / 2u, mask = cfg->n_fft - 1u, bits = log2_u32(n);
+  const uint32_t at = (st->next_frame_end - cfg->n_fft) & mask;
+  const int fuse = (int)(bits & 1u);
+  if ((at & 1u) == 0u) {
+    window_pass(st->ring, cfg->window, at, n, bits, mask, 1, fuse, z);
+  } else {
+    window_pass(st->ring, cfg->window, at, n, bits, mask, 0, fuse, z);
   }
   return fuse ? 2u : 1u;
 }
