@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from convert import budget
-from convert.ops import FIRMWARE_OPS
+from convert.ops import TFLM_OPS
 from convert.tflite_file import _OP_NAMES, _TYPE_NAMES, MODEL_FILE, ModelFileError, _load, read_metadata, sha256
 
 # Tensor types the firmware's kernels take at the model's edges and inside it.
@@ -143,12 +143,13 @@ def analyze(tflite: bytes, name: str = "model", board_name: str | None = None, m
                 params,
             )
         )
-    ops = [{"op": o, "version": v, "count": n, "firmware": o in FIRMWARE_OPS} for (o, v), n in op_counts.items()]
+    ops = [{"op": o, "version": v, "count": n, "firmware": o in TFLM_OPS} for (o, v), n in op_counts.items()]
     missing = [f"{o['op']} (v{o['version']})" for o in ops if not o["firmware"]]
     if missing:
         problems.append(
-            f"op(s) the firmware does not register: {', '.join(missing)}; rebuild the model from supported ops "
-            f"({', '.join(sorted(FIRMWARE_OPS))}) or add them to convert/ops.py and the firmware's TFLM build"
+            f"op(s) TFLM has no built-in kernel for: {', '.join(missing)}; rebuild the model from TFLM's "
+            f"{len(TFLM_OPS)} built-in ops (convert/ops.py lists them) or register the kernel there and link it "
+            "into the firmware's TFLM build"
         )
     io_in = [_spec(graph, int(i)) for i in graph.inputs]
     io_out = [_spec(graph, int(i)) for i in graph.outputs]

@@ -19,7 +19,7 @@ import jinja2
 import numpy as np
 
 from convert.interpreters import tflm_arena_bytes
-from convert.ops import FIRMWARE_OPS, check_ops
+from convert.ops import registrations
 from convert.tflite_file import io_specs, model_frontend, model_labels, operator_names, sha256
 from train.frontend import fft_twiddles, hann_window, mel_filterbank, sparse_mel
 from train.frontend_c import KINDS, workspace_floats
@@ -49,7 +49,7 @@ def arena_with_margin(measured: int) -> int:
 
 def render(tflite: bytes, arena_measured: int | None = None, labels: list[str] | None = None) -> dict[str, str]:
     """File name -> text of every emitted file."""
-    ops = check_ops(tflite)
+    ops = registrations(tflite)
     in_spec, out_spec = io_specs(tflite)
     digest = sha256(tflite)
     frontend = model_frontend(tflite)
@@ -67,10 +67,7 @@ def render(tflite: bytes, arena_measured: int | None = None, labels: list[str] |
         "hex_lines": _lines([f"0x{b:02x}" for b in tflite], 12),
         "model_len": len(tflite),
         "sha256": digest,
-        "ops": [
-            {"name": name, "version": version, "method": FIRMWARE_OPS[name][0], "registration": FIRMWARE_OPS[name][1]}
-            for name, version in ops
-        ],
+        "ops": ops,
         "input": in_spec,
         "output": out_spec,
         "input_elements": int(np.prod(in_spec.shape)),

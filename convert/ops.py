@@ -1,34 +1,134 @@
-"""Which TFLite ops the firmware can register, and the check that refuses a model using any other."""
+"""Which TFLite ops the firmware can register, and the check that refuses a model using any other.
+
+The firmware links every built-in kernel of the pinned TFLM (firmware/tflm/CMakeLists.txt), and an
+emitted op resolver registers exactly the model's ops. Where every tensor an op reads or writes at
+run time is int8, the op gets an int8-only registration (ours, or TFLM's int8 variant: less flash,
+no float or int16 paths); otherwise (16x8 quantization, float, int32 edges) TFLM's general kernel.
+"""
 
 from __future__ import annotations
 
-from convert.tflite_file import ModelFileError, op_versions
+from convert.tflite_file import ModelFileError, op_tensor_types, op_versions
 
-# Builtin op -> (MicroMutableOpResolver method, kernel registration or "" for the method's default).
-# The firmware's ops are int8, so where TFLM has an int8-only kernel variant it is registered
-# (less flash: no float/int16 paths); ADD, CONV_2D, FULLY_CONNECTED, MEAN and SOFTMAX run our own
-# (firmware/kernels/).
-# In the reference-kernel build all of these resolve to TFLM's reference kernels.
-FIRMWARE_OPS: dict[str, tuple[str, str]] = {
-    "ADD": ("AddAdd", "ser::Register_ADD_INT8()"),
-    "AVERAGE_POOL_2D": ("AddAveragePool2D", "tflite::Register_AVERAGE_POOL_2D_INT8()"),
-    "CONCATENATION": ("AddConcatenation", ""),
-    "CONV_2D": ("AddConv2D", "ser::Register_CONV_2D_INT8()"),
-    "DEPTHWISE_CONV_2D": ("AddDepthwiseConv2D", "tflite::Register_DEPTHWISE_CONV_2D_INT8()"),
-    "DEQUANTIZE": ("AddDequantize", ""),
-    "EXPAND_DIMS": ("AddExpandDims", ""),
-    "FULLY_CONNECTED": ("AddFullyConnected", "ser::Register_FULLY_CONNECTED_INT8()"),
-    "LOGISTIC": ("AddLogistic", ""),
-    "MAX_POOL_2D": ("AddMaxPool2D", "tflite::Register_MAX_POOL_2D_INT8()"),
-    "MEAN": ("AddMean", "ser::Register_MEAN_INT8()"),
-    "MUL": ("AddMul", "tflite::Register_MUL_INT8()"),
-    "PAD": ("AddPad", "tflite::Register_PAD_INT8()"),
-    "QUANTIZE": ("AddQuantize", ""),
-    "RELU": ("AddRelu", ""),
-    "RELU6": ("AddRelu6", ""),
-    "RESHAPE": ("AddReshape", ""),
-    "SOFTMAX": ("AddSoftmax", "ser::Register_SOFTMAX_INT8()"),
-    "SQUEEZE": ("AddSqueeze", ""),
+# Built-in op -> MicroMutableOpResolver method, for every built-in of the pinned TFLM
+# (tensorflow/lite/micro/micro_mutable_op_resolver.h; tests/test_op_resolver.py checks it there).
+TFLM_OPS: dict[str, str] = {
+    "ABS": "AddAbs",
+    "ADD": "AddAdd",
+    "ADD_N": "AddAddN",
+    "ARG_MAX": "AddArgMax",
+    "ARG_MIN": "AddArgMin",
+    "ASSIGN_VARIABLE": "AddAssignVariable",
+    "AVERAGE_POOL_2D": "AddAveragePool2D",
+    "BATCH_MATMUL": "AddBatchMatMul",
+    "BATCH_TO_SPACE_ND": "AddBatchToSpaceNd",
+    "BROADCAST_ARGS": "AddBroadcastArgs",
+    "BROADCAST_TO": "AddBroadcastTo",
+    "CALL_ONCE": "AddCallOnce",
+    "CAST": "AddCast",
+    "CEIL": "AddCeil",
+    "CONCATENATION": "AddConcatenation",
+    "CONV_2D": "AddConv2D",
+    "COS": "AddCos",
+    "CUMSUM": "AddCumSum",
+    "DEPTHWISE_CONV_2D": "AddDepthwiseConv2D",
+    "DEPTH_TO_SPACE": "AddDepthToSpace",
+    "DEQUANTIZE": "AddDequantize",
+    "DIV": "AddDiv",
+    "DYNAMIC_UPDATE_SLICE": "AddDynamicUpdateSlice",
+    "ELU": "AddElu",
+    "EMBEDDING_LOOKUP": "AddEmbeddingLookup",
+    "EQUAL": "AddEqual",
+    "EXP": "AddExp",
+    "EXPAND_DIMS": "AddExpandDims",
+    "FILL": "AddFill",
+    "FLOOR": "AddFloor",
+    "FLOOR_DIV": "AddFloorDiv",
+    "FLOOR_MOD": "AddFloorMod",
+    "FULLY_CONNECTED": "AddFullyConnected",
+    "GATHER": "AddGather",
+    "GATHER_ND": "AddGatherNd",
+    "GREATER": "AddGreater",
+    "GREATER_EQUAL": "AddGreaterEqual",
+    "HARD_SWISH": "AddHardSwish",
+    "IF": "AddIf",
+    "L2_NORMALIZATION": "AddL2Normalization",
+    "L2_POOL_2D": "AddL2Pool2D",
+    "LEAKY_RELU": "AddLeakyRelu",
+    "LESS": "AddLess",
+    "LESS_EQUAL": "AddLessEqual",
+    "LOG": "AddLog",
+    "LOGICAL_AND": "AddLogicalAnd",
+    "LOGICAL_NOT": "AddLogicalNot",
+    "LOGICAL_OR": "AddLogicalOr",
+    "LOGISTIC": "AddLogistic",
+    "LOG_SOFTMAX": "AddLogSoftmax",
+    "MAXIMUM": "AddMaximum",
+    "MAX_POOL_2D": "AddMaxPool2D",
+    "MEAN": "AddMean",
+    "MINIMUM": "AddMinimum",
+    "MIRROR_PAD": "AddMirrorPad",
+    "MUL": "AddMul",
+    "NEG": "AddNeg",
+    "NOT_EQUAL": "AddNotEqual",
+    "PACK": "AddPack",
+    "PAD": "AddPad",
+    "PADV2": "AddPadV2",
+    "PRELU": "AddPrelu",
+    "QUANTIZE": "AddQuantize",
+    "READ_VARIABLE": "AddReadVariable",
+    "REDUCE_ALL": "AddReduceAll",
+    "REDUCE_MAX": "AddReduceMax",
+    "REDUCE_MIN": "AddReduceMin",
+    "RELU": "AddRelu",
+    "RELU6": "AddRelu6",
+    "RESHAPE": "AddReshape",
+    "RESIZE_BILINEAR": "AddResizeBilinear",
+    "RESIZE_NEAREST_NEIGHBOR": "AddResizeNearestNeighbor",
+    "REVERSE_V2": "AddReverseV2",
+    "ROUND": "AddRound",
+    "RSQRT": "AddRsqrt",
+    "SELECT_V2": "AddSelectV2",
+    "SHAPE": "AddShape",
+    "SIN": "AddSin",
+    "SLICE": "AddSlice",
+    "SOFTMAX": "AddSoftmax",
+    "SPACE_TO_BATCH_ND": "AddSpaceToBatchNd",
+    "SPACE_TO_DEPTH": "AddSpaceToDepth",
+    "SPLIT": "AddSplit",
+    "SPLIT_V": "AddSplitV",
+    "SQRT": "AddSqrt",
+    "SQUARE": "AddSquare",
+    "SQUARED_DIFFERENCE": "AddSquaredDifference",
+    "SQUEEZE": "AddSqueeze",
+    "STRIDED_SLICE": "AddStridedSlice",
+    "SUB": "AddSub",
+    "SUM": "AddSum",
+    "SVDF": "AddSvdf",
+    "TANH": "AddTanh",
+    "TRANSPOSE": "AddTranspose",
+    "TRANSPOSE_CONV": "AddTransposeConv",
+    "UNIDIRECTIONAL_SEQUENCE_LSTM": "AddUnidirectionalSequenceLSTM",
+    "UNPACK": "AddUnpack",
+    "VAR_HANDLE": "AddVarHandle",
+    "WHILE": "AddWhile",
+    "ZEROS_LIKE": "AddZerosLike",
+}
+
+# Op -> its int8-only registration. ADD, CONV_2D, FULLY_CONNECTED, MEAN and SOFTMAX run our own
+# kernels (firmware/kernels/); in the reference-kernel build these all resolve to TFLM's reference
+# kernels (kernels/ser_kernels.h).
+INT8_REGISTRATIONS: dict[str, str] = {
+    "ADD": "ser::Register_ADD_INT8()",
+    "AVERAGE_POOL_2D": "tflite::Register_AVERAGE_POOL_2D_INT8()",
+    "CONV_2D": "ser::Register_CONV_2D_INT8()",
+    "DEPTHWISE_CONV_2D": "tflite::Register_DEPTHWISE_CONV_2D_INT8()",
+    "FULLY_CONNECTED": "ser::Register_FULLY_CONNECTED_INT8()",
+    "MAX_POOL_2D": "tflite::Register_MAX_POOL_2D_INT8()",
+    "MEAN": "ser::Register_MEAN_INT8()",
+    "MUL": "tflite::Register_MUL_INT8()",
+    "PAD": "tflite::Register_PAD_INT8()",
+    "SOFTMAX": "ser::Register_SOFTMAX_INT8()",
 }
 
 
@@ -39,11 +139,27 @@ class UnsupportedOpError(ModelFileError):
 def check_ops(tflite: bytes) -> list[tuple[str, int]]:
     """The model's ops with versions; raises UnsupportedOpError naming every op the firmware lacks."""
     ops = op_versions(tflite)
-    missing = [f"{name} (v{version})" for name, version in ops if name not in FIRMWARE_OPS]
+    missing = [f"{name} (v{version})" for name, version in ops if name not in TFLM_OPS]
     if missing:
+        custom = any(name.startswith("CUSTOM:") for name, _ in ops if name not in TFLM_OPS)
         raise UnsupportedOpError(
-            f"the firmware cannot run this model: unsupported op(s) {', '.join(missing)}. "
-            f"Supported: {', '.join(sorted(FIRMWARE_OPS))}. Rebuild the model from supported layers "
-            "or add the op to convert/ops.py and the firmware's TFLM build."
+            f"the firmware cannot run this model: TFLM has no built-in kernel for {', '.join(missing)}"
+            + (" (custom ops are not linked into the firmware)" if custom else "")
+            + ". Rebuild the model from TFLM's built-in ops (ser-analyze lists them), or register the "
+            "kernel in convert/ops.py and link it into the firmware's TFLM build."
         )
     return ops
+
+
+def registrations(tflite: bytes) -> list[dict]:
+    """Each op of the model: name, version, resolver method and registration ("" = TFLM's general kernel)."""
+    types = op_tensor_types(tflite)
+    return [
+        {
+            "name": name,
+            "version": version,
+            "method": TFLM_OPS[name],
+            "registration": INT8_REGISTRATIONS.get(name, "") if types.get(name) == {"int8"} else "",
+        }
+        for name, version in check_ops(tflite)
+    ]

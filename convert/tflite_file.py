@@ -226,3 +226,24 @@ def layer_macs(tflite: bytes) -> list[int]:
 def count_macs(tflite: bytes) -> int:
     """Multiply-accumulates of one inference."""
     return sum(layer_macs(tflite))
+
+
+def op_tensor_types(tflite: bytes) -> dict[str, set[str]]:
+    """Op name -> the types of the tensors its operators read or write at run time (constants left out)."""
+    model = _load(tflite)
+    types: dict[str, set[str]] = {}
+    for subgraph in model.subgraphs or []:
+        tensors = subgraph.tensors or []
+        for op in subgraph.operators or []:
+            code = model.operatorCodes[op.opcodeIndex]
+            name = _OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+            seen = types.setdefault(name, set())
+            for index in [*(op.inputs if op.inputs is not None else []), *(op.outputs if op.outputs is not None else [])]:
+                if index < 0:
+                    continue  # an optional input left out
+                tensor = tensors[int(index)]
+                buffer = model.buffers[tensor.buffer] if model.buffers and tensor.buffer < len(model.buffers) else None
+                if buffer is not None and buffer.data is not None and len(buffer.data) > 0:
+                    continue  # weights and other constants
+                seen.add(_TYPE_NAMES.get(tensor.type, str(tensor.type)))
+    return types

@@ -53,10 +53,11 @@ def test_person_detect_fits_the_nucleo_but_not_the_small_nrf() -> None:
 
 
 @needs_tflm_models
-def test_an_op_the_firmware_lacks_is_named_with_its_version() -> None:
+def test_svdf_is_registered_and_an_int32_output_is_named() -> None:
     result = _analyze_cli(str(Path(DEPS or "") / "tflite-micro/tensorflow/lite/micro/models/keyword_scrambled_8bit.tflite"))
     assert result.returncode == 2
-    assert "SVDF (v3)" in result.stdout and "does not register" in result.stdout
+    assert "| SVDF | 3 |" in result.stdout and "no built-in kernel" not in result.stdout
+    assert "is int32" in result.stdout
 
 
 @needs_tflm_models
