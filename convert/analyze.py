@@ -18,11 +18,20 @@ import numpy as np
 
 from convert import budget
 from convert.ops import TFLM_OPS
-from convert.tflite_file import _OP_NAMES, _TYPE_NAMES, MODEL_FILE, ModelFileError, _load, read_metadata, sha256
+from convert.tflite_file import (
+    _OP_NAMES,
+    _TYPE_NAMES,
+    MAC_OPS,
+    MODEL_FILE,
+    ModelFileError,
+    _load,
+    layer_macs,
+    read_metadata,
+    sha256,
+)
 
 # Tensor types the firmware's kernels take at the model's edges and inside it.
 EDGE_TYPES = {"int8", "uint8", "int16", "float32"}
-MAC_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
 QUANTIZE_HINT = (
     "quantize it to full int8 first: TFLiteConverter with optimizations=[tf.lite.Optimize.DEFAULT], a "
     "representative_dataset and target_spec.supported_ops=[tf.lite.OpsSet.TFLITE_BUILTINS_INT8] "
@@ -91,19 +100,6 @@ def _describe(spec: dict) -> str:
     return f"{'x'.join(map(str, spec['shape'])) or 'scalar'} {spec['dtype']}"
 
 
-def _macs(op_name: str, graph, op) -> int:
-    out = int(np.prod(graph.tensors[op.outputs[0]].shape))
-    if op_name == "TRANSPOSE_CONV":  # inputs: output shape, weights (out_ch, kh, kw, in_ch), input
-        w = [int(d) for d in graph.tensors[op.inputs[1]].shape]
-        return int(np.prod(graph.tensors[op.inputs[2]].shape)) * w[0] * w[1] * w[2]
-    w = [int(d) for d in graph.tensors[op.inputs[1]].shape]
-    if op_name == "CONV_2D":  # weights (out_ch, kh, kw, in_ch / groups)
-        return out * w[1] * w[2] * w[3]
-    if op_name == "DEPTHWISE_CONV_2D":  # weights (1, kh, kw, out_ch)
-        return out * w[1] * w[2]
-    return out * w[-1]  # FULLY_CONNECTED: weights (units, inputs)
-
-
 def analyze(tflite: bytes, name: str = "model", board_name: str | None = None, measure_arena: bool = True) -> Analysis:
     model = _load(tflite)
     problems: list[str] = []
@@ -116,6 +112,7 @@ def analyze(tflite: bytes, name: str = "model", board_name: str | None = None, m
     constant = {i for i, t in enumerate(graph.tensors) if t.buffer and _has_data(model.buffers[t.buffer])}
     counted: set[int] = set()
     layers: list[Layer] = []
+    macs = layer_macs(tflite)
     op_counts: dict[tuple[str, int], int] = {}
     for index, op in enumerate(graph.operators or []):
         code = model.operatorCodes[op.opcodeIndex]
@@ -139,7 +136,7 @@ def analyze(tflite: bytes, name: str = "model", board_name: str | None = None, m
                 int(code.version),
                 [_describe(_spec(graph, i)) for i in inputs if i not in constant],
                 [_describe(_spec(graph, int(o))) for o in op.outputs],
-                _macs(op_name, graph, op) if op_name in MAC_OPS else 0,
+                macs[index],
                 params,
             )
         )

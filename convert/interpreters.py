@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -94,25 +95,70 @@ class LiteRtRunner:
         return np.array(self._interp.get_tensor(self._out["index"])).reshape(-1)
 
 
+# The arena search runs in a child process: TFLM's host interpreter can crash (not raise) when an
+# arena is too small (its LSTM kernel dereferences a buffer it failed to allocate). The child reports
+# each probe before and after it, so a crash counts as "too small" and the search goes on.
+_ARENA_SEARCH = """
+import os, sys
+from tflite_micro.python.tflite_micro import runtime
+report = os.fdopen(os.dup(1), "w", buffering=1)
+sink = os.open(os.devnull, os.O_WRONLY)
+os.dup2(sink, 1)
+os.dup2(sink, 2)
+model = sys.stdin.buffer.read()
+lo, hi, check_hi = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+def works(size):
+    report.write(f"try {size}\\n")
+    try:
+        runtime.Interpreter.from_bytes(model, arena_size=size).invoke()
+        ok = True
+    except (RuntimeError, ValueError):
+        ok = False
+    report.write(f"{'ok' if ok else 'fail'} {size}\\n")
+    return ok
+if check_hi and not works(hi):
+    sys.exit(3)
+while hi - lo > 16:
+    mid = (lo + hi) // 2 // 16 * 16
+    if works(mid):
+        hi = mid
+    else:
+        lo = mid
+"""
+ARENA_SEARCH_RESTARTS = 32
+
+
 def tflm_arena_bytes(tflite: bytes, upper: int = 8 * 1024 * 1024) -> int:
     """Smallest arena (to 16 bytes) with which TFLM allocates and invokes the model."""
-    from tflite_micro.python.tflite_micro import runtime
-
-    def works(size: int) -> bool:
-        try:
-            with quiet_fds():
-                runtime.Interpreter.from_bytes(tflite, arena_size=size).invoke()
-            return True
-        except (RuntimeError, ValueError):
-            return False
-
-    if not works(upper):
-        raise RuntimeError(f"TFLM cannot run this model even with a {upper // 1024} KB arena")
-    lo, hi = 0, upper  # lo fails (or is 0), hi works
-    while hi - lo > 16:
-        mid = (lo + hi) // 2 // 16 * 16
-        if works(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    lo, hi, hi_checked = 0, upper, False  # lo fails (or is 0), hi works once checked
+    for _ in range(ARENA_SEARCH_RESTARTS):
+        child = subprocess.run(
+            [sys.executable, "-c", _ARENA_SEARCH, str(lo), str(hi), "0" if hi_checked else "1"],
+            input=tflite,
+            capture_output=True,
+            check=False,
+        )
+        trying = None
+        for line in child.stdout.decode(errors="replace").splitlines():
+            word, _, size = line.partition(" ")
+            if word == "try":
+                trying = int(size)
+            elif word in ("ok", "fail"):
+                trying = None
+                if word == "ok":
+                    hi, hi_checked = int(size), True
+                else:
+                    lo = int(size)
+        if child.returncode == 0:
+            return hi
+        if child.returncode == 3:
+            raise RuntimeError(f"TFLM cannot run this model even with a {upper // 1024} KB arena")
+        if trying is None:
+            raise RuntimeError(f"the TFLM arena search failed: {child.stderr.decode(errors='replace')[-500:]}")
+        if not hi_checked:
+            raise RuntimeError(
+                f"TFLM's host interpreter crashed running this model (exit {child.returncode}) even with a "
+                f"{upper // 1024} KB arena: the model cannot be checked against TFLM on the host"
+            )
+        lo = trying  # it crashed for want of memory: too small
+    raise RuntimeError(f"the TFLM arena search crashed {ARENA_SEARCH_RESTARTS} times; giving up")

@@ -200,26 +200,48 @@ def operator_names(tflite: bytes) -> list[str]:
     ]
 
 
+# Ops whose multiply-accumulates layer_macs counts; every other op counts 0.
+MAC_OPS = frozenset(
+    {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "SVDF", "UNIDIRECTIONAL_SEQUENCE_LSTM", "BATCH_MATMUL"}
+)
+
+
+def _op_macs(name: str, graph, op) -> int:
+    """Multiply-accumulates of one operator, from its weight and output shapes."""
+    shape = lambda i: [int(d) for d in graph.tensors[int(i)].shape]  # noqa: E731
+    out = int(np.prod(shape(op.outputs[0])))
+    if name == "CONV_2D":  # weights (out_ch, kh, kw, in_ch / groups)
+        w = shape(op.inputs[1])
+        return out * w[1] * w[2] * w[3]
+    if name == "DEPTHWISE_CONV_2D":  # weights (1, kh, kw, out_ch)
+        w = shape(op.inputs[1])
+        return out * w[1] * w[2]
+    if name == "FULLY_CONNECTED":  # weights (units, inputs)
+        return out * shape(op.inputs[1])[-1]
+    if name == "TRANSPOSE_CONV":  # inputs: output shape, weights (out_ch, kh, kw, in_ch), input
+        w = shape(op.inputs[1])
+        return int(np.prod(shape(op.inputs[2]))) * w[0] * w[1] * w[2]
+    if name == "SVDF":  # input (batch, n_in), feature weights (filters, n_in), time weights (filters, memory)
+        batch = shape(op.inputs[0])[0]
+        return batch * (int(np.prod(shape(op.inputs[1]))) + int(np.prod(shape(op.inputs[2]))))
+    if name == "UNIDIRECTIONAL_SEQUENCE_LSTM":  # input (batch, time, n_in) or (time, batch, n_in); weights 1-8
+        steps = int(np.prod(shape(op.inputs[0])[:-1]))
+        gates = [i for i in op.inputs[1:9] if i >= 0]
+        return steps * sum(int(np.prod(shape(i))) for i in gates)
+    if name == "BATCH_MATMUL":  # (..., n, k) x (..., k, m) -> (..., n, m)
+        return out * shape(op.inputs[0])[-1]
+    return 0
+
+
 def layer_macs(tflite: bytes) -> list[int]:
-    """Multiply-accumulates of each operator in execution order (0 for all but CONV_2D, DEPTHWISE_CONV_2D
-    and FULLY_CONNECTED)."""
+    """Multiply-accumulates of each operator in execution order (0 for ops outside MAC_OPS)."""
     model = _load(tflite)
     graph = model.subgraphs[0]
     macs = []
     for op in graph.operators or []:
         code = model.operatorCodes[op.opcodeIndex]
         name = _OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
-        if name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
-            macs.append(0)
-            continue
-        out = int(np.prod(graph.tensors[op.outputs[0]].shape))
-        weights = [int(d) for d in graph.tensors[op.inputs[1]].shape]
-        if name == "CONV_2D":  # weights (out_ch, kh, kw, in_ch)
-            macs.append(out * weights[1] * weights[2] * weights[3])
-        elif name == "DEPTHWISE_CONV_2D":  # weights (1, kh, kw, out_ch)
-            macs.append(out * weights[1] * weights[2])
-        else:  # weights (units, inputs)
-            macs.append(out * weights[1])
+        macs.append(_op_macs(name, graph, op) if name in MAC_OPS else 0)
     return macs
 
 

@@ -88,3 +88,17 @@ def test_bad_files_get_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 2 and "after ser-convert" in result.stderr
     with pytest.raises(ModelFileError):
         analyze(b"TFL3")
+
+
+@needs_tflm_models
+def test_a_model_whose_kernel_crashes_on_a_small_arena_is_still_measured() -> None:
+    # TFLM's LSTM kernel dereferences a buffer it failed to allocate when the arena is too small: the
+    # search runs in a child process, so the crash counts as "too small" instead of ending ser-analyze.
+    a = analyze(tflm_model("examples/dtln/dtln_noise_suppression.tflite"), "dtln")
+    assert a.runnable, a.problems
+    assert 4096 < a.arena_bytes < 16384
+    # MACs of an LSTM: its 4 input and 4 recurrent weight matrices, once per time step
+    assert [ly.macs for ly in a.layers if ly.op == "UNIDIRECTIONAL_SEQUENCE_LSTM"] == [
+        4 * 128 * 257 + 4 * 128 * 128,
+        4 * 128 * 128 + 4 * 128 * 128,
+    ]

@@ -2,8 +2,9 @@
 
 - the op table is the pinned TFLM's (its MicroMutableOpResolver, read from the sources);
 - an int8 model's ops get the int8-only registrations (our kernels), a 16x8 model's the general ones;
-- an int8 model made of ops outside our own kernels (LEAKY_RELU, TANH, STRIDED_SLICE, SUB) builds
-  and runs on the emulated board bit for bit with the host's TFLM.
+- an int8 model made of ops outside our own kernels (LEAKY_RELU, TANH, STRIDED_SLICE, SUB), and
+  TFLM's own int8 LSTM example (UNIDIRECTIONAL_SEQUENCE_LSTM, int16 cell state), build and run on
+  the emulated board bit for bit with the host's TFLM.
 """
 
 from __future__ import annotations
@@ -79,24 +80,36 @@ def test_a_16x8_convolution_gets_tflm_general_kernel() -> None:
     assert conv["method"] == "AddConv2D" and conv["registration"] == ""
 
 
-@needs_deps
-def test_ops_outside_our_kernels_run_bit_exact_on_the_board() -> None:
+def _runs_bit_exact_on_the_board(tflite: bytes, inputs: int = 3) -> None:
+    """Build the firmware for ``tflite`` and compare the board's outputs with the host's TFLM, input by input."""
     from convert.interpreters import TflmRunner
     from host import qemu
     from host.board import BoardLink
     from host.firmware import build
 
-    tflite = _model_outside_our_kernels()
-    assert {"LEAKY_RELU", "TANH", "SUB", "STRIDED_SLICE"} <= {name for name, _ in op_versions(tflite)}
     elf = build(BOARD, tflite, DEPS)
-    spec, _ = io_specs(tflite)
-    elements = int(np.prod(spec.shape))
+    in_spec, out_spec = io_specs(tflite)
+    elements = int(np.prod(in_spec.shape))
     reference = TflmRunner(tflite)
     rng = np.random.default_rng(2)
     with qemu.running(BOARD, elf) as emu, BoardLink(emu.url) as link:
         assert link.hello().clip_samples == elements
-        for clip_id in range(3):
+        for clip_id in range(inputs):
             x = rng.integers(-128, 128, elements).astype(np.int16)  # the board takes int8 values as samples
-            expected = reference(x.astype(np.int8)).tolist()
-            assert len(expected) == 24
-            assert list(link.classify(x, clip_id).scores) == expected
+            expected = reference(x.astype(np.int8).reshape(in_spec.shape)).ravel().tolist()
+            assert len(expected) == int(np.prod(out_spec.shape))
+            assert list(link.classify(x, clip_id).scores) == expected, f"input {clip_id}"
+
+
+@needs_deps
+def test_ops_outside_our_kernels_run_bit_exact_on_the_board() -> None:
+    tflite = _model_outside_our_kernels()
+    assert {"LEAKY_RELU", "TANH", "SUB", "STRIDED_SLICE"} <= {name for name, _ in op_versions(tflite)}
+    _runs_bit_exact_on_the_board(tflite)
+
+
+@needs_deps
+def test_tflm_mnist_lstm_runs_bit_exact_on_the_board() -> None:
+    tflite = _tflm("examples/mnist_lstm/trained_lstm_int8.tflite").read_bytes()
+    assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in {name for name, _ in op_versions(tflite)}
+    _runs_bit_exact_on_the_board(tflite)
