@@ -28,6 +28,8 @@ from host.protocol import (
     Frame,
     Hello,
     Info,
+    Invoke,
+    Invoked,
     Message,
     Next,
     Parser,
@@ -38,6 +40,11 @@ from host.protocol import (
     RxPath,
     RxPathSet,
     Start,
+    TensorChunk,
+    TensorData,
+    TensorNext,
+    TensorRead,
+    TensorStart,
     decode_message,
 )
 from host.uart_eth import UartEthPort
@@ -344,6 +351,35 @@ class BoardLink:
         if reply.clip_id != clip_id:
             raise BoardError(f"result for clip {reply.clip_id} while waiting for clip {clip_id}")
         return reply
+
+    def run_tensors(self, inputs: list[bytes], req_id: int, invoke_timeout: float = 30.0) -> tuple[list[bytes], int]:
+        """Raw tensors (PROTOCOL.md 12): write every input tensor's bytes, INVOKE, read every output back.
+
+        Returns the output tensors' bytes and the Invoke cycles. Needs a board whose INFO has TENSOR_IO."""
+        tensor_io = self.info.tensor_io if self.info is not None else None
+        if tensor_io is None:
+            raise BoardError(
+                f"{self.url}: the board's firmware predates raw tensor input (its INFO has no TENSOR_IO): "
+                "rebuild and flash this project's firmware"
+            )
+        for index, data in enumerate(inputs):
+            reply = self.request(TensorStart(req_id, index, len(data)), (TensorNext,))
+            while reply.max_bytes:
+                if (reply.req_id, reply.index) != (req_id, index):
+                    raise BoardError(f"board asked for tensor {reply.req_id}/{reply.index} while sending {req_id}/{index}")
+                part = data[reply.offset : reply.offset + min(reply.max_bytes, self.chunk_size.limit)]
+                reply = self.request(TensorChunk(req_id, index, reply.offset, part), (TensorNext,))
+        done = self.request(Invoke(req_id), (Invoked,), timeout=self.timeout + invoke_timeout)
+        outputs = []
+        for index, size in enumerate(done.output_bytes):
+            data = bytearray()
+            while len(data) < size:
+                part = self.request(TensorRead(req_id, index, len(data), size - len(data)), (TensorData,))
+                if (part.req_id, part.index, part.offset) != (req_id, index, len(data)):
+                    raise BoardError(f"board sent tensor {part.req_id}/{part.index}@{part.offset} for {req_id}/{index}")
+                data += part.data
+            outputs.append(bytes(data))
+        return outputs, done.invoke_cycles
 
     def profile(self) -> ProfileData:
         return self.request(Profile(), (ProfileData,))

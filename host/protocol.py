@@ -22,6 +22,9 @@ OVERHEAD = 8
 CHUNK_HEADER_SIZE = 11
 CHUNK_MAX_DATA = MAX_PAYLOAD - CHUNK_HEADER_SIZE
 CHUNK_MAX_RAW_SAMPLES = CHUNK_MAX_DATA // 2
+TENSOR_CHUNK_HEADER_SIZE = 9
+TENSOR_CHUNK_MAX_DATA = MAX_PAYLOAD - TENSOR_CHUNK_HEADER_SIZE
+MAX_TENSORS = 16  # outputs an INVOKED reply describes at most (ser_protocol.h SER_MAX_TENSORS)
 
 
 class MsgType(enum.IntEnum):
@@ -31,12 +34,19 @@ class MsgType(enum.IntEnum):
     PROFILE = 0x04
     RESET = 0x05
     RX_PATH = 0x06
+    TENSOR_START = 0x07  # raw tensors (PROTOCOL.md 12): only to a board whose INFO has TENSOR_IO
+    TENSOR_CHUNK = 0x08
+    INVOKE = 0x09
+    TENSOR_READ = 0x0A
     BOOT = 0x80
     INFO = 0x81
     NEXT = 0x82
     RESULT = 0x83
     PROFILE_DATA = 0x84
     RX_PATH_SET = 0x85
+    TENSOR_NEXT = 0x86
+    INVOKED = 0x87
+    TENSOR_DATA = 0x88
     ERROR = 0xEE
 
 
@@ -52,6 +62,7 @@ class ErrorCode(enum.IntEnum):
     TRUNCATED = 9
     BUSY = 10
     BAD_PATH = 11
+    BAD_TENSOR = 12
 
 
 class Tag(enum.IntEnum):
@@ -72,6 +83,7 @@ class Tag(enum.IntEnum):
     BUILD_ID = 0x0D
     PCM_ENCODINGS = 0x0E
     RX_PATHS = 0x0F
+    TENSOR_IO = 0x10
 
 
 class PayloadError(ValueError):
@@ -399,6 +411,117 @@ class ProfileData:
 
 
 @dataclass(frozen=True)
+class TensorStart:
+    """Raw tensors (PROTOCOL.md 12): input ``index`` of request ``req_id`` follows, ``n_bytes`` long."""
+
+    TYPE: ClassVar[MsgType] = MsgType.TENSOR_START
+    req_id: int
+    index: int
+    n_bytes: int
+
+    def encode(self) -> bytes:
+        return struct.pack("<IBI", self.req_id, self.index, self.n_bytes)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> TensorStart:
+        _need(len(payload) == 9, f"TENSOR_START is 9 bytes, got {len(payload)}")
+        return cls(*struct.unpack("<IBI", payload))
+
+
+@dataclass(frozen=True)
+class TensorNext:
+    """The board asks for the bytes of input ``index`` from ``offset``, at most ``max_bytes`` (0: complete)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.TENSOR_NEXT
+    req_id: int
+    index: int
+    offset: int
+    max_bytes: int
+
+    def encode(self) -> bytes:
+        return struct.pack("<IBIH", self.req_id, self.index, self.offset, self.max_bytes)
+
+    @classmethod
+    def decode(cls, payload: bytes):
+        _need(len(payload) == 11, f"{cls.TYPE.name} is 11 bytes, got {len(payload)}")
+        return cls(*struct.unpack("<IBIH", payload))
+
+
+@dataclass(frozen=True)
+class TensorRead(TensorNext):
+    """The host asks for at most ``max_bytes`` of output ``index`` from ``offset`` (after INVOKED)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.TENSOR_READ
+
+
+@dataclass(frozen=True)
+class TensorChunk:
+    """Bytes of input ``index`` at ``offset`` (host -> board)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.TENSOR_CHUNK
+    req_id: int
+    index: int
+    offset: int
+    data: bytes
+
+    def encode(self) -> bytes:
+        if not 1 <= len(self.data) <= TENSOR_CHUNK_MAX_DATA:
+            raise ValueError(f"{self.TYPE.name} carries 1 .. {TENSOR_CHUNK_MAX_DATA} bytes, not {len(self.data)}")
+        return struct.pack("<IBI", self.req_id, self.index, self.offset) + self.data
+
+    @classmethod
+    def decode(cls, payload: bytes):
+        _need(len(payload) > TENSOR_CHUNK_HEADER_SIZE, f"{cls.TYPE.name} carries no data")
+        return cls(*struct.unpack_from("<IBI", payload), bytes(payload[TENSOR_CHUNK_HEADER_SIZE:]))
+
+
+@dataclass(frozen=True)
+class TensorData(TensorChunk):
+    """Bytes of output ``index`` at ``offset`` (board -> host, answering TENSOR_READ)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.TENSOR_DATA
+
+
+@dataclass(frozen=True)
+class Invoke:
+    """Run the model on the input tensors of request ``req_id``."""
+
+    TYPE: ClassVar[MsgType] = MsgType.INVOKE
+    req_id: int
+
+    def encode(self) -> bytes:
+        return struct.pack("<I", self.req_id)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Invoke:
+        _need(len(payload) == 4, f"INVOKE is 4 bytes, got {len(payload)}")
+        return cls(*struct.unpack("<I", payload))
+
+
+@dataclass(frozen=True)
+class Invoked:
+    """The model ran: its Invoke cycles and the size in bytes of every output tensor."""
+
+    TYPE: ClassVar[MsgType] = MsgType.INVOKED
+    req_id: int
+    invoke_cycles: int
+    output_bytes: tuple[int, ...]
+
+    def encode(self) -> bytes:
+        if len(self.output_bytes) > MAX_TENSORS:
+            raise ValueError(f"INVOKED describes at most {MAX_TENSORS} outputs")
+        n = len(self.output_bytes)
+        return struct.pack(f"<IIB{n}I", self.req_id, self.invoke_cycles, n, *self.output_bytes)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Invoked:
+        _need(len(payload) >= 9 and len(payload) == 9 + 4 * payload[8], f"INVOKED of {len(payload)} bytes")
+        _need(payload[8] <= MAX_TENSORS, f"INVOKED describes at most {MAX_TENSORS} outputs")
+        req_id, cycles, n = struct.unpack_from("<IIB", payload)
+        return cls(req_id, cycles, struct.unpack_from(f"<{n}I", payload, 9))
+
+
+@dataclass(frozen=True)
 class TensorSpec:
     """dtype is a TfLiteType code (9 int8, 1 float32, 7 int16, 3 uint8)."""
 
@@ -451,6 +574,7 @@ class Info:
     build_id: str | None = None
     pcm_encodings: int | None = None  # bit n: encoding n decodes on the board
     rx_paths: int | None = None  # ways in for the host's stream, path 0 the UART (PROTOCOL.md 8)
+    tensor_io: tuple[int, int, int] | None = None  # n_inputs, n_outputs, max_chunk_bytes: raw tensors (PROTOCOL.md 12)
     extra: tuple[tuple[int, bytes], ...] = field(default=())
 
     def encode(self) -> bytes:
@@ -489,6 +613,8 @@ class Info:
             out += _tlv(Tag.PCM_ENCODINGS, bytes([self.pcm_encodings]))
         if self.rx_paths is not None:
             out += _tlv(Tag.RX_PATHS, bytes([self.rx_paths]))
+        if self.tensor_io is not None:
+            out += _tlv(Tag.TENSOR_IO, struct.pack("<BBH", *self.tensor_io))
         for tag, value in self.extra:
             out += _tlv(tag, value)
         if len(out) > MAX_PAYLOAD:
@@ -508,6 +634,7 @@ class Info:
             Tag.MAX_CHUNK_SAMPLES: 2,
             Tag.PCM_ENCODINGS: 1,
             Tag.RX_PATHS: 1,
+            Tag.TENSOR_IO: 4,
         }
         f: dict = {}
         labels: list[str] = []
@@ -551,6 +678,8 @@ class Info:
                 f["pcm_encodings"] = v[0]
             elif tag == Tag.RX_PATHS:
                 f["rx_paths"] = v[0]
+            elif tag == Tag.TENSOR_IO:
+                f["tensor_io"] = struct.unpack_from("<BBH", v)
             else:
                 extra.append((tag, v))
         return cls(**f, labels=tuple(labels), extra=tuple(extra))
@@ -563,11 +692,31 @@ class Boot(Info):
     TYPE: ClassVar[MsgType] = MsgType.BOOT
 
 
-Message = Hello | Start | Chunk | Profile | Reset | RxPath | Boot | Info | Next | Result | ProfileData | RxPathSet | Error
-MESSAGES: dict[int, type] = {
-    cls.TYPE: cls
-    for cls in (Hello, Start, Chunk, Profile, Reset, RxPath, Boot, Info, Next, Result, ProfileData, RxPathSet, Error)
-}
+Message = (
+    Hello
+    | Start
+    | Chunk
+    | Profile
+    | Reset
+    | RxPath
+    | Boot
+    | Info
+    | Next
+    | Result
+    | ProfileData
+    | RxPathSet
+    | Error
+    | TensorStart
+    | TensorChunk
+    | Invoke
+    | TensorRead
+    | TensorNext
+    | Invoked
+    | TensorData
+)
+_ALL = (Hello, Start, Chunk, Profile, Reset, RxPath, Boot, Info, Next, Result, ProfileData, RxPathSet, Error)
+_TENSOR_MESSAGES = (TensorStart, TensorChunk, Invoke, TensorRead, TensorNext, Invoked, TensorData)
+MESSAGES: dict[int, type] = {cls.TYPE: cls for cls in (*_ALL, *_TENSOR_MESSAGES)}
 
 
 def decode_message(frame: Frame) -> Message:

@@ -20,7 +20,7 @@ import select
 import threading
 import time
 import tty
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 
 import numpy as np
@@ -34,6 +34,7 @@ from host.protocol import (
     CHUNK_MAX_RAW_SAMPLES,
     MAX_PAYLOAD,
     PROTO_VERSION,
+    TENSOR_CHUNK_MAX_DATA,
     Boot,
     Chunk,
     Error,
@@ -41,6 +42,8 @@ from host.protocol import (
     Frame,
     Hello,
     Info,
+    Invoke,
+    Invoked,
     MsgType,
     Next,
     Parser,
@@ -50,9 +53,15 @@ from host.protocol import (
     Reset,
     Result,
     Start,
+    TensorChunk,
+    TensorData,
+    TensorNext,
+    TensorRead,
     TensorSpec,
+    TensorStart,
     encode_frame,
 )
+from host.tensors import HostTflm, edge_tensors
 from train.frontend_c import KINDS, NativeFrontEnd
 
 INTER_BYTE_TIMEOUT = 0.2  # seconds, as ser_app.c
@@ -73,6 +82,19 @@ class _Clip:
     frontend: NativeFrontEnd | None  # None: a model without front end, the samples are the input
     raw_input: np.ndarray | None
     fe_ns: int = 0
+
+
+@dataclass
+class _TensorRequest:
+    """The raw tensor request being received (ser_app.c ``treq``)."""
+
+    req_id: int
+    index: int = 0
+    expected_offset: int = 0
+    active: bool = False
+    invoked: bool = False
+    filled: set[int] = field(default_factory=set)
+    outputs: list[bytes] = field(default_factory=list)
 
 
 @dataclass
@@ -105,6 +127,10 @@ class SimulatedBoard:
         self.labels = tuple(model_labels(tflite, self.output_elements))  # as ser-emit gives the firmware
         self.clip_samples = self.frontend.clip_samples if self.frontend else self.input_elements
         self.profile_tags = operator_names(tflite)
+        self.edge_in, self.edge_out = edge_tensors(tflite)
+        self._inputs = [bytearray(t.nbytes) for t in self.edge_in]  # the raw path's input tensors
+        self._tensors: HostTflm | None = None
+        self._treq = _TensorRequest(0)
         self.invocations = 0  # Invokes run since start(): a test can see that a retry was not run twice
         self._runner: TflmRunner | None = None
         self._model_error = ""
@@ -131,6 +157,7 @@ class SimulatedBoard:
             self._arena = (arena_with_margin(measured), measured)
             with quiet_fds():
                 self._runner = TflmRunner(self.tflite, arena_size=self._arena[0])
+            self._tensors = HostTflm(self.tflite, arena_size=self._arena[0])
         except (RuntimeError, ValueError) as exc:  # the board boots anyway and answers MODEL_FAILED
             self._model_error = f"model does not load: {exc}"
         self._master, self._slave = os.openpty()
@@ -171,6 +198,7 @@ class SimulatedBoard:
         self._parser = Parser()
         self._clip = None
         self._last = None
+        self._treq = _TensorRequest(0)
         self._reason = reason
         self._boots += 1
         self._invoked = False  # PROFILE_DATA describes the last Invoke since boot
@@ -214,6 +242,10 @@ class SimulatedBoard:
             MsgType.CHUNK: (Chunk, lambda m: self._handle_chunk(f, m)),
             MsgType.PROFILE: (Profile, lambda _: self._handle_profile(f)),
             MsgType.RESET: (Reset, lambda _: self._boot(RESET_SOFTWARE)),
+            MsgType.TENSOR_START: (TensorStart, lambda m: self._handle_tensor_start(f, m)),
+            MsgType.TENSOR_CHUNK: (TensorChunk, lambda m: self._handle_tensor_chunk(f, m)),
+            MsgType.INVOKE: (Invoke, lambda m: self._handle_invoke(f, m)),
+            MsgType.TENSOR_READ: (TensorRead, lambda m: self._handle_tensor_read(f, m)),
         }
         if f.type not in handlers:
             self._error(ErrorCode.UNKNOWN_TYPE, f.type, f.seq, "unknown message type")
@@ -243,6 +275,7 @@ class SimulatedBoard:
             self._error(ErrorCode.BAD_CLIP, f.type, f.seq, "clip must have exactly the front end's clip_samples (see INFO)")
             return
         fe = self.frontend
+        self._treq = _TensorRequest(0)  # a clip writes the input: a raw tensor request ends here
         self._clip = _Clip(
             m.clip_id,
             0,
@@ -312,6 +345,96 @@ class SimulatedBoard:
         left = self.clip_samples - clip.expected_offset
         self._send(MsgType.NEXT, f.seq, Next(clip.clip_id, clip.expected_offset, min(left, MAX_CHUNK_SAMPLES)).encode(), True)
 
+    # ---- raw tensors (PROTOCOL.md 12, ser_app.c handle_tensor_*) ----
+
+    def _send_tensor_next(self, f: Frame, total: int) -> None:
+        r = self._treq
+        left = total - r.expected_offset
+        reply = TensorNext(r.req_id, r.index, r.expected_offset, min(left, TENSOR_CHUNK_MAX_DATA))
+        self._send(MsgType.TENSOR_NEXT, f.seq, reply.encode(), True)
+
+    def _handle_tensor_start(self, f: Frame, m: TensorStart) -> None:
+        if self._is_retry(f, m.req_id, 0):
+            self._write(self._last.reply)
+            return
+        if self._tensors is None:
+            self._error(ErrorCode.MODEL_FAILED, f.type, f.seq, self._model_error)
+            return
+        if m.index >= len(self.edge_in):
+            self._error(ErrorCode.BAD_TENSOR, f.type, f.seq, "no input tensor of that index (see INFO TENSOR_IO)")
+            return
+        if m.n_bytes != len(self._inputs[m.index]):
+            self._error(ErrorCode.BAD_TENSOR, f.type, f.seq, "n_bytes is not the input tensor's size (see INFO INPUT)")
+            return
+        self._clip = None
+        filled = self._treq.filled if m.req_id == self._treq.req_id else set()
+        filled.discard(m.index)
+        self._treq = _TensorRequest(m.req_id, m.index, 0, True, False, filled)
+        self._last = _Last(f.type, f.seq, m.req_id, 0)
+        self._send_tensor_next(f, m.n_bytes)
+
+    def _handle_tensor_chunk(self, f: Frame, m: TensorChunk) -> None:
+        if self._is_retry(f, m.req_id, m.offset):
+            self._write(self._last.reply)
+            return
+        r = self._treq
+        if not r.active or (m.req_id, m.index, m.offset) != (r.req_id, r.index, r.expected_offset):
+            why = "chunk is not the one TENSOR_NEXT asked for" if r.active else "no tensor started"
+            self._error(ErrorCode.OUT_OF_ORDER, f.type, f.seq, why)
+            return
+        tensor = self._inputs[r.index]
+        if len(m.data) > len(tensor) - r.expected_offset:
+            self._error(ErrorCode.BAD_LENGTH, f.type, f.seq, "chunk longer than TENSOR_NEXT's max_bytes")
+            return
+        tensor[m.offset : m.offset + len(m.data)] = m.data
+        r.expected_offset += len(m.data)
+        if r.expected_offset == len(tensor):
+            r.active = False
+            r.filled.add(r.index)
+        self._last = _Last(f.type, f.seq, m.req_id, m.offset)
+        self._send_tensor_next(f, len(tensor))
+
+    def _handle_invoke(self, f: Frame, m: Invoke) -> None:
+        if self._is_retry(f, m.req_id, 0):
+            self._write(self._last.reply)
+            return
+        if self._tensors is None:
+            self._error(ErrorCode.MODEL_FAILED, f.type, f.seq, self._model_error)
+            return
+        r = self._treq
+        if m.req_id != r.req_id or r.filled != set(range(len(self.edge_in))):
+            self._error(ErrorCode.OUT_OF_ORDER, f.type, f.seq, "send every input tensor of this request before INVOKE")
+            return
+        self._last = _Last(f.type, f.seq, m.req_id, 0)
+        start = time.perf_counter_ns()
+        try:
+            outputs = self._tensors([t.from_bytes(bytes(b)) for t, b in zip(self.edge_in, self._inputs, strict=True)])
+        except (RuntimeError, ValueError) as exc:
+            self._error(ErrorCode.MODEL_FAILED, f.type, f.seq, f"Invoke failed: {exc}", remember=True)
+            return
+        invoke_ns = time.perf_counter_ns() - start
+        self.invocations += 1
+        self._invoked = True
+        r.invoked = True
+        r.outputs = [spec.to_bytes(out) for spec, out in zip(self.edge_out, outputs, strict=True)]
+        reply = Invoked(m.req_id, invoke_ns & 0xFFFFFFFF, tuple(len(b) for b in r.outputs))
+        self._send(MsgType.INVOKED, f.seq, reply.encode(), remember=True)
+
+    def _handle_tensor_read(self, f: Frame, m: TensorRead) -> None:
+        r = self._treq
+        if not r.invoked or m.req_id != r.req_id:
+            self._error(ErrorCode.OUT_OF_ORDER, f.type, f.seq, "no INVOKE of this request to read from")
+            return
+        if m.index >= len(r.outputs):
+            self._error(ErrorCode.BAD_TENSOR, f.type, f.seq, "no output tensor of that index (see INFO TENSOR_IO)")
+            return
+        data = r.outputs[m.index]
+        if m.max_bytes == 0 or m.offset >= len(data):
+            self._error(ErrorCode.BAD_LENGTH, f.type, f.seq, "TENSOR_READ asks for no byte of the tensor")
+            return
+        part = data[m.offset : m.offset + min(m.max_bytes, TENSOR_CHUNK_MAX_DATA)]
+        self._send(MsgType.TENSOR_DATA, f.seq, TensorData(m.req_id, m.index, m.offset, part).encode())
+
     def _handle_profile(self, f: Frame) -> None:
         entries, size = [], 2
         for tag in self.profile_tags if self._invoked else ():
@@ -346,6 +469,7 @@ class SimulatedBoard:
             max_chunk_samples=MAX_CHUNK_SAMPLES,
             build_id=f"{self.board_name}-{digest.hex()[:12]} (host/sim_board.py, tflite-micro {version})",
             pcm_encodings=(1 << pcm_codec.RAW) | (1 << pcm_codec.RICE),
+            tensor_io=(len(self.edge_in), len(self.edge_out), TENSOR_CHUNK_MAX_DATA) if self._tensors else (0, 0, 0),
         )
 
     def _error(self, code: int, msg_type: int, seq: int, message: str, remember: bool = False) -> None:

@@ -133,7 +133,26 @@ class SerInfo(Structure):
         ("build_id", SerText),
         ("pcm_encodings", c_uint8),
         ("rx_paths", c_uint8),
+        ("n_inputs", c_uint8),
+        ("n_outputs", c_uint8),
+        ("max_tensor_chunk", c_uint16),
     ]
+
+
+class SerTensorStart(Structure):
+    _fields_ = [("req_id", c_uint32), ("index", c_uint8), ("n_bytes", c_uint32)]
+
+
+class SerTensorNext(Structure):
+    _fields_ = [("req_id", c_uint32), ("index", c_uint8), ("offset", c_uint32), ("max_bytes", c_uint16)]
+
+
+class SerTensorChunk(Structure):
+    _fields_ = [("req_id", c_uint32), ("index", c_uint8), ("offset", c_uint32), ("data", c_ptr), ("data_len", c_uint16)]
+
+
+class SerInvoked(Structure):
+    _fields_ = [("req_id", c_uint32), ("invoke_cycles", c_uint32), ("n_outputs", c_uint8), ("output_bytes", c_uint32 * 16)]
 
 
 def _sig(lib: ctypes.CDLL, name: str, restype, *argtypes) -> None:
@@ -154,7 +173,17 @@ def lib() -> ctypes.CDLL:
     _sig(lib, "ser_parser_in_frame", c_bool, POINTER(SerParser))
     _sig(lib, "ser_frame_encode", c_size_t, c_uint8, c_uint8, c_ptr, c_uint16, c_ptr, c_size_t)
     _sig(lib, "ser_empty_decode", c_int, c_ptr, c_size_t)
-    for name, cls in (("start", SerStart), ("next", SerNext), ("chunk", SerChunk), ("result", SerResult), ("error", SerError)):
+    for name, cls in (
+        ("start", SerStart),
+        ("next", SerNext),
+        ("chunk", SerChunk),
+        ("result", SerResult),
+        ("error", SerError),
+        ("tensor_start", SerTensorStart),
+        ("tensor_next", SerTensorNext),
+        ("tensor_chunk", SerTensorChunk),
+        ("invoked", SerInvoked),
+    ):
         _sig(lib, f"ser_{name}_encode", c_size_t, POINTER(cls), c_ptr, c_size_t)
         _sig(lib, f"ser_{name}_decode", c_int, c_ptr, c_size_t, POINTER(cls))
     _sig(lib, "ser_profile_begin", c_bool, POINTER(SerProfileWriter), c_ptr, c_size_t)
@@ -237,6 +266,22 @@ def c_encode(lib: ctypes.CDLL, msg: P.Message) -> bytes:
         return b""
     if isinstance(msg, P.Start):
         n = lib.ser_start_encode(SerStart(msg.clip_id, msg.n_samples), out, cap)
+    elif isinstance(msg, P.TensorStart):
+        n = lib.ser_tensor_start_encode(SerTensorStart(msg.req_id, msg.index, msg.n_bytes), out, cap)
+    elif isinstance(msg, P.TensorNext):  # and TensorRead
+        n = lib.ser_tensor_next_encode(SerTensorNext(msg.req_id, msg.index, msg.offset, msg.max_bytes), out, cap)
+    elif isinstance(msg, P.TensorChunk):  # and TensorData
+        data = _buf(msg.data)
+        n = lib.ser_tensor_chunk_encode(
+            SerTensorChunk(msg.req_id, msg.index, msg.offset, ctypes.cast(data, c_ptr), len(msg.data)), out, cap
+        )
+    elif isinstance(msg, P.Invoke):
+        n = 4
+        out[:4] = list(struct.pack("<I", msg.req_id))  # no C encoder: the board only receives INVOKE
+    elif isinstance(msg, P.Invoked):
+        m = SerInvoked(msg.req_id, msg.invoke_cycles, len(msg.output_bytes))
+        m.output_bytes[: len(msg.output_bytes)] = list(msg.output_bytes)
+        n = lib.ser_invoked_encode(m, out, cap)
     elif isinstance(msg, P.RxPath):  # and RxPathSet
         n = lib.ser_rx_path_encode(msg.path, out, cap)
     elif isinstance(msg, P.Next):
@@ -301,6 +346,9 @@ def c_encode(lib: ctypes.CDLL, msg: P.Message) -> bytes:
             info.pcm_encodings, has = msg.pcm_encodings, has | 1 << P.Tag.PCM_ENCODINGS
         if msg.rx_paths is not None:
             info.rx_paths, has = msg.rx_paths, has | 1 << P.Tag.RX_PATHS
+        if msg.tensor_io is not None:
+            info.n_inputs, info.n_outputs, info.max_tensor_chunk = msg.tensor_io
+            has |= 1 << P.Tag.TENSOR_IO
         info.present = has
         n = lib.ser_info_encode(ctypes.byref(info), out, cap)
         for tag, value in msg.extra:  # tags this decoder does not know, appended as a newer board would
@@ -320,6 +368,22 @@ def c_decode(lib: ctypes.CDLL, msg_type: int, payload: bytes) -> P.Message | int
     if cls in (P.RxPath, P.RxPathSet):
         path = c_uint8()
         return lib.ser_rx_path_decode(buf, n, ctypes.byref(path)) or cls(path.value)
+    if cls is P.TensorStart:
+        m = SerTensorStart()
+        return lib.ser_tensor_start_decode(buf, n, m) or cls(m.req_id, m.index, m.n_bytes)
+    if cls in (P.TensorNext, P.TensorRead):
+        m = SerTensorNext()
+        return lib.ser_tensor_next_decode(buf, n, m) or cls(m.req_id, m.index, m.offset, m.max_bytes)
+    if cls in (P.TensorChunk, P.TensorData):
+        m = SerTensorChunk()
+        err = lib.ser_tensor_chunk_decode(buf, n, m)
+        return err or cls(m.req_id, m.index, m.offset, ctypes.string_at(m.data, m.data_len))
+    if cls is P.Invoke:  # the board decodes INVOKE inline (ser_app.c handle_invoke): 4 bytes
+        return cls(struct.unpack("<I", payload)[0]) if n == 4 else P.ErrorCode.BAD_LENGTH
+    if cls is P.Invoked:
+        m = SerInvoked()
+        err = lib.ser_invoked_decode(buf, n, m)
+        return err or cls(m.req_id, m.invoke_cycles, tuple(m.output_bytes[: m.n_outputs]))
     if cls is P.Start:
         m = SerStart()
         return lib.ser_start_decode(buf, n, m) or P.Start(m.clip_id, m.n_samples)
@@ -373,6 +437,7 @@ def c_decode(lib: ctypes.CDLL, msg_type: int, payload: bytes) -> P.Message | int
         build_id=opt(P.Tag.BUILD_ID, info.build_id.text()),
         pcm_encodings=opt(P.Tag.PCM_ENCODINGS, info.pcm_encodings),
         rx_paths=opt(P.Tag.RX_PATHS, info.rx_paths),
+        tensor_io=opt(P.Tag.TENSOR_IO, (info.n_inputs, info.n_outputs, info.max_tensor_chunk)),
     )
 
 
@@ -396,10 +461,16 @@ def message_of(kind: str, fields: dict) -> P.Message:
             f["model_sha256"] = bytes.fromhex(f["model_sha256"])
         f["labels"] = tuple(f.get("labels", ()))
         f["extra"] = tuple((tag, bytes.fromhex(v)) for tag, v in f.get("extra", ()))
+        if "tensor_io" in f:
+            f["tensor_io"] = tuple(f["tensor_io"])
         return (P.Boot if kind == "BOOT" else P.Info)(**f)
     if kind == "CHUNK":
         f["data"] = bytes.fromhex(f["data"])
         f.pop("samples")
+    if kind in ("TENSOR_CHUNK", "TENSOR_DATA"):
+        f["data"] = bytes.fromhex(f["data"])
+    if kind == "INVOKED":
+        f["output_bytes"] = tuple(f["output_bytes"])
     if kind == "RESULT":
         f["scores"] = tuple(f["scores"])
     if kind == "PROFILE_DATA":
@@ -624,7 +695,8 @@ def _random_info(rng: random.Random, cls: type = P.Info) -> P.Info:
         build_id=maybe(text(60)),
         pcm_encodings=maybe(rng.randrange(256)),
         rx_paths=maybe(rng.randrange(256)),
-        extra=tuple((rng.randrange(0x10, 256), rng.randbytes(rng.randrange(20))) for _ in range(rng.randrange(4))),
+        tensor_io=maybe((rng.randrange(256), rng.randrange(256), rng.randrange(2**16))),
+        extra=tuple((rng.randrange(0x11, 256), rng.randbytes(rng.randrange(20))) for _ in range(rng.randrange(4))),
     )
 
 
@@ -654,6 +726,13 @@ def _random_messages(rng: random.Random) -> list[P.Message]:
         ),
         _random_info(rng),
         _random_info(rng, P.Boot),
+        P.TensorStart(u32(), rng.randrange(256), u32()),
+        P.TensorNext(u32(), rng.randrange(256), u32(), u16()),
+        P.TensorRead(u32(), rng.randrange(256), u32(), u16()),
+        P.TensorChunk(u32(), rng.randrange(256), u32(), rng.randbytes(rng.randrange(1, P.TENSOR_CHUNK_MAX_DATA + 1))),
+        P.TensorData(u32(), rng.randrange(256), u32(), rng.randbytes(rng.randrange(1, P.TENSOR_CHUNK_MAX_DATA + 1))),
+        P.Invoke(u32()),
+        P.Invoked(u32(), u32(), tuple(u32() for _ in range(rng.randrange(P.MAX_TENSORS + 1)))),
     ]
 
 
@@ -730,6 +809,14 @@ def test_c_info_decoder_limits(lib: ctypes.CDLL) -> None:
         (P.MsgType.PROFILE_DATA, b"\x01"),
         (P.MsgType.PROFILE_DATA, b"\x01\x00\x03ab\x00\x00\x00\x00"),  # name runs into ticks
         (P.MsgType.PROFILE_DATA, b"\x00\x00\x00"),  # bytes after the entries
+        (P.MsgType.TENSOR_START, bytes(8)),
+        (P.MsgType.TENSOR_NEXT, bytes(12)),
+        (P.MsgType.TENSOR_READ, bytes(10)),
+        (P.MsgType.TENSOR_CHUNK, bytes(9)),  # no data
+        (P.MsgType.TENSOR_DATA, bytes(5)),
+        (P.MsgType.INVOKE, bytes(5)),
+        (P.MsgType.INVOKED, struct.pack("<IIB", 1, 2, 2) + bytes(4)),  # 2 outputs announced, 1 present
+        (P.MsgType.INVOKED, struct.pack("<IIB", 1, 2, 17) + bytes(68)),  # more outputs than INVOKED describes
     ],
 )
 def test_wrong_payload_sizes_are_bad_length_in_both(lib: ctypes.CDLL, msg_type: int, payload: bytes) -> None:

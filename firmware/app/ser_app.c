@@ -3,6 +3,9 @@
  * Flow per clip (firmware/PROTOCOL.md): START -> NEXT, then CHUNK -> NEXT ... CHUNK -> RESULT. The
  * board pulls each chunk when it is ready, streams it through the front end straight into the
  * model's input tensor (no clip is ever buffered) and runs the model after the last sample.
+ * Raw tensors (section 12 of PROTOCOL.md) take another way to the same interpreter: TENSOR_START/
+ * TENSOR_CHUNK copy the host's bytes straight into an input tensor, INVOKE runs the model, TENSOR_READ
+ * reads the output tensors back. The clip path does not pass through any of it.
  * A command repeated with the same sequence number (the host retrying after a lost reply) gets the
  * stored reply again and is not processed twice. Everything is static; nothing is allocated.
  *
@@ -93,6 +96,13 @@ static struct {
   uint32_t clip_id, expected_offset, fe_cycles;
 } clip;
 
+/* The raw tensor request being received (section 12): which input is being written, which are complete. */
+static struct {
+  bool active, invoked;
+  uint8_t index;
+  uint32_t req_id, expected_offset, filled; /* filled: bit i = input i complete in this request */
+} treq;
+
 /* The last command processed and the reply it got, for retries. */
 static struct {
   bool valid;
@@ -177,6 +187,10 @@ static size_t info_payload(uint8_t *out, size_t cap) {
   info.build_id = ser_cstr(SER_BUILD_ID);
   info.pcm_encodings = SER_PCM_ENCODINGS_SUPPORTED;
   info.rx_paths = (uint8_t)ser_port_rx_paths();
+  info.present |= SER_INFO_HAS(SER_TAG_TENSOR_IO);
+  info.n_inputs = model_ok ? ser_model_inputs() : 0;
+  info.n_outputs = model_ok ? ser_model_outputs() : 0;
+  info.max_tensor_chunk = SER_TENSOR_CHUNK_MAX_DATA;
   return ser_info_encode(&info, out, cap);
 }
 
@@ -211,6 +225,8 @@ static void handle_start(const ser_frame *f) {
     return;
   }
 #endif
+  treq.active = treq.invoked = false; /* a clip writes the input: a raw tensor request ends here */
+  treq.filled = 0;
   clip.active = true;
   clip.clip_id = m.clip_id;
   clip.expected_offset = 0;
@@ -279,6 +295,147 @@ static void handle_chunk(const ser_frame *f) {
   }
 }
 
+/* ---- raw tensors ---- */
+
+static void send_tensor_next(const ser_frame *f, uint32_t total) {
+  uint32_t left = total - treq.expected_offset;
+  ser_tensor_next m = {treq.req_id, treq.index, treq.expected_offset,
+                       (uint16_t)(left < SER_TENSOR_CHUNK_MAX_DATA ? left : SER_TENSOR_CHUNK_MAX_DATA)};
+  send_frame(SER_MSG_TENSOR_NEXT, f->seq, ser_tensor_next_encode(&m, payload, SER_MAX_PAYLOAD), true);
+}
+
+static void handle_tensor_start(const ser_frame *f) {
+  ser_tensor_start m;
+  if (ser_tensor_start_decode(f->payload, f->len, &m)) {
+    send_error(SER_ERR_BAD_LENGTH, f->type, f->seq, "TENSOR_START payload must be 9 bytes");
+    return;
+  }
+  if (is_retry(f, m.req_id, 0)) {
+    ser_port_uart_write(last.reply, last.reply_len);
+    return;
+  }
+  if (!model_ok) {
+    send_error(SER_ERR_MODEL_FAILED, f->type, f->seq, ser_model_error());
+    return;
+  }
+  size_t bytes = 0;
+  if (ser_model_input_tensor(m.index, &bytes) == NULL) {
+    send_error(SER_ERR_BAD_TENSOR, f->type, f->seq, "no input tensor of that index (see INFO TENSOR_IO)");
+    return;
+  }
+  if (m.n_bytes != bytes || bytes == 0) {
+    send_error(SER_ERR_BAD_TENSOR, f->type, f->seq, "n_bytes is not the input tensor's size (see INFO INPUT)");
+    return;
+  }
+  clip.active = false; /* the tensor overwrites what a clip streamed in */
+  if (m.req_id != treq.req_id) treq.filled = 0;
+  treq.filled &= ~(1ul << m.index);
+  treq.active = true;
+  treq.invoked = false;
+  treq.req_id = m.req_id;
+  treq.index = m.index;
+  treq.expected_offset = 0;
+  remember_command(f, m.req_id, 0);
+  send_tensor_next(f, (uint32_t)bytes);
+}
+
+static void handle_tensor_chunk(const ser_frame *f) {
+  ser_tensor_chunk m;
+  if (ser_tensor_chunk_decode(f->payload, f->len, &m)) {
+    send_error(SER_ERR_BAD_LENGTH, f->type, f->seq, "TENSOR_CHUNK carries no data");
+    return;
+  }
+  if (is_retry(f, m.req_id, m.offset)) {
+    ser_port_uart_write(last.reply, last.reply_len);
+    return;
+  }
+  size_t bytes = 0;
+  uint8_t *data = treq.active ? ser_model_input_tensor(treq.index, &bytes) : NULL;
+  if (data == NULL || m.req_id != treq.req_id || m.index != treq.index || m.offset != treq.expected_offset) {
+    send_error(SER_ERR_OUT_OF_ORDER, f->type, f->seq, treq.active ? "chunk is not the one TENSOR_NEXT asked for" : "no tensor started");
+    return;
+  }
+  if (m.data_len > bytes - treq.expected_offset) {
+    send_error(SER_ERR_BAD_LENGTH, f->type, f->seq, "chunk longer than TENSOR_NEXT's max_bytes");
+    return;
+  }
+  memcpy(data + treq.expected_offset, m.data, m.data_len);
+  treq.expected_offset += m.data_len;
+  if (treq.expected_offset == bytes) {
+    treq.active = false;
+    treq.filled |= 1ul << treq.index;
+  }
+  remember_command(f, m.req_id, m.offset);
+  send_tensor_next(f, (uint32_t)bytes);
+}
+
+static void handle_invoke(const ser_frame *f) {
+  if (f->len != SER_INVOKE_SIZE) {
+    send_error(SER_ERR_BAD_LENGTH, f->type, f->seq, "INVOKE payload must be 4 bytes");
+    return;
+  }
+  uint32_t req_id = (uint32_t)f->payload[0] | (uint32_t)f->payload[1] << 8 | (uint32_t)f->payload[2] << 16 |
+                    (uint32_t)f->payload[3] << 24;
+  if (is_retry(f, req_id, 0)) {
+    ser_port_uart_write(last.reply, last.reply_len);
+    return;
+  }
+  if (!model_ok) {
+    send_error(SER_ERR_MODEL_FAILED, f->type, f->seq, ser_model_error());
+    return;
+  }
+  uint8_t n_in = ser_model_inputs(), n_out = ser_model_outputs();
+  uint32_t all = n_in >= 32 ? 0xFFFFFFFFu : (1ul << n_in) - 1u;
+  if (req_id != treq.req_id || treq.filled != all) {
+    send_error(SER_ERR_OUT_OF_ORDER, f->type, f->seq, "send every input tensor of this request before INVOKE");
+    return;
+  }
+  if (n_out > SER_MAX_TENSORS) {
+    send_error(SER_ERR_BAD_TENSOR, f->type, f->seq, "more outputs than INVOKED can describe");
+    return;
+  }
+  remember_command(f, req_id, 0);
+  ser_invoked r = {req_id, 0, n_out, {0}};
+  if (ser_model_invoke(&r.invoke_cycles) != 0) {
+    send_error_reply(SER_ERR_MODEL_FAILED, f->type, f->seq, ser_model_error(), true);
+    return;
+  }
+  for (uint8_t i = 0; i < n_out; i++) {
+    size_t bytes = 0;
+    ser_model_output_tensor(i, &bytes);
+    r.output_bytes[i] = (uint32_t)bytes;
+  }
+  treq.invoked = true;
+  send_frame(SER_MSG_INVOKED, f->seq, ser_invoked_encode(&r, payload, SER_MAX_PAYLOAD), true);
+}
+
+static void handle_tensor_read(const ser_frame *f) {
+  ser_tensor_next m;
+  if (ser_tensor_next_decode(f->payload, f->len, &m)) {
+    send_error(SER_ERR_BAD_LENGTH, f->type, f->seq, "TENSOR_READ payload must be 11 bytes");
+    return;
+  }
+  if (!treq.invoked || m.req_id != treq.req_id) {
+    send_error(SER_ERR_OUT_OF_ORDER, f->type, f->seq, "no INVOKE of this request to read from");
+    return;
+  }
+  size_t bytes = 0;
+  const uint8_t *data = ser_model_output_tensor(m.index, &bytes);
+  if (data == NULL) {
+    send_error(SER_ERR_BAD_TENSOR, f->type, f->seq, "no output tensor of that index (see INFO TENSOR_IO)");
+    return;
+  }
+  if (m.max_bytes == 0 || m.offset >= bytes) {
+    send_error(SER_ERR_BAD_LENGTH, f->type, f->seq, "TENSOR_READ asks for no byte of the tensor");
+    return;
+  }
+  size_t n = bytes - m.offset;
+  if (n > m.max_bytes) n = m.max_bytes;
+  if (n > SER_TENSOR_CHUNK_MAX_DATA) n = SER_TENSOR_CHUNK_MAX_DATA;
+  ser_tensor_chunk r = {m.req_id, m.index, m.offset, data + m.offset, (uint16_t)n};
+  send_frame(SER_MSG_TENSOR_DATA, f->seq, ser_tensor_chunk_encode(&r, payload, SER_MAX_PAYLOAD), false);
+}
+
 static void handle_profile(const ser_frame *f) {
   const ser_profile_event *events;
   size_t n = ser_model_profile(&events);
@@ -328,6 +485,18 @@ static void handle_frame(const ser_frame *f) {
       break;
     case SER_MSG_RX_PATH:
       handle_rx_path(f);
+      return;
+    case SER_MSG_TENSOR_START:
+      handle_tensor_start(f);
+      return;
+    case SER_MSG_TENSOR_CHUNK:
+      handle_tensor_chunk(f);
+      return;
+    case SER_MSG_INVOKE:
+      handle_invoke(f);
+      return;
+    case SER_MSG_TENSOR_READ:
+      handle_tensor_read(f);
       return;
     default:
       send_error(SER_ERR_UNKNOWN_TYPE, f->type, f->seq, "unknown message type");

@@ -102,6 +102,23 @@ extern "C" const int8_t *ser_model_output(void) { return g_interpreter->output(0
 extern "C" size_t ser_model_arena_size(void) { return sizeof(g_arena); }
 extern "C" size_t ser_model_arena_used(void) { return g_interpreter ? g_interpreter->arena_used_bytes() : 0; }
 
+extern "C" uint8_t ser_model_inputs(void) { return g_interpreter ? (uint8_t)g_interpreter->inputs_size() : 0; }
+extern "C" uint8_t ser_model_outputs(void) { return g_interpreter ? (uint8_t)g_interpreter->outputs_size() : 0; }
+
+extern "C" uint8_t *ser_model_input_tensor(uint8_t index, size_t *bytes) {
+  if (index >= ser_model_inputs()) return nullptr;
+  TfLiteTensor *t = g_interpreter->input(index);
+  *bytes = t->bytes;
+  return reinterpret_cast<uint8_t *>(t->data.raw);
+}
+
+extern "C" const uint8_t *ser_model_output_tensor(uint8_t index, size_t *bytes) {
+  if (index >= ser_model_outputs()) return nullptr;
+  TfLiteTensor *t = g_interpreter->output(index);
+  *bytes = t->bytes;
+  return reinterpret_cast<const uint8_t *>(t->data.raw);
+}
+
 extern "C" int ser_model_invoke(uint32_t *ticks) {
   g_profiler.Clear();
   uint32_t start = ser_port_cycles();

@@ -21,6 +21,12 @@ int8_t *ser_model_input(void);
 const int8_t *ser_model_output(void);
 size_t ser_model_arena_size(void);
 size_t ser_model_arena_used(void);
+/* The model's input/output tensors for raw tensor I/O (PROTOCOL.md section 12): counts, and the data
+ * and size in bytes of tensor `index` (NULL for an index out of range). */
+uint8_t ser_model_inputs(void);
+uint8_t ser_model_outputs(void);
+uint8_t *ser_model_input_tensor(uint8_t index, size_t *bytes);
+const uint8_t *ser_model_output_tensor(uint8_t index, size_t *bytes);
 /* Runs the model; fills *ticks with the counter difference around Invoke. 0 on success. */
 int ser_model_invoke(uint32_t *ticks);
 /* Per-layer ticks of the last Invoke. */

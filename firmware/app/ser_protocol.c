@@ -333,6 +333,82 @@ size_t ser_tlv_append(uint8_t *out, size_t cap, size_t len, uint8_t tag, const v
 }
 
 /* Tensor spec value; returns its size (at most 10 + 4 * SER_INFO_MAX_DIMS bytes). */
+/* ---- raw tensors ---- */
+
+size_t ser_tensor_start_encode(const ser_tensor_start *m, uint8_t *out, size_t cap) {
+  if (cap < SER_TENSOR_START_SIZE) return 0;
+  put_u32(out, m->req_id);
+  out[4] = m->index;
+  put_u32(out + 5, m->n_bytes);
+  return SER_TENSOR_START_SIZE;
+}
+
+int ser_tensor_start_decode(const uint8_t *payload, size_t len, ser_tensor_start *m) {
+  if (len != SER_TENSOR_START_SIZE) return SER_ERR_BAD_LENGTH;
+  m->req_id = get_u32(payload);
+  m->index = payload[4];
+  m->n_bytes = get_u32(payload + 5);
+  return SER_ERR_NONE;
+}
+
+size_t ser_tensor_next_encode(const ser_tensor_next *m, uint8_t *out, size_t cap) {
+  if (cap < SER_TENSOR_NEXT_SIZE) return 0;
+  put_u32(out, m->req_id);
+  out[4] = m->index;
+  put_u32(out + 5, m->offset);
+  put_u16(out + 9, m->max_bytes);
+  return SER_TENSOR_NEXT_SIZE;
+}
+
+int ser_tensor_next_decode(const uint8_t *payload, size_t len, ser_tensor_next *m) {
+  if (len != SER_TENSOR_NEXT_SIZE) return SER_ERR_BAD_LENGTH;
+  m->req_id = get_u32(payload);
+  m->index = payload[4];
+  m->offset = get_u32(payload + 5);
+  m->max_bytes = get_u16(payload + 9);
+  return SER_ERR_NONE;
+}
+
+size_t ser_tensor_chunk_encode(const ser_tensor_chunk *m, uint8_t *out, size_t cap) {
+  size_t n = SER_TENSOR_CHUNK_HEADER_SIZE + (size_t)m->data_len;
+  if (m->data_len > SER_TENSOR_CHUNK_MAX_DATA || cap < n) return 0;
+  if (m->data_len) memmove(out + SER_TENSOR_CHUNK_HEADER_SIZE, m->data, m->data_len);
+  put_u32(out, m->req_id);
+  out[4] = m->index;
+  put_u32(out + 5, m->offset);
+  return n;
+}
+
+int ser_tensor_chunk_decode(const uint8_t *payload, size_t len, ser_tensor_chunk *m) {
+  if (len <= SER_TENSOR_CHUNK_HEADER_SIZE || len > SER_MAX_PAYLOAD) return SER_ERR_BAD_LENGTH;
+  m->req_id = get_u32(payload);
+  m->index = payload[4];
+  m->offset = get_u32(payload + 5);
+  m->data = payload + SER_TENSOR_CHUNK_HEADER_SIZE;
+  m->data_len = (uint16_t)(len - SER_TENSOR_CHUNK_HEADER_SIZE);
+  return SER_ERR_NONE;
+}
+
+size_t ser_invoked_encode(const ser_invoked *m, uint8_t *out, size_t cap) {
+  if (m->n_outputs > SER_MAX_TENSORS || cap < SER_INVOKED_SIZE(m->n_outputs)) return 0;
+  put_u32(out, m->req_id);
+  put_u32(out + 4, m->invoke_cycles);
+  out[8] = m->n_outputs;
+  for (size_t i = 0; i < m->n_outputs; i++) put_u32(out + 9 + 4 * i, m->output_bytes[i]);
+  return SER_INVOKED_SIZE(m->n_outputs);
+}
+
+int ser_invoked_decode(const uint8_t *payload, size_t len, ser_invoked *m) {
+  if (len < SER_INVOKED_SIZE(0) || len != SER_INVOKED_SIZE(payload[8]) || payload[8] > SER_MAX_TENSORS) {
+    return SER_ERR_BAD_LENGTH;
+  }
+  m->req_id = get_u32(payload);
+  m->invoke_cycles = get_u32(payload + 4);
+  m->n_outputs = payload[8];
+  for (size_t i = 0; i < m->n_outputs; i++) m->output_bytes[i] = get_u32(payload + 9 + 4 * i);
+  return SER_ERR_NONE;
+}
+
 static size_t put_tensor_spec(uint8_t *v, const ser_tensor_spec *t) {
   uint8_t n = t->n_dims > SER_INFO_MAX_DIMS ? SER_INFO_MAX_DIMS : t->n_dims;
   v[0] = t->dtype;
@@ -403,6 +479,12 @@ size_t ser_info_encode(const ser_info *info, uint8_t *out, size_t cap) {
   if (has & SER_INFO_HAS(SER_TAG_BUILD_ID)) SER_APPEND(SER_TAG_BUILD_ID, info->build_id.s, info->build_id.len);
   if (has & SER_INFO_HAS(SER_TAG_PCM_ENCODINGS)) SER_APPEND(SER_TAG_PCM_ENCODINGS, &info->pcm_encodings, 1);
   if (has & SER_INFO_HAS(SER_TAG_RX_PATHS)) SER_APPEND(SER_TAG_RX_PATHS, &info->rx_paths, 1);
+  if (has & SER_INFO_HAS(SER_TAG_TENSOR_IO)) {
+    v[0] = info->n_inputs;
+    v[1] = info->n_outputs;
+    put_u16(v + 2, info->max_tensor_chunk);
+    SER_APPEND(SER_TAG_TENSOR_IO, v, 4);
+  }
 #undef SER_APPEND
   return len;
 }
@@ -434,6 +516,7 @@ int ser_info_decode(const uint8_t *payload, size_t len, ser_info *info) {
       case SER_TAG_MAX_CHUNK_SAMPLES: need = 2; break;
       case SER_TAG_PCM_ENCODINGS: need = 1; break;
       case SER_TAG_RX_PATHS: need = 1; break;
+      case SER_TAG_TENSOR_IO: need = 4; break;
       default: break;
     }
     if (n < need) return SER_ERR_BAD_LENGTH;
@@ -470,6 +553,11 @@ int ser_info_decode(const uint8_t *payload, size_t len, ser_info *info) {
       case SER_TAG_BUILD_ID: info->build_id = text_of(v, n); break;
       case SER_TAG_PCM_ENCODINGS: info->pcm_encodings = v[0]; break;
       case SER_TAG_RX_PATHS: info->rx_paths = v[0]; break;
+      case SER_TAG_TENSOR_IO:
+        info->n_inputs = v[0];
+        info->n_outputs = v[1];
+        info->max_tensor_chunk = get_u16(v + 2);
+        break;
       default: continue; /* unknown tag: skipped */
     }
     info->present |= (uint32_t)SER_INFO_HAS(tag);

@@ -33,12 +33,19 @@ enum {
   SER_MSG_PROFILE = 0x04,
   SER_MSG_RESET = 0x05,
   SER_MSG_RX_PATH = 0x06,
+  SER_MSG_TENSOR_START = 0x07, /* raw tensors (section 12), sent only to a board whose INFO has TENSOR_IO */
+  SER_MSG_TENSOR_CHUNK = 0x08,
+  SER_MSG_INVOKE = 0x09,
+  SER_MSG_TENSOR_READ = 0x0A,
   SER_MSG_BOOT = 0x80,
   SER_MSG_INFO = 0x81,
   SER_MSG_NEXT = 0x82,
   SER_MSG_RESULT = 0x83,
   SER_MSG_PROFILE_DATA = 0x84,
   SER_MSG_RX_PATH_SET = 0x85,
+  SER_MSG_TENSOR_NEXT = 0x86,
+  SER_MSG_INVOKED = 0x87,
+  SER_MSG_TENSOR_DATA = 0x88,
   SER_MSG_ERROR = 0xEE
 };
 
@@ -57,7 +64,8 @@ enum {
   SER_ERR_BAD_ENCODING = 8,
   SER_ERR_TRUNCATED = 9,
   SER_ERR_BUSY = 10,
-  SER_ERR_BAD_PATH = 11
+  SER_ERR_BAD_PATH = 11,
+  SER_ERR_BAD_TENSOR = 12
 };
 
 /* PCM chunk encodings (CHUNK.encoding; bit n of INFO's PCM_ENCODINGS = encoding n supported). */
@@ -183,6 +191,53 @@ bool ser_profile_add(ser_profile_writer *w, const char *name, uint32_t ticks);
 /* Checks the whole payload, sets *count and fills the first min(count, max_entries) entries. */
 int ser_profile_decode(const uint8_t *payload, size_t len, ser_profile_entry *entries, size_t max_entries, uint16_t *count);
 
+/* ---- raw tensors (PROTOCOL.md section 12) ----
+ * TENSOR_START(req, index, n_bytes) -> TENSOR_NEXT; TENSOR_CHUNK(req, index, offset, data) -> TENSOR_NEXT
+ * (max_bytes 0 once the tensor is complete); INVOKE(req) -> INVOKED; TENSOR_READ(req, index, offset,
+ * max_bytes) -> TENSOR_DATA. Tensor bytes are the tensor's data as TFLM holds it (little-endian). */
+#define SER_TENSOR_START_SIZE 9
+typedef struct {
+  uint32_t req_id;
+  uint8_t index;
+  uint32_t n_bytes;
+} ser_tensor_start;
+size_t ser_tensor_start_encode(const ser_tensor_start *m, uint8_t *out, size_t cap);
+int ser_tensor_start_decode(const uint8_t *payload, size_t len, ser_tensor_start *m);
+
+#define SER_TENSOR_NEXT_SIZE 11
+#define SER_TENSOR_READ_SIZE 11
+typedef struct {
+  uint32_t req_id;
+  uint8_t index;
+  uint32_t offset;
+  uint16_t max_bytes;
+} ser_tensor_next; /* TENSOR_NEXT and TENSOR_READ share this layout */
+size_t ser_tensor_next_encode(const ser_tensor_next *m, uint8_t *out, size_t cap);
+int ser_tensor_next_decode(const uint8_t *payload, size_t len, ser_tensor_next *m);
+
+#define SER_TENSOR_CHUNK_HEADER_SIZE 9
+#define SER_TENSOR_CHUNK_MAX_DATA (SER_MAX_PAYLOAD - SER_TENSOR_CHUNK_HEADER_SIZE)
+typedef struct {
+  uint32_t req_id;
+  uint8_t index;
+  uint32_t offset;
+  const uint8_t *data;
+  uint16_t data_len;
+} ser_tensor_chunk; /* TENSOR_CHUNK and TENSOR_DATA share this layout; decode checks data_len >= 1 */
+size_t ser_tensor_chunk_encode(const ser_tensor_chunk *m, uint8_t *out, size_t cap);
+int ser_tensor_chunk_decode(const uint8_t *payload, size_t len, ser_tensor_chunk *m);
+
+#define SER_INVOKE_SIZE 4
+#define SER_INVOKED_SIZE(n_outputs) (9u + 4u * (size_t)(n_outputs))
+#define SER_MAX_TENSORS 16
+typedef struct {
+  uint32_t req_id, invoke_cycles;
+  uint8_t n_outputs;
+  uint32_t output_bytes[SER_MAX_TENSORS];
+} ser_invoked;
+size_t ser_invoked_encode(const ser_invoked *m, uint8_t *out, size_t cap);
+int ser_invoked_decode(const uint8_t *payload, size_t len, ser_invoked *m);
+
 /* ---- INFO / BOOT: a TLV list (tag u8, len u8, value[len]) ----
  * Decoders skip unknown tags. A known tag's value may grow at its end in later versions: decoders
  * read the fields they know and ignore the rest; a value shorter than its fields is BAD_LENGTH. */
@@ -201,12 +256,13 @@ enum {
   SER_TAG_MAX_CHUNK_SAMPLES = 0x0C, /* u16 */
   SER_TAG_BUILD_ID = 0x0D,          /* text */
   SER_TAG_PCM_ENCODINGS = 0x0E,     /* bitmask u8: bit n = encoding n */
-  SER_TAG_RX_PATHS = 0x0F           /* u8: ways in for the host's stream, path 0 the UART (section 8) */
+  SER_TAG_RX_PATHS = 0x0F,          /* u8: ways in for the host's stream, path 0 the UART (section 8) */
+  SER_TAG_TENSOR_IO = 0x10          /* n_inputs u8, n_outputs u8, max_chunk_bytes u16: raw tensors (section 12) */
 };
 
 /* ser_info.present: one bit per tag above (1 << tag); the LABEL bit stands for all n_labels labels. */
 #define SER_INFO_HAS(tag) (1ul << (tag))
-#define SER_INFO_ALL 0xFFFEul
+#define SER_INFO_ALL 0xFFFEul /* the tags of version 1's first table; TENSOR_IO is added on its own */
 
 /* Tensor dtypes: TfLiteType codes. */
 enum { SER_DTYPE_FLOAT32 = 1, SER_DTYPE_UINT8 = 3, SER_DTYPE_INT16 = 7, SER_DTYPE_INT8 = 9 };
@@ -242,6 +298,8 @@ typedef struct {
   ser_text build_id;
   uint8_t pcm_encodings;
   uint8_t rx_paths;
+  uint8_t n_inputs, n_outputs; /* TENSOR_IO */
+  uint16_t max_tensor_chunk;
 } ser_info;
 
 size_t ser_info_encode(const ser_info *info, uint8_t *out, size_t cap);
