@@ -1,19 +1,22 @@
 """Benchmark: the firmware on a board, per model -- memory by component, arena, and instructions.
 
     SER_DEPS_DIR=... python benchmarks/firmware_benchmark.py runs/NAME [runs/OTHER | model.tflite ...]
-        [--untrained MODEL ...] [--board qemu-mps2-an386] [--clips 5] [--no-reference] [--data CASIA]
-        [--out reports/firmware]
+        [--untrained MODEL ...] [--board qemu-mps2-an386] [--clips 5] [--no-reference] [--no-cmsis-nn]
+        [--data CASIA] [--out reports/firmware]
 
 --untrained MODEL (a train.models builder, e.g. spectrogram_resnet) benchmarks that architecture with
 its default front end, untrained and quantized on a few synthetic clips: instruction counts hardly
 depend on the weights, so kernels can be measured without a trained run.
 
-For each model: builds the firmware (our optimized kernels, and TFLM's reference kernels for the
-speed-up), reads flash and RAM by component from the linker map (TFLM, CMSIS-NN, model, app,
-libc), runs clips on the emulated board and prints front-end and Invoke instruction counts (QEMU
--icount: emulator counts, not silicon cycles), instructions per MAC, the deepest stack use (the
-start-up code paints the stack; the words still painted are read through QEMU's GDB stub after the
-clips) and, for each aim of the issue, whether it is met.
+For each model: builds the firmware three ways (our kernels; TFLM's CMSIS-NN kernels without ours;
+TFLM's reference kernels), for the speed-ups over both in the same run, reads flash and RAM by
+component from the linker map (TFLM, CMSIS-NN, model, app, libc), runs clips on the emulated
+board and prints front-end and Invoke instruction counts (QEMU -icount: emulator counts, not
+silicon cycles), instructions per MAC, the deepest stack use (the start-up code paints the stack;
+the words still painted are read through QEMU's GDB stub after the clips) and, for each aim of the
+issue, whether it is met. Per layer it prints instructions per MAC for ours and for TFLM +
+CMSIS-NN, and our kernels' loads per MAC: a static count from the inner loops' structure (the
+installed QEMU has no TCG plugins to count them), see loads_per_mac().
 """
 
 from __future__ import annotations
@@ -177,8 +180,8 @@ def stack_used(gdb_port: int, low: int, top: int) -> int:
     return top - (low + 4 * int(painted[0])) if painted.size else 0
 
 
-def measure(board: str, tflite: bytes, clips: list[np.ndarray], reference: bool) -> dict:
-    elf = build(board, tflite, cmsis_nn=not reference)
+def measure(board: str, tflite: bytes, clips: list[np.ndarray], reference: bool = False, own_kernels: bool = True) -> dict:
+    elf = build(board, tflite, cmsis_nn=not reference, own_kernels=own_kernels)
     low, top = stack_bounds(elf)
     with qemu.running(board, elf, gdb_stub=True) as emu, BoardLink(emu.url) as link:
         info = link.hello()
@@ -205,6 +208,7 @@ def main() -> int:
     p.add_argument("--clips", type=int, default=5)
     p.add_argument("--data", help="CASIA root for real clips (default: synthetic noise)")
     p.add_argument("--no-reference", action="store_true", help="skip the reference-kernel build")
+    p.add_argument("--no-cmsis-nn", action="store_true", help="skip the build with TFLM's CMSIS-NN kernels alone")
     p.add_argument("--out", type=Path, default=REPO / "reports" / "firmware")
     args = p.parse_args()
 
@@ -253,9 +257,18 @@ def main() -> int:
         row["instructions_per_mac"] = row["invoke_instructions"] / macs
         row["frontend_share_of_invoke"] = row["frontend_instructions"] / row["invoke_instructions"]
         row["layers"] = layer_table(tflite, fast["profile"])
+        if not args.no_cmsis_nn:
+            cmsis = measure(args.board, tflite, clips, own_kernels=False)
+            row["cmsis_nn_invoke_instructions"] = float(np.mean(cmsis["invoke"]))
+            row["cmsis_nn_instructions_per_mac"] = row["cmsis_nn_invoke_instructions"] / macs
+            row["speedup_over_cmsis_nn"] = row["cmsis_nn_invoke_instructions"] / row["invoke_instructions"]
+            for layer, other in zip(row["layers"], layer_table(tflite, cmsis["profile"]), strict=True):
+                layer["cmsis_nn_instructions"] = other["instructions"]
+                layer["cmsis_nn_per_mac"] = other["per_mac"]
         if not args.no_reference:
             ref = measure(args.board, tflite, clips, reference=True)
             row["reference_invoke_instructions"] = float(np.mean(ref["invoke"]))
+            row["reference_instructions_per_mac"] = row["reference_invoke_instructions"] / macs
             row["speedup_over_reference"] = row["reference_invoke_instructions"] / row["invoke_instructions"]
         row["aims"] = aims(row)
         report.append(row)
@@ -266,12 +279,56 @@ def main() -> int:
     return 0
 
 
+def conv_shapes(tflite: bytes) -> list[dict | None]:
+    """Per operator in execution order: a CONV_2D's K (filter height x width x input channels), input
+    channels, output channels and output pixels; None for other operators."""
+    from convert.tflite_file import _OP_NAMES, _load
+
+    model = _load(tflite)
+    graph = model.subgraphs[0]
+    shapes: list[dict | None] = []
+    for op in graph.operators or []:
+        code = model.operatorCodes[op.opcodeIndex]
+        name = _OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+        if name != "CONV_2D":
+            shapes.append(None)
+            continue
+        w = [int(d) for d in graph.tensors[int(op.inputs[1])].shape]
+        out = [int(d) for d in graph.tensors[int(op.outputs[0])].shape]
+        shapes.append({"k": w[1] * w[2] * w[3], "in_c": w[3], "out_c": w[0], "pixels": out[1] * out[2]})
+    return shapes
+
+
+def loads_per_mac(conv: dict) -> float:
+    """Words loaded per MAC by our convolution kernel (firmware/kernels/ser_conv_s8.c), counted
+    statically from its loops (an LDM of n words counts n; a byte load counts 1):
+    - 1-channel path (in_c == 1, K <= 10): per output, one 6-word LDM (bias and 5 filter pairs) and
+      one 3-word LDM (multiplier, rounding constant, shift) over K MACs; per pixel, K input bytes.
+    - general path: per output channel and 4-pixel block, per group of 4 K values one filter word and
+      two 4-word LDMs of columns (16 MACs), and bias, multiplier and shift; per pixel, the gather's
+      K / 4 words (K bytes when in_c % 4 != 0)."""
+    k, in_c, out_c = conv["k"], conv["in_c"], conv["out_c"]
+    if in_c == 1 and k <= 10:
+        return (9 * out_c + k) / (k * out_c)
+    groups = -(-k // 4)
+    per_block = out_c * (9 * groups + 3) + 4 * (groups if in_c % 4 == 0 else k)
+    return per_block / (4 * k * out_c)
+
+
 def layer_table(tflite: bytes, profile: list) -> list[dict]:
-    """Per layer of the last Invoke: tag, instructions, MACs and instructions per MAC (MAC layers)."""
+    """Per layer of the last Invoke: tag, instructions, MACs and instructions per MAC (MAC layers), and
+    for convolutions the static loads per MAC of our kernel."""
     macs = layer_macs(tflite)
+    convs = conv_shapes(tflite)
     return [
-        {"op": tag, "instructions": ticks, "macs": m, "per_mac": ticks / m if m else None}
-        for (tag, ticks), m in zip(profile, macs[: len(profile)], strict=True)
+        {
+            "op": tag,
+            "instructions": ticks,
+            "macs": m,
+            "per_mac": ticks / m if m else None,
+            "loads_per_mac_static": loads_per_mac(conv) if conv else None,
+        }
+        for (tag, ticks), m, conv in zip(profile, macs[: len(profile)], convs[: len(profile)], strict=True)
     ]
 
 
@@ -283,6 +340,8 @@ def aims(r: dict) -> dict[str, dict]:
         "flash bytes": (r["flash_bytes"], r["model_bytes"] + AIMS["flash_over_model"], "<="),
         "RAM bytes": (r["ram_bytes"], r["arena_size"] + AIMS["ram_over_arena"], "<="),
     }
+    if "speedup_over_cmsis_nn" in r:
+        result["speed-up over TFLM's CMSIS-NN kernels"] = (r["speedup_over_cmsis_nn"], 1.0, ">=")
     if "speedup_over_reference" in r:
         result["speed-up over TFLM's reference kernels"] = (r["speedup_over_reference"], AIMS["speedup_over_reference"], ">=")
     return {
@@ -299,13 +358,30 @@ def print_row(r: dict) -> None:
     for mem in ("flash", "ram"):
         for comp, size in sorted(r["memory_by_component"][mem].items(), key=lambda kv: -kv[1]):
             print(f"| {mem} | {comp} | {size:,} |")
-    print("\n| layer | op | instructions | MACs | per MAC |\n| --- | --- | --- | --- | --- |")
+    print(
+        "\n| layer | op | instructions | MACs | per MAC | loads per MAC (static) | CMSIS-NN per MAC | ours over CMSIS-NN |"
+        "\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+    )
     for i, layer in enumerate(r["layers"]):
         per_mac = f"{layer['per_mac']:.2f}" if layer["per_mac"] else ""
-        print(f"| {i} | {layer['op']} | {layer['instructions']:,} | {layer['macs']:,} | {per_mac} |")
+        loads = f"{layer['loads_per_mac_static']:.2f}" if layer.get("loads_per_mac_static") else ""
+        cmsis = f"{layer['cmsis_nn_per_mac']:.2f}" if layer.get("cmsis_nn_per_mac") else ""
+        ratio = f"{layer['cmsis_nn_instructions'] / layer['instructions']:.2f}" if layer.get("cmsis_nn_instructions") else ""
+        cells = [str(i), layer["op"], f"{layer['instructions']:,}", f"{layer['macs']:,}", per_mac, loads, cmsis, ratio]
+        print("| " + " | ".join(cells) + " |")
     print(f"\nInvoke {r['invoke_instructions']:,.0f}, front end {r['frontend_instructions']:,.0f} instructions per clip")
+    print("\n| kernels | Invoke instructions | per MAC | ours faster by |\n| --- | --- | --- | --- |")
+    print(f"| ours | {r['invoke_instructions']:,.0f} | {r['instructions_per_mac']:.3f} | |")
+    if "cmsis_nn_invoke_instructions" in r:
+        print(
+            f"| TFLM + CMSIS-NN | {r['cmsis_nn_invoke_instructions']:,.0f} | {r['cmsis_nn_instructions_per_mac']:.3f} "
+            f"| {r['speedup_over_cmsis_nn']:.2f}x |"
+        )
     if "reference_invoke_instructions" in r:
-        print(f"Invoke with TFLM's reference kernels {r['reference_invoke_instructions']:,.0f}")
+        print(
+            f"| TFLM reference | {r['reference_invoke_instructions']:,.0f} | {r['reference_instructions_per_mac']:.3f} "
+            f"| {r['speedup_over_reference']:.2f}x |"
+        )
     print("\n| aim | measured | bound | |\n| --- | --- | --- | --- |")
     for name, a in r["aims"].items():
         fmt = "{:,.0f}" if a["bound"] >= 100 else "{:.3f}"

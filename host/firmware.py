@@ -51,12 +51,16 @@ class FirmwareUnavailable(RuntimeError):
     """The firmware cannot be built here; the message says how to make it possible."""
 
 
-def build_dir(board: str, cmsis_nn: bool = True) -> Path:
-    return BUILD / "firmware" / (board if cmsis_nn else f"{board}-reference-kernels")
+def build_dir(board: str, cmsis_nn: bool = True, own_kernels: bool = True) -> Path:
+    """The board's build folder: our kernels (the default), TFLM's CMSIS-NN kernels alone
+    (``own_kernels=False``) or TFLM's reference kernels (``cmsis_nn=False``)."""
+    if not cmsis_nn:
+        return BUILD / "firmware" / f"{board}-reference-kernels"
+    return BUILD / "firmware" / (board if own_kernels else f"{board}-cmsis-nn-kernels")
 
 
-def elf_path(board: str, tflite: bytes, cmsis_nn: bool = True) -> Path:
-    return build_dir(board, cmsis_nn) / f"ser-{board}-{sha256(tflite)[:12]}.elf"
+def elf_path(board: str, tflite: bytes, cmsis_nn: bool = True, own_kernels: bool = True) -> Path:
+    return build_dir(board, cmsis_nn, own_kernels) / f"ser-{board}-{sha256(tflite)[:12]}.elf"
 
 
 def emit_if_changed(tflite: bytes, generated: Path) -> None:
@@ -167,8 +171,10 @@ def build(
     cmsis_nn: bool = True,
     progress: Progress | None = None,
     out_dir: Path | None = None,
+    own_kernels: bool = True,
 ) -> Path:
-    """The ELF for this board and model, building what is missing (``cmsis_nn=False``: TFLM's reference kernels).
+    """The ELF for this board and model, building what is missing (``cmsis_nn=False``: TFLM's reference kernels;
+    ``own_kernels=False``: TFLM's CMSIS-NN kernels without ours).
 
     ``quiet=False`` shows how far the build is; ``progress`` is told so in any case. ``out_dir``: another
     build folder than the board's own (TFLM still comes from the cache)."""
@@ -178,7 +184,7 @@ def build(
     deps_dir = deps_dir or os.environ.get("SER_DEPS_DIR")
     generated = BUILD / "generated" / sha256(tflite)[:12]
     emit_if_changed(tflite, generated)
-    out_dir = out_dir or build_dir(board, cmsis_nn)
+    out_dir = out_dir or build_dir(board, cmsis_nn, own_kernels)
     configure = [
         "cmake",
         "-S",
@@ -189,6 +195,7 @@ def build(
         f"-DSER_GENERATED_DIR={generated}",
         "-DCMAKE_BUILD_TYPE=Release",
         f"-DSER_CMSIS_NN={'ON' if cmsis_nn else 'OFF'}",
+        f"-DSER_OWN_KERNELS={'ON' if own_kernels else 'OFF'}",
     ]
     if deps_dir:  # absolute: a path relative to where the user stands means nothing to CMake's build folder
         configure.append(f"-DSER_DEPS_DIR={Path(deps_dir).expanduser().resolve()}")
@@ -218,7 +225,7 @@ def build(
                 f"Build log: {log_path}"
             )
         raise FirmwareUnavailable(f"firmware build for {board} failed (full log: {log_path}); its last lines:\n{tail}")
-    elf = out_dir / elf_path(board, tflite, cmsis_nn).name
+    elf = out_dir / elf_path(board, tflite, cmsis_nn, own_kernels).name
     if not elf.exists():
         raise FirmwareUnavailable(f"build finished but {elf} is missing (build log: {log_path})")
     return elf
