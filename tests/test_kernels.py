@@ -9,15 +9,24 @@ in 90 values so that a wrong value anywhere upstream shows:
   requantization: K % 4 of 2 and 3 (the zero-padded last group), 1, 2 and 3 pixels past a whole
   block, odd input channel counts, and a layer whose tiny channel (a right shift past 22) takes the
   exact, slow requantization beside layers on the fast one (with and without ReLU);
+- 1-channel convolutions beside each other (the 1-channel path of ser_conv_s8.c, K <= 10): dilation
+  with 'same' padding and no activation, K = 4 with ReLU, odd channel counts, added together;
 - the other kernels' less common cases: MEAN over height and width kept as dims and MEAN over
   channels (the reference walk), ADD broadcasting a vector and a single channel.
 The real models (tests/test_firmware.py) cover FULLY_CONNECTED, SOFTMAX and same-shape ADD.
+
+Two more checks: the kernel's C code (its portable paths) on the host under AddressSanitizer against
+a direct convolution on random shapes (tests/conv_check.c), and a firmware whose kernel drops one
+rounding step (SER_BREAK_ROUNDING) must fail the bit-exact comparison, so the comparison can fail.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +38,8 @@ from host import qemu
 from host.board import BoardLink
 
 DEPS = os.environ.get("SER_DEPS_DIR")
-pytestmark = pytest.mark.skipif(
+REPO = Path(__file__).resolve().parents[1]
+needs_deps = pytest.mark.skipif(
     not DEPS,
     reason="TFLM sources not given: set SER_DEPS_DIR to local copies of tflite-micro, flatbuffers, gemmlowp, ruy, "
     "CMSIS_6, CMSIS-NN, Cortex_DFP and kissfft (README: Third-party sources) to build and run the firmware",
@@ -85,6 +95,22 @@ def conv_zoo_blocks() -> bytes:
 
 
 @functools.cache
+def conv_zoo_one_channel() -> bytes:
+    import keras
+
+    keras.utils.set_random_seed(6)
+    layers = keras.layers
+    x = keras.Input((9, 14, 1))
+    a = layers.Conv2D(5, 3, dilation_rate=2, padding="same")(x)  # 1 channel, K = 9, dilation, padding all round
+    b = layers.Conv2D(5, 2, padding="same", activation="relu")(x)  # 1 channel, K = 4, ReLU
+    y = layers.Conv2D(6, (3, 2), strides=3)(layers.Add()([a, b]))  # 3x5 pixels
+    model = keras.Model(x, layers.Reshape((15, 6))(y))
+    rng = np.random.default_rng(0)
+    rep = [rng.uniform(-1, 1, (9, 14, 1)).astype(np.float32) for _ in range(16)]
+    return align(quantize_int8(model, rep))
+
+
+@functools.cache
 def broadcast_zoo() -> bytes:
     import keras
 
@@ -101,6 +127,23 @@ def broadcast_zoo() -> bytes:
     return align(quantize_int8(model, rep))
 
 
+def _board_matches_tflm(elf: Path, tflite: bytes) -> list[bool]:
+    """Per clip (4 random int8 inputs): whether the board's 90 outputs equal the host TFLM's."""
+    spec, _ = io_specs(tflite)
+    elements = int(np.prod(spec.shape))
+    rng = np.random.default_rng(1)
+    reference = TflmRunner(tflite)
+    matches = []
+    with qemu.running(BOARD, elf) as emu, BoardLink(emu.url) as link:
+        assert link.hello().clip_samples == elements
+        for clip_id in range(4):
+            x = rng.integers(-128, 128, elements).astype(np.int16)
+            expected = reference(x.astype(np.int8)).tolist()
+            assert len(expected) == 90
+            matches.append(list(link.classify(x, clip_id).scores) == expected)
+    return matches
+
+
 def _runs_bit_exact(tflite: bytes, own_symbols: list[str]) -> None:
     from elftools.elf.elffile import ELFFile
 
@@ -111,32 +154,72 @@ def _runs_bit_exact(tflite: bytes, own_symbols: list[str]) -> None:
         symbols = ELFFile(f).get_section_by_name(".symtab")
         for name in own_symbols:
             assert symbols.get_symbol_by_name(name), f"the firmware does not link our {name}"
-    spec, _ = io_specs(tflite)
-    elements = int(np.prod(spec.shape))
-    rng = np.random.default_rng(1)
-    reference = TflmRunner(tflite)
-    with qemu.running(BOARD, elf) as emu, BoardLink(emu.url) as link:
-        assert link.hello().clip_samples == elements
-        for clip_id in range(4):
-            x = rng.integers(-128, 128, elements).astype(np.int16)
-            expected = reference(x.astype(np.int8)).tolist()
-            assert len(expected) == 90
-            assert list(link.classify(x, clip_id).scores) == expected
+    assert _board_matches_tflm(elf, tflite) == [True] * 4
 
 
+@needs_deps
 def test_convolutions_run_our_kernel_bit_exact() -> None:
     tflite = conv_zoo()
     assert [name for name, _ in op_versions(tflite)] == ["CONV_2D", "RESHAPE"]
     _runs_bit_exact(tflite, ["ser_conv_s8"])
 
 
+@needs_deps
 def test_convolution_blocks_and_requantization_paths_bit_exact() -> None:
     tflite = conv_zoo_blocks()
     assert [name for name, _ in op_versions(tflite)] == ["CONV_2D", "RESHAPE"]
     _runs_bit_exact(tflite, ["ser_conv_s8"])
 
 
+@needs_deps
+def test_one_channel_convolutions_bit_exact() -> None:
+    tflite = conv_zoo_one_channel()
+    assert sorted(name for name, _ in op_versions(tflite)) == ["ADD", "CONV_2D", "RESHAPE"]
+    _runs_bit_exact(tflite, ["ser_conv_s8"])
+
+
+@needs_deps
 def test_broadcast_add_and_means_run_our_kernels_bit_exact() -> None:
     tflite = broadcast_zoo()
     assert sorted(name for name, _ in op_versions(tflite)) == ["ADD", "CONV_2D", "MEAN", "RESHAPE"]
     _runs_bit_exact(tflite, ["_ZN3ser17Register_ADD_INT8Ev", "_ZN3ser18Register_MEAN_INT8Ev"])  # ser::Register_*
+
+
+@needs_deps
+def test_a_broken_rounding_step_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first convolution chain on a firmware whose kernel truncates instead of rounding (in a
+    build folder of its own): the comparison with TFLM must fail."""
+    from host.firmware import BUILD, build
+
+    monkeypatch.setenv("SER_KERNEL_DEFINES", "SER_BREAK_ROUNDING")
+    tflite = conv_zoo()
+    elf = build(BOARD, tflite, DEPS, out_dir=BUILD / "firmware" / f"{BOARD}-broken-rounding")
+    assert not any(_board_matches_tflm(elf, tflite))
+
+
+def _host_check(tmp_path: Path, *defines: str) -> subprocess.CompletedProcess:
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        pytest.skip("no host C compiler")
+    kernels = REPO / "firmware" / "kernels"
+    exe = tmp_path / "conv_check"
+    flags = ["-O1", "-g", "-std=c11", "-Wall", "-Wextra", "-Werror", "-fsanitize=address,undefined"]
+    flags += ["-fno-sanitize-recover=all", "-fno-omit-frame-pointer", *(f"-D{d}" for d in defines)]
+    subprocess.run(
+        [cc, *flags, "-I", str(kernels), str(REPO / "tests" / "conv_check.c"), str(kernels / "ser_conv_s8.c"), "-o", str(exe)],
+        check=True,
+    )
+    # a mismatch returns early, its buffers not freed: no leak report then
+    env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0"} if defines else None
+    return subprocess.run([str(exe), "2000", "7"], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_convolution_c_code_on_the_host_under_asan(tmp_path: Path) -> None:
+    """ser_conv_s8.c's portable paths (the same blocking, gather and requantization as on the board,
+    without the DSP instructions) on 2,000 random shapes: 1-9 channels, strides, dilation, padding,
+    every requantization path, the 1-channel path; no access past any buffer or the scratch."""
+    run = _host_check(tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.startswith("ok 2000 shapes")
+    broken = _host_check(tmp_path, "SER_BREAK_ROUNDING")
+    assert broken.returncode == 2 and "mismatch" in broken.stdout, broken.stdout + broken.stderr

@@ -14,6 +14,14 @@
  * and when K % 4 != 0 the last group is zero-padded (the padding is zeroed once per call). When
  * in_c is not a multiple of 4 (a first layer on 1-channel features), a pixel's receptive field is
  * first copied as bytes (K, after the column buffer) so that it converts 4 values at a time.
+ *
+ * One input channel with K <= 10 (a 3x3 first layer on 1-channel features) has a path of its own
+ * (conv_c1 below): the filters, widened once per call, and the per-channel constants go into
+ * scratch as one record per output channel; per output pixel, its K values (5 int16 pairs) stay in
+ * registers while a loop over the channels loads each record with two LDMs and runs 5 SMLADs and
+ * the requantization and SSAT: 15 instructions per output. It takes layers whose activation range
+ * is the whole of int8 (no activation, or ReLU with the output zero point at -128, as the
+ * converter makes it); others go the general way.
  */
 #include "ser_conv_s8.h"
 
@@ -36,9 +44,18 @@ static inline uint32_t ror8(uint32_t x) { return (x >> 8) | (x << 24); }
 /* Groups of 4 K values, the last one zero-padded when K % 4 != 0; each holds 4 values per pixel. */
 static size_t pair_bytes(int k) { return (size_t)((k + 3) / 4) * 4 * SER_PIXELS * sizeof(int16_t); }
 
+/* The 1-channel path: K <= 2 * SER_C1_PAIRS values per pixel, one record per output channel of
+ * {2 bias, 5 pairs of 2 filter values, multiplier, rounding constant, right shift}. */
+#define SER_C1_PAIRS 5
+#define SER_C1_RECORD (1 + SER_C1_PAIRS + 3)
+
+static int c1_shape(const ser_conv_s8_params *p) { return p->in_c == 1 && p->k_h * p->k_w <= 2 * SER_C1_PAIRS; }
+
 size_t ser_conv_s8_scratch_bytes(const ser_conv_s8_params *p) {
   const int k = p->k_h * p->k_w * p->in_c;
-  return pair_bytes(k) + (p->in_c % 4 != 0 ? (size_t)k : 0u);
+  const size_t general = pair_bytes(k) + (p->in_c % 4 != 0 ? (size_t)k : 0u);
+  const size_t c1 = c1_shape(p) ? (size_t)p->out_c * SER_C1_RECORD * sizeof(int32_t) : 0u;
+  return general > c1 ? general : c1;
 }
 
 /* Where natural index k of the receptive field lives in the column buffer, for pixel `slot`. */
@@ -178,6 +195,14 @@ static inline void dot_1x4(const int8_t *w, const int16_t *col, int k, int32_t a
 
 static inline int8_t clamp(int32_t v, int32_t lo, int32_t hi) { return (int8_t)(v < lo ? lo : (v > hi ? hi : v)); }
 
+/* The rounding constant of a right shift by r. SER_BREAK_ROUNDING drops it (truncation instead of
+ * rounding), only so that tests/test_kernels.py can show that it notices. */
+#ifdef SER_BREAK_ROUNDING
+#define SER_HALF(r) 0
+#else
+#define SER_HALF(r) ((int32_t)((1u << (r)) >> 1))
+#endif
+
 /* The largest right shift for which ser_conv_s8's folded output offset cannot overflow. */
 #define SER_FOLD_SHIFT_MAX 22
 
@@ -194,6 +219,115 @@ static int right_shifts_suffice(const ser_conv_s8_params *p, const int32_t *shif
   return (int64_t)p->k_h * p->k_w * p->in_c * 128 * 255 + bias_max < (1LL << 30);
 }
 
+static inline uint32_t pack16(int32_t lo16, int32_t hi16) {
+  return (uint32_t)(uint16_t)lo16 | (uint32_t)(uint16_t)hi16 << 16;
+}
+
+/* The 1-channel path's records (see SER_C1_RECORD), filter values and bias doubled so that the
+ * sums come out doubled, as SMMULR wants them (|acc| < 2^30: right_shifts_suffice). */
+static void c1_records(const ser_conv_s8_params *p, const int32_t *multiplier, const int32_t *shift,
+                       const int8_t *filter, const int32_t *bias, int32_t *rec) {
+  const int k = p->k_h * p->k_w;
+  for (int oc = 0; oc < p->out_c; oc++, filter += k) {
+    int32_t w[2 * SER_C1_PAIRS] = {0};
+    for (int i = 0; i < k; i++) w[i] = 2 * filter[i];
+    const int32_t r = -shift[oc];
+    *rec++ = 2 * (bias ? bias[oc] : 0);
+    for (int j = 0; j < SER_C1_PAIRS; j++) *rec++ = (int32_t)pack16(w[2 * j], w[2 * j + 1]);
+    *rec++ = multiplier[oc];
+    *rec++ = SER_HALF(r) + (int32_t)((uint32_t)p->output_offset << r);
+    *rec++ = r;
+  }
+}
+
+/* Output pixel (oy, ox)'s K values plus the input offset (padding: 0) as 5 int16 pairs. */
+static void c1_gather(const ser_conv_s8_params *p, const int8_t *image, int oy, int ox, uint32_t px[SER_C1_PAIRS]) {
+  const int32_t off = p->input_offset;
+  const int y0 = oy * p->stride_h - p->pad_h, x0 = ox * p->stride_w - p->pad_w;
+  const int w = p->in_w;
+  if (p->k_h == 3 && p->k_w == 3 && p->dilation_h == 1 && p->dilation_w == 1 && y0 >= 0 && y0 + 3 <= p->in_h &&
+      x0 >= 0 && x0 + 3 <= w) { /* the common case, inside the image */
+    const int8_t *r0 = image + (size_t)y0 * w + x0, *r1 = r0 + w, *r2 = r1 + w;
+    px[0] = pack16(r0[0] + off, r0[1] + off);
+    px[1] = pack16(r0[2] + off, r1[0] + off);
+    px[2] = pack16(r1[1] + off, r1[2] + off);
+    px[3] = pack16(r2[0] + off, r2[1] + off);
+    px[4] = pack16(r2[2] + off, 0);
+    return;
+  }
+  int32_t v[2 * SER_C1_PAIRS] = {0};
+  for (int ky = 0, i = 0; ky < p->k_h; ky++) {
+    const int y = y0 + ky * p->dilation_h;
+    for (int kx = 0; kx < p->k_w; kx++, i++) {
+      const int x = x0 + kx * p->dilation_w;
+      if (y >= 0 && y < p->in_h && x >= 0 && x < w) v[i] = image[(size_t)y * w + x] + off;
+    }
+  }
+  for (int j = 0; j < SER_C1_PAIRS; j++) px[j] = pack16(v[2 * j], v[2 * j + 1]);
+}
+
+#if SER_SIMD
+/* One pixel, all channels: out[0 .. out_end - out) from the records, the pixel's pairs in r4-r8.
+ * Per channel: LDM of bias and filter, 5 SMLAD, LDM of the constants, SMMULR, the rounding
+ * (fold, then the sign), the shift, SSAT to int8, store: 15 instructions. */
+__attribute__((naked, noinline)) static void c1_pixel(const int32_t *rec, const uint32_t *px, int8_t *out,
+                                                      int8_t *out_end) {
+  (void)rec, (void)px, (void)out, (void)out_end;
+  __asm__ volatile(
+      "push   {r4-r11, lr}                     \n\t"
+      "ldm    r1, {r4, r5, r6, r7, r8}         \n\t" /* the pixel's 5 pairs */
+      "1:                                      \n\t"
+      "ldmia  r0!, {r1, r9, r10, r11, r12, lr} \n\t" /* 2 bias, 5 filter pairs */
+      "smlad  r1, r4, r9, r1                   \n\t"
+      "smlad  r1, r5, r10, r1                  \n\t"
+      "smlad  r1, r6, r11, r1                  \n\t"
+      "smlad  r1, r7, r12, r1                  \n\t"
+      "smlad  r1, r8, lr, r1                   \n\t"
+      "ldmia  r0!, {r9, r10, r11}              \n\t" /* multiplier, rounding constant, shift */
+      "smmulr r1, r1, r9                       \n\t"
+      "add    r10, r10, r1                     \n\t"
+      "add    r1, r10, r1, asr #31             \n\t"
+      "asr    r1, r1, r11                      \n\t"
+      "ssat   r1, #8, r1                       \n\t"
+      "strb   r1, [r2], #1                     \n\t"
+      "cmp    r2, r3                           \n\t"
+      "bne    1b                               \n\t"
+      "pop    {r4-r11, pc}                     \n\t");
+}
+#else
+/* The same arithmetic in C (hosts without the DSP extension). */
+static void c1_pixel(const int32_t *rec, const uint32_t *px, int8_t *out, int8_t *out_end) {
+  for (; out != out_end; out++) {
+    int32_t acc = *rec++;
+    for (int j = 0; j < SER_C1_PAIRS; j++, rec++) {
+      const uint32_t w = (uint32_t)*rec;
+      acc += (int16_t)(px[j] & 0xFFFFu) * (int16_t)(w & 0xFFFFu) + (int16_t)(px[j] >> 16) * (int16_t)(w >> 16);
+    }
+    const int32_t high = (int32_t)(((int64_t)acc * rec[0] + (1LL << 31)) >> 32); /* SMMULR */
+    const int32_t v = (high + rec[1] + (high >> 31)) >> rec[2];
+    rec += 3;
+    *out = (int8_t)(v < -128 ? -128 : (v > 127 ? 127 : v));
+  }
+}
+#endif
+
+static void conv_c1(const ser_conv_s8_params *p, const int32_t *multiplier, const int32_t *shift, const int8_t *input,
+                    const int8_t *filter, const int32_t *bias, int8_t *output, int32_t *rec) {
+  c1_records(p, multiplier, shift, filter, bias, rec);
+  const int out_c = p->out_c;
+  for (int b = 0; b < p->batches; b++) {
+    const int8_t *image = input + (size_t)b * p->in_h * p->in_w;
+    int8_t *out = output + (size_t)b * p->out_h * p->out_w * out_c;
+    for (int oy = 0; oy < p->out_h; oy++) {
+      for (int ox = 0; ox < p->out_w; ox++, out += out_c) {
+        uint32_t px[SER_C1_PAIRS];
+        c1_gather(p, image, oy, ox, px);
+        c1_pixel(rec, px, out, out + out_c);
+      }
+    }
+  }
+}
+
 void ser_conv_s8(const ser_conv_s8_params *p, const int32_t *multiplier, const int32_t *shift, const int8_t *input,
                  const int8_t *filter, const int32_t *bias, int8_t *output, int16_t *scratch) {
   const int k = p->k_h * p->k_w * p->in_c;
@@ -201,6 +335,10 @@ void ser_conv_s8(const ser_conv_s8_params *p, const int32_t *multiplier, const i
   const int out_c = p->out_c;
   const int32_t offset = p->output_offset, lo = p->act_min, hi = p->act_max;
   const int fast = right_shifts_suffice(p, shift, bias);
+  if (fast && c1_shape(p) && lo == -128 && hi == 127 && out_c > 0) {
+    conv_c1(p, multiplier, shift, input, filter, bias, output, (int32_t *)(void *)scratch);
+    return;
+  }
   int8_t *bytes = (int8_t *)scratch + pair_bytes(k);
   /* The padded tail of a partial last group is never gathered: zero it once. */
   if (k % 4 != 0) memset(scratch + SER_PIXELS * (k & ~3), 0, 4 * SER_PIXELS * sizeof(int16_t));
@@ -225,7 +363,7 @@ void ser_conv_s8(const ser_conv_s8_params *p, const int32_t *multiplier, const i
           /* (high + half + sign) >> r, plus the output offset folded in as offset << r; written
            * out per pixel so that the sums stay in registers. */
           const int32_t m = multiplier[oc], r = -shift[oc];
-          const int32_t fold = (int32_t)((1u << r) >> 1) + (int32_t)((uint32_t)offset << r);
+          const int32_t fold = SER_HALF(r) + (int32_t)((uint32_t)offset << r);
           o3[oc] = clamp(ser_requantize_fast(acc[3], m, r, fold), lo, hi);
           o2[oc] = clamp(ser_requantize_fast(acc[2], m, r, fold), lo, hi);
           o1[oc] = clamp(ser_requantize_fast(acc[1], m, r, fold), lo, hi);
