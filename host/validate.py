@@ -146,8 +146,9 @@ def load_inputs(source: str, specs: list[EdgeTensor], count: int | None, seed: i
                 arrays = []
                 for spec in specs:
                     key = next((k for k in (spec.name, f"input_{spec.index}") if k in names), None)
-                    if key is None and len(specs) == 1:
-                        key = next((k for k in names if k != "labels"), None)
+                    arrays_in_file = [k for k in names if k != "labels"]
+                    if key is None and len(specs) == 1 and len(arrays_in_file) == 1:
+                        key = arrays_in_file[0]  # one input, one array: whatever its name
                     if key is None:
                         raise ValidateError(
                             f"{path}: no array for input {spec.index} ({spec.name!r}); it holds {names}: name it "
@@ -264,8 +265,10 @@ def read_results(path: Path) -> dict[int, dict]:
 
 
 def append_result(path: Path, record: dict) -> None:
+    """One line, on disk before the next input runs; a line a cut left half written is ended first."""
+    torn = path.exists() and path.stat().st_size and path.read_bytes()[-1:] != b"\n"
     with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(("\n" if torn else "") + json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -302,10 +305,10 @@ def output_scores(spec: EdgeTensor, board: np.ndarray, host: np.ndarray) -> dict
     err = b - h
     norm_h = np.linalg.norm(h)
     norm_b = np.linalg.norm(b)
-    if norm_h == 0 and norm_b == 0:
-        cosine = 1.0
+    if np.array_equal(b, h):
+        cosine = 1.0  # exactly, not 1 + rounding
     else:
-        cosine = float(np.sum(b * h) / (norm_b * norm_h)) if norm_b and norm_h else 0.0
+        cosine = float(np.clip(np.sum(b * h) / (norm_b * norm_h), -1.0, 1.0)) if norm_b and norm_h else 0.0
     return {
         "index": spec.index,
         "name": spec.name,

@@ -1,0 +1,189 @@
+"""ser-validate end to end on models this project did not make (TFLM's own examples), and the raw tensor path
+of the protocol (firmware/PROTOCOL.md 12) on the simulated board: real TFLM on the host, the real
+cross-compiled firmware under QEMU, a real pseudo-terminal for the simulated board."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from host import validate
+from host.board import BoardError, BoardLink
+from host.protocol import ErrorCode, Info, Invoke, Invoked, TensorChunk, TensorData, TensorNext, TensorRead, TensorStart
+from host.sim_board import SimulatedBoard
+from tests.boards_under_test import _firmware
+
+DEPS = os.environ.get("SER_DEPS_DIR")
+needs_tflm = pytest.mark.skipif(not DEPS, reason="TFLM's example models come with its sources: set SER_DEPS_DIR")
+EXAMPLES = "tensorflow/lite/micro/examples"
+HELLO = f"{EXAMPLES}/hello_world/models/hello_world_int8.tflite"
+HELLO_FLOAT = f"{EXAMPLES}/hello_world/models/hello_world_float.tflite"
+SPEECH = f"{EXAMPLES}/micro_speech/models/micro_speech_quantized.tflite"
+
+
+def model(relative: str) -> Path:
+    return Path(DEPS or "") / "tflite-micro" / relative
+
+
+def _validate(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    code = validate.main([*argv, "--quiet"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _report(out: Path) -> dict:
+    return json.loads((out / validate.REPORT_JSON).read_text())
+
+
+@needs_tflm
+def test_hello_world_on_qemu_bit_exact(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "hello"
+    code, stdout, err = _validate(capsys, str(model(HELLO)), "--board", "qemu", "--count", "16", "--out", str(out))
+    assert code == 0, err
+    report = _report(out)
+    s = report["summary"]
+    assert s["inputs"] == 16 and s["all_bit_exact"]
+    (o,) = s["outputs"]
+    assert (o["bit_exact"], o["max_lsb"], o["rmse"], o["cos"]) == (16, 0, 0.0, 1.0)
+    assert s["cycles"]["min"] > 0 and "instructions" in report["board"]["cycle_counter"]
+    assert report["firmware"]["board"] == "qemu-mps2-an386"
+    assert "16/16" in (out / validate.REPORT_MD).read_text() and "16/16 bit-exact" in stdout
+    assert len((out / validate.RESULTS).read_text().splitlines()) == 16
+
+
+@needs_tflm
+def test_micro_speech_on_qemu_bit_exact_with_labels_and_hash_refusal(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.integers(-128, 128, (6, 1, 1960)).astype(np.int8)
+    labels_file = tmp_path / "labels.txt"
+    labels_file.write_text("silence\nunknown\nyes\nno\n")
+    np.savez(tmp_path / "speech.npz", input_0=x, labels=np.array([0, 1, 2, 3, 0, 1]))
+    out = tmp_path / "speech"
+    argv = [str(model(SPEECH)), "--board", "qemu", "--inputs", str(tmp_path / "speech.npz"), "--out", str(out)]
+    code, _, err = _validate(capsys, *argv, "--labels", str(labels_file))
+    assert code == 0, err
+    s = _report(out)["summary"]
+    assert s["inputs"] == 6 and s["all_bit_exact"] and s["outputs"][0]["bit_exact"] == 6
+    assert s["accuracy"]["agreement"] == 1.0 and s["labels"] == ["silence", "unknown", "yes", "no"]
+    assert s["cycles"]["median"] > 100_000  # 1960 inputs through two layers: far more than hello_world's
+
+    # A board carrying another model (micro_speech's firmware, just built: no second build) is refused,
+    # both hashes named.
+    from host import qemu
+
+    with qemu.running("qemu-mps2-an386", _firmware(model(SPEECH).read_bytes())) as emu:
+        code, _, err = _validate(capsys, str(model(HELLO)), "--port", emu.url, "--out", str(tmp_path / "other"))
+    assert code == 2 and "runs another model" in err and "board's model" in err and "Traceback" not in err
+
+
+@needs_tflm
+def test_sim_board_resumes_a_cut_off_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "sim"
+    argv = [str(model(SPEECH)), "--board", "sim", "--count", "6", "--seed", "5", "--out", str(out)]
+    code, _, err = _validate(capsys, *argv)
+    assert code == 0, err
+    full = (out / validate.RESULTS).read_text().splitlines()
+    assert len(full) == 6 and _report(out)["summary"]["all_bit_exact"]
+
+    # Cut off after three inputs, the fourth line half written: the rerun keeps those three and runs the rest.
+    (out / validate.RESULTS).write_text("\n".join(full[:3]) + "\n" + full[3][:40])
+    code, _, err = _validate(capsys, *argv)
+    assert code == 0, err
+    lines = (out / validate.RESULTS).read_text().splitlines()
+    assert lines[:3] == full[:3] and lines[3] == full[3][:40]  # kept as they were; the torn line is skipped
+    assert sorted(validate.read_results(out / validate.RESULTS)) == list(range(6)) and len(lines) == 7
+    assert _report(out)["summary"]["inputs"] == 6
+
+    # Nothing left to run: no board is opened at all (this port does not exist), the report stays.
+    before = (out / validate.REPORT_MD).read_text()
+    code, _, err = _validate(capsys, str(model(SPEECH)), "--port", str(tmp_path / "no-such-port"), "--count", "6",
+                             "--seed", "5", "--out", str(out))  # fmt: skip
+    assert code == 0, err
+    assert (out / validate.REPORT_MD).read_text() == before
+
+    # Other inputs in the same folder are refused, not mixed in.
+    code, _, err = _validate(capsys, str(model(SPEECH)), "--board", "sim", "--seed", "6", "--out", str(out))
+    assert code == 2 and "another inputs" in err
+
+
+@needs_tflm
+def test_bad_models_and_inputs_get_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    speech = model(SPEECH).read_bytes()
+    (tmp_path / "text.tflite").write_text("not a model\n")
+    (tmp_path / "cut.tflite").write_bytes(speech[:3000])
+    np.save(tmp_path / "shape.npy", np.zeros((2, 1960), np.int8))
+    np.save(tmp_path / "dtype.npy", np.zeros((2, 1, 1960), np.int16))
+    np.savez(tmp_path / "names.npz", something=np.zeros((2, 1, 1960), np.int8), other=np.zeros(3))
+    cases = [
+        (str(tmp_path / "text.tflite"), [], "not a TFLite flatbuffer"),
+        (str(tmp_path / "cut.tflite"), [], "corrupt TFLite flatbuffer"),
+        (str(model(HELLO_FLOAT)), [], "a float model"),
+        (str(tmp_path / "missing.tflite"), [], "no such file"),
+        (str(model(SPEECH)), ["--inputs", str(tmp_path / "shape.npy")], "does not fit input 0"),
+        (str(model(SPEECH)), ["--inputs", str(tmp_path / "dtype.npy")], "dtype int16 does not fit input 0"),
+        (str(model(SPEECH)), ["--inputs", str(tmp_path / "names.npz")], "no array for input 0"),
+        (str(model(SPEECH)), ["--inputs", str(tmp_path / "none.npy")], "no such file"),
+    ]
+    for path, extra, message in cases:
+        code, _, err = _validate(capsys, path, "--board", "sim", "--out", str(tmp_path / "out"), *extra)
+        assert code == 2 and message in err and "Traceback" not in err, (path, extra, err)
+    assert "quantize it to full int8" in _validate(capsys, str(model(HELLO_FLOAT)), "--board", "sim")[2]
+
+    # Float inputs are quantized with the input's scale and zero point, then run as int8.
+    np.save(tmp_path / "float.npy", np.linspace(0, 6, 8, dtype=np.float32).reshape(8, 1, 1))
+    out = tmp_path / "float"
+    assert (
+        _validate(capsys, str(model(HELLO)), "--board", "sim", "--inputs", str(tmp_path / "float.npy"), "--out", str(out))[0] == 0
+    )
+    assert _report(out)["summary"]["inputs"] == 8
+
+
+class _OldBoard(SimulatedBoard):
+    """A board whose firmware predates raw tensors: its INFO has no TENSOR_IO and it knows no such command."""
+
+    def _info(self, cls: type[Info] = Info) -> Info:
+        return dataclasses.replace(super()._info(cls), tensor_io=None)
+
+    def _handle_frame(self, f) -> None:
+        if f.type in (0x07, 0x08, 0x09, 0x0A):
+            self._error(ErrorCode.UNKNOWN_TYPE, f.type, f.seq, "unknown message type")
+            return
+        super()._handle_frame(f)
+
+
+@needs_tflm
+def test_raw_tensor_rules_on_the_simulated_board(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    tflite = model(SPEECH).read_bytes()
+    x = np.arange(1960, dtype=np.int64).astype(np.int8).tobytes()
+    with SimulatedBoard(tflite) as board, BoardLink(board.url, timeout=1.0, retries=1) as link:
+        assert link.hello().tensor_io == (1, 1, 2039)
+        with pytest.raises(BoardError, match="BAD_TENSOR"):
+            link.request(TensorStart(1, 1, 1960), (TensorNext,))  # no input 1
+        with pytest.raises(BoardError, match="BAD_TENSOR"):
+            link.request(TensorStart(1, 0, 1959), (TensorNext,))  # not the tensor's size
+        assert link.request(TensorStart(1, 0, 1960), (TensorNext,)) == TensorNext(1, 0, 0, 1960)
+        with pytest.raises(BoardError, match="OUT_OF_ORDER"):
+            link.request(TensorChunk(1, 0, 8, x[8:16]), (TensorNext,))  # not the offset asked for
+        with pytest.raises(BoardError, match="OUT_OF_ORDER"):
+            link.request(Invoke(1), (Invoked,))  # the input is not complete
+        assert link.request(TensorChunk(1, 0, 0, x[:1000]), (TensorNext,)) == TensorNext(1, 0, 1000, 960)
+        assert link.request(TensorChunk(1, 0, 1000, x[1000:]), (TensorNext,)) == TensorNext(1, 0, 1960, 0)
+        with pytest.raises(BoardError, match="OUT_OF_ORDER"):
+            link.request(TensorRead(1, 0, 0, 4), (Invoked,))  # no INVOKE yet
+        done = link.request(Invoke(1), (Invoked,))
+        assert done.output_bytes == (4,) and board.invocations == 1
+        link._send(link.sequencer.retry())  # the same INVOKE again (a lost reply): answered, not run twice
+        assert link._await_reply((Invoked,), 2.0, False)[0] == done and board.invocations == 1
+        outputs, _ = link.run_tensors([x], 2)
+        assert board.invocations == 2
+        assert outputs == [link.request(TensorRead(2, 0, 0, 4), (TensorData,)).data]
+
+    # A new host and a board that predates raw tensors: a clear error, no traceback.
+    with _OldBoard(tflite) as old:
+        code, _, err = _validate(capsys, str(model(SPEECH)), "--port", old.url, "--out", str(tmp_path / "old"))
+    assert code == 2 and "predates raw tensor input" in err and "Traceback" not in err
