@@ -105,3 +105,29 @@ class HostTflm:
             self._interp.set_input(np.asarray(values, dtype=spec.numpy_dtype).reshape(spec.shape), spec.index)
         self._interp.invoke()
         return [np.array(self._interp.get_output(spec.index)).reshape(spec.shape) for spec in self.outputs]
+
+
+class HostLiteRt:
+    """LiteRT (``ai-edge-litert``) with its reference kernels over every input and output: a second opinion
+    beside TFLM (TFLM's kernels derive from them, so they agree unless one of the two has a bug)."""
+
+    def __init__(self, tflite: bytes) -> None:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        from convert.interpreters import quiet_fds
+
+        self.inputs, self.outputs = edge_tensors(tflite)
+        with quiet_fds():
+            self._interp = Interpreter(model_content=tflite, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+            self._interp.allocate_tensors()
+        self._in = self._interp.get_input_details()
+        self._out = self._interp.get_output_details()
+
+    def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        for detail, spec, values in zip(self._in, self.inputs, inputs, strict=True):
+            self._interp.set_tensor(detail["index"], np.asarray(values, dtype=spec.numpy_dtype).reshape(detail["shape"]))
+        self._interp.invoke()
+        return [
+            np.array(self._interp.get_tensor(d["index"])).reshape(spec.shape)
+            for d, spec in zip(self._out, self.outputs, strict=True)
+        ]

@@ -32,7 +32,7 @@ import numpy as np
 
 from convert.tflite_file import ModelFileError, sha256
 from host.board import DEFAULT_BAUD, BoardError, BoardLink, BoardReset
-from host.tensors import EdgeTensor, HostTflm, edge_tensors
+from host.tensors import EdgeTensor, HostLiteRt, HostTflm, edge_tensors
 
 EMULATED_DEFAULT = "qemu-mps2-an386"
 RESULTS, RUN_INFO, REPORT_JSON, REPORT_MD = "validate.jsonl", "validate_run.json", "validate.json", "validate.md"
@@ -331,7 +331,10 @@ def summarize(records: list[dict], outputs: list[EdgeTensor], labels: np.ndarray
         dtype = spec.numpy_dtype
         board = np.array([r["board"][spec.index] for r in records], dtype=dtype).reshape(len(records), -1)
         host = np.array([r["host"][spec.index] for r in records], dtype=dtype).reshape(len(records), -1)
-        per_output.append(output_scores(spec, board, host))
+        scores = output_scores(spec, board, host)
+        checked = [r["litert_reference"][spec.index] for r in records if "litert_reference" in r]
+        scores["litert_reference_agrees"] = f"{sum(checked)}/{len(checked)}" if checked else None
+        per_output.append(scores)
     cycles = np.array([r["cycles"] for r in records], dtype=np.float64)
     summary: dict = {
         "inputs": len(records),
@@ -392,6 +395,11 @@ def to_markdown(meta: dict, summary: dict) -> str:
             f"Accuracy (output 0, argmax against the labels): board {a['board']:.1%}, host {a['host']:.1%}, "
             f"board and host agree on {a['agreement']:.1%}.",
         ]
+    agrees = [
+        f"output {o['index']} {o['litert_reference_agrees']}" for o in summary["outputs"] if o.get("litert_reference_agrees")
+    ]
+    if agrees:
+        lines += ["", f"Host TFLM against LiteRT's reference kernels, identical outputs: {', '.join(agrees)}."]
     verdict = "every output bit-exact with host TFLM" if summary["all_bit_exact"] else "outputs DIFFER from host TFLM"
     lines += ["", f"Verdict: {verdict}.", ""]
     return "\n".join(lines)
@@ -434,12 +442,18 @@ def validate(args: argparse.Namespace) -> tuple[Path, dict]:
     todo = [i for i in range(n) if i not in done]
     if todo:
         host = HostTflm(tflite)
+        litert = _litert(tflite)
         with open_board(args, tflite) as (link, board_meta):
             record_board(out, board_meta)
             bar = tqdm(total=n, initial=n - len(todo), unit="input", disable=True if args.quiet else None, desc="validate")
             try:
                 for i in todo:
-                    done[i] = run_one(link, host, inputs_spec, outputs_spec, [a[i] for a in arrays], i, digests[i], len(done))
+                    tensors = [a[i] for a in arrays]
+                    done[i] = run_one(link, host, inputs_spec, outputs_spec, tensors, i, digests[i], len(done))
+                    if litert is not None:  # host TFLM against LiteRT's reference kernels, per output
+                        ref = litert(tensors)
+                        done[i]["litert_reference"] = [bool(np.array_equal(np.reshape(r, -1), h)) for r, h in
+                                                       zip(ref, done[i]["host"], strict=True)]  # fmt: skip
                     append_result(out / RESULTS, done[i])
                     bar.update(1)
             finally:
@@ -451,6 +465,14 @@ def validate(args: argparse.Namespace) -> tuple[Path, dict]:
     (out / REPORT_JSON).write_text(json.dumps(report, indent=1) + "\n")
     (out / REPORT_MD).write_text(to_markdown(meta, summary))
     return out, report
+
+
+def _litert(tflite: bytes) -> HostLiteRt | None:
+    """LiteRT with its reference kernels, or None where it is not installed or refuses the model."""
+    try:
+        return HostLiteRt(tflite)
+    except (ImportError, RuntimeError, ValueError):
+        return None
 
 
 def sample_digest(tensors: list[np.ndarray]) -> str:

@@ -89,6 +89,7 @@ def test_sim_board_resumes_a_cut_off_run(tmp_path: Path, capsys: pytest.CaptureF
     assert code == 0, err
     full = (out / validate.RESULTS).read_text().splitlines()
     assert len(full) == 6 and _report(out)["summary"]["all_bit_exact"]
+    assert _report(out)["summary"]["outputs"][0]["litert_reference_agrees"] == "6/6"  # LiteRT's reference kernels too
 
     # Cut off after three inputs, the fourth line half written: the rerun keeps those three and runs the rest.
     (out / validate.RESULTS).write_text("\n".join(full[:3]) + "\n" + full[3][:40])
