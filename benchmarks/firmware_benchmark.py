@@ -327,6 +327,7 @@ def layer_table(tflite: bytes, profile: list) -> list[dict]:
             "macs": m,
             "per_mac": ticks / m if m else None,
             "loads_per_mac_static": loads_per_mac(conv) if conv else None,
+            "in_c": conv["in_c"] if conv else None,
         }
         for (tag, ticks), m, conv in zip(profile, macs[: len(profile)], convs[: len(profile)], strict=True)
     ]
@@ -340,6 +341,12 @@ def aims(r: dict) -> dict[str, dict]:
         "flash bytes": (r["flash_bytes"], r["model_bytes"] + AIMS["flash_over_model"], "<="),
         "RAM bytes": (r["ram_bytes"], r["arena_size"] + AIMS["ram_over_arena"], "<="),
     }
+    # issue #20, per convolution: at most 0.9 with 8 or more input channels, 2.0 with one
+    for i, layer in enumerate(r["layers"]):
+        if layer.get("in_c") == 1 or (layer.get("in_c") or 0) >= 8:
+            bound = 2.0 if layer["in_c"] == 1 else 0.9
+            result[f"layer {i} ({layer['in_c']} input channels) per MAC"] = (layer["per_mac"], bound, "<=")
+    result["instructions per MAC (Invoke), issue #20"] = (r["instructions_per_mac"], 1.0, "<=")
     if "speedup_over_cmsis_nn" in r:
         result["speed-up over TFLM's CMSIS-NN kernels"] = (r["speedup_over_cmsis_nn"], 1.0, ">=")
     if "speedup_over_reference" in r:
