@@ -395,6 +395,13 @@ def to_markdown(meta: dict, summary: dict) -> str:
             f"Accuracy (output 0, argmax against the labels): board {a['board']:.1%}, host {a['host']:.1%}, "
             f"board and host agree on {a['agreement']:.1%}.",
         ]
+    layers = meta.get("layers") or []
+    if any(ly["ticks"] for ly in layers):
+        lines += ["", "Per layer, the last input's Invoke (PROFILE):", "", "| # | op | ticks | MACs | ticks per MAC |"]
+        lines.append("| --- | --- | --- | --- | --- |")
+        for i, ly in enumerate(layers):
+            per_mac = f"{ly['ticks'] / ly['macs']:.2f}" if ly.get("macs") else ""
+            lines.append(f"| {i} | {ly['op']} | {ly['ticks']} | {ly.get('macs') or 0} | {per_mac} |")
     agrees = [
         f"output {o['index']} {o['litert_reference_agrees']}" for o in summary["outputs"] if o.get("litert_reference_agrees")
     ]
@@ -458,6 +465,7 @@ def validate(args: argparse.Namespace) -> tuple[Path, dict]:
                     bar.update(1)
             finally:
                 bar.close()
+            record_layers(out, link, tflite)
     meta = {**json.loads((out / RUN_INFO).read_text()), "model": file.name, "inputs": meta["inputs"]}
     meta.setdefault("board", {})
     summary = summarize([done[i] for i in range(n) if i in done], outputs_spec, labels, names)
@@ -494,6 +502,21 @@ def record_board(out: Path, board_meta: dict) -> None:
     info["board"] = {k: v for k, v in board_meta.items() if k != "firmware"}
     if now:
         info["firmware"] = now
+    (out / RUN_INFO).write_text(json.dumps(info, indent=1) + "\n")
+
+
+def record_layers(out: Path, link: BoardLink, tflite: bytes) -> None:
+    """The per-layer ticks of the last Invoke (PROFILE, firmware/PROTOCOL.md 3) with each layer's MACs, in the run info."""
+    from convert.tflite_file import layer_macs
+
+    try:
+        entries = link.profile().entries
+    except BoardError:
+        return  # the per-layer table is a bonus: the validation itself is complete
+    macs = layer_macs(tflite)
+    layers = [{"op": name, "ticks": ticks, "macs": macs[i] if i < len(macs) else None} for i, (name, ticks) in enumerate(entries)]
+    info = json.loads((out / RUN_INFO).read_text())
+    info["layers"] = layers
     (out / RUN_INFO).write_text(json.dumps(info, indent=1) + "\n")
 
 

@@ -54,6 +54,9 @@ def test_hello_world_on_qemu_bit_exact(tmp_path: Path, capsys: pytest.CaptureFix
     assert report["firmware"]["board"] == "qemu-mps2-an386"
     assert "16/16" in (out / validate.REPORT_MD).read_text() and "16/16 bit-exact" in stdout
     assert len((out / validate.RESULTS).read_text().splitlines()) == 16
+    layers = report["layers"]  # the last Invoke per layer: three dense layers of 1x16, 16x16, 16x1
+    assert [ly["op"] for ly in layers] == ["FULLY_CONNECTED"] * 3 and [ly["macs"] for ly in layers] == [16, 256, 16]
+    assert 0 < sum(ly["ticks"] for ly in layers) <= s["cycles"]["max"]
 
 
 @needs_tflm
