@@ -311,17 +311,44 @@ static void c1_pixel(const int32_t *rec, const uint32_t *px, int8_t *out, int8_t
 }
 #endif
 
+/* Two int16 lanes: lo16 at the bottom, hi16 at the top (one PKHBT). */
+static inline uint32_t lanes(int32_t lo16, int32_t hi16) { return ((uint32_t)lo16 & 0xFFFFu) | (uint32_t)hi16 << 16; }
+
 static void conv_c1(const ser_conv_s8_params *p, const int32_t *multiplier, const int32_t *shift, const int8_t *input,
                     const int8_t *filter, const int32_t *bias, int8_t *output, int32_t *rec) {
   c1_records(p, multiplier, shift, filter, bias, rec);
-  const int out_c = p->out_c;
+  /* The shape in locals: the assembly call would otherwise have them reloaded on every pixel. */
+  const int out_c = p->out_c, out_h = p->out_h, out_w = p->out_w, in_h = p->in_h, in_w = p->in_w;
+  const int stride_h = p->stride_h, stride_w = p->stride_w, pad_h = p->pad_h, pad_w = p->pad_w;
+  const int window3 = p->k_h == 3 && p->k_w == 3 && p->dilation_h == 1 && p->dilation_w == 1;
+#if SER_SIMD
+  const uint32_t off2 = ((uint32_t)p->input_offset & 0xFFFFu) * 0x10001u;
+#endif
   for (int b = 0; b < p->batches; b++) {
-    const int8_t *image = input + (size_t)b * p->in_h * p->in_w;
-    int8_t *out = output + (size_t)b * p->out_h * p->out_w * out_c;
-    for (int oy = 0; oy < p->out_h; oy++) {
-      for (int ox = 0; ox < p->out_w; ox++, out += out_c) {
+    const int8_t *image = input + (size_t)b * in_h * in_w;
+    int8_t *out = output + (size_t)b * out_h * out_w * out_c;
+    for (int oy = 0; oy < out_h; oy++) {
+      const int y0 = oy * stride_h - pad_h;
+      const int rows_inside = window3 && y0 >= 0 && y0 + 3 <= in_h;
+      const int8_t *rows = image + (size_t)(rows_inside ? y0 : 0) * in_w;
+      for (int ox = 0; ox < out_w; ox++, out += out_c) {
         uint32_t px[SER_C1_PAIRS];
+        const int x0 = ox * stride_w - pad_w;
+#if SER_SIMD
+        if (rows_inside && x0 >= 0 && x0 + 3 <= in_w) { /* the common case: 9 loads, 5 PKHBT, 5 SADD16 */
+          const int8_t *r0 = rows + x0, *r1 = r0 + in_w, *r2 = r1 + in_w;
+          px[0] = __sadd16(lanes(r0[0], r0[1]), off2);
+          px[1] = __sadd16(lanes(r0[2], r1[0]), off2);
+          px[2] = __sadd16(lanes(r1[1], r1[2]), off2);
+          px[3] = __sadd16(lanes(r2[0], r2[1]), off2);
+          px[4] = __sadd16(lanes(r2[2], 0), off2 & 0xFFFFu);
+        } else {
+          c1_gather(p, image, oy, ox, px);
+        }
+#else
+        (void)x0, (void)rows;
         c1_gather(p, image, oy, ox, px);
+#endif
         c1_pixel(rec, px, out, out + out_c);
       }
     }
