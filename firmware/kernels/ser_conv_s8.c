@@ -311,7 +311,7 @@ static void c1_pixel(const int32_t *rec, const uint32_t *px, int8_t *out, int8_t
 }
 #endif
 
-/* Two int16 lanes: lo16 at the bottom, hi16 at the top (one PKHBT). */
+/* Two int16 lanes: lo16 at the bottom, hi16 at the top. */
 static inline uint32_t lanes(int32_t lo16, int32_t hi16) { return ((uint32_t)lo16 & 0xFFFFu) | (uint32_t)hi16 << 16; }
 
 static void conv_c1(const ser_conv_s8_params *p, const int32_t *multiplier, const int32_t *shift, const int8_t *input,
@@ -335,7 +335,7 @@ static void conv_c1(const ser_conv_s8_params *p, const int32_t *multiplier, cons
         uint32_t px[SER_C1_PAIRS];
         const int x0 = ox * stride_w - pad_w;
 #if SER_SIMD
-        if (rows_inside && x0 >= 0 && x0 + 3 <= in_w) { /* the common case: 9 loads, 5 PKHBT, 5 SADD16 */
+        if (rows_inside && x0 >= 0 && x0 + 3 <= in_w) { /* the common case: 9 loads, 5 SADD16 */
           const int8_t *r0 = rows + x0, *r1 = r0 + in_w, *r2 = r1 + in_w;
           px[0] = __sadd16(lanes(r0[0], r0[1]), off2);
           px[1] = __sadd16(lanes(r0[2], r1[0]), off2);
