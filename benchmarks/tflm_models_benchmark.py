@@ -73,10 +73,14 @@ def benchmark(name: str, path: Path, board: str, count: int, kernel_sets: list[s
     if not a.runnable:
         row["reason"] = "; ".join(a.problems)
         return row
-    in_specs, _ = edge_tensors(tflite)
-    arrays, _ = load_inputs("random", in_specs, count, seed=0)
+    try:
+        in_specs, _ = edge_tensors(tflite)
+        arrays, _ = load_inputs("random", in_specs, count, seed=0)
+        host = HostTflm(tflite, arena_size=max(2 * (a.arena_bytes or 0), 64 * 1024))
+    except Exception as exc:  # the host side cannot run it either: say so in the table
+        row["runnable"], row["reason"] = False, f"host TFLM: {type(exc).__name__}: {exc}"
+        return row
     inputs = [[array[i] for array in arrays] for i in range(count)]
-    host = HostTflm(tflite)
     row["inputs"] = count
     for kernels in kernel_sets:
         try:

@@ -8,7 +8,7 @@ no float or int16 paths); otherwise (16x8 quantization, float, int32 edges) TFLM
 
 from __future__ import annotations
 
-from convert.tflite_file import ModelFileError, op_tensor_types, op_versions
+from convert.tflite_file import ModelFileError, layer_macs, op_tensor_types, op_versions, operator_names
 
 # Built-in op -> MicroMutableOpResolver method, for every built-in of the pinned TFLM
 # (tensorflow/lite/micro/micro_mutable_op_resolver.h; tests/test_op_resolver.py checks it there).
@@ -117,7 +117,7 @@ TFLM_OPS: dict[str, str] = {
 
 # Op -> its int8-only registration. ADD, CONV_2D, FULLY_CONNECTED, MEAN and SOFTMAX run our own
 # kernels (firmware/kernels/); in the reference-kernel build these all resolve to TFLM's reference
-# kernels (kernels/ser_kernels.h).
+# kernels (kernels/ser_kernels.h). FULLY_CONNECTED: see OWN_FC_SHARE.
 INT8_REGISTRATIONS: dict[str, str] = {
     "ADD": "ser::Register_ADD_INT8()",
     "AVERAGE_POOL_2D": "tflite::Register_AVERAGE_POOL_2D_INT8()",
@@ -130,6 +130,21 @@ INT8_REGISTRATIONS: dict[str, str] = {
     "PAD": "tflite::Register_PAD_INT8()",
     "SOFTMAX": "ser::Register_SOFTMAX_INT8()",
 }
+
+
+# Our FULLY_CONNECTED is a plain loop (about 7 instructions per MAC against CMSIS-NN's 1-2) that saves
+# CMSIS-NN's ~10 KB of matrix-vector code. It is registered only where that cannot make the model
+# slower than with CMSIS-NN alone: the model's convolutions run our CONV_2D (faster than CMSIS-NN's by
+# far more) and its FC layers carry under this share of its MACs (the classifier heads of our models).
+# Everywhere else FULLY_CONNECTED is CMSIS-NN's int8 kernel.
+OWN_FC_SHARE = 0.001
+CMSIS_NN_FC = "tflite::Register_FULLY_CONNECTED_INT8()"
+
+
+def _own_fc_pays(tflite: bytes) -> bool:
+    names, macs = operator_names(tflite), layer_macs(tflite)
+    fc = sum(m for n, m in zip(names, macs, strict=True) if n == "FULLY_CONNECTED")
+    return "CONV_2D" in names and fc < OWN_FC_SHARE * max(1, sum(macs))
 
 
 class UnsupportedOpError(ModelFileError):
@@ -154,12 +169,15 @@ def check_ops(tflite: bytes) -> list[tuple[str, int]]:
 def registrations(tflite: bytes) -> list[dict]:
     """Each op of the model: name, version, resolver method and registration ("" = TFLM's general kernel)."""
     types = op_tensor_types(tflite)
+    int8 = dict(INT8_REGISTRATIONS)
+    if not _own_fc_pays(tflite):
+        int8["FULLY_CONNECTED"] = CMSIS_NN_FC
     return [
         {
             "name": name,
             "version": version,
             "method": TFLM_OPS[name],
-            "registration": INT8_REGISTRATIONS.get(name, "") if types.get(name) == {"int8"} else "",
+            "registration": int8.get(name, "") if types.get(name) == {"int8"} else "",
         }
         for name, version in check_ops(tflite)
     ]
