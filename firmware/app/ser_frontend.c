@@ -152,16 +152,12 @@ static inline void twiddle(const float *cos_t, const float *sin_t, uint32_t j, u
   }
 }
 
-/* One radix-4 decimation-in-time butterfly over four length-h sub-DFTs in bit-reversed order:
-   P0 at z[0], P2 at z[h], P1 at z[2h], P3 at z[3h] (complex offsets), twiddles W^k, W^2k, W^3k
-   given as (c, s) pairs: X[k + q h] = sum_r W^(rk) (-i)^(rq) P_r[k]. */
-static inline void butterfly4(float *z, uint32_t h, float c1, float s1, float c2, float s2, float c3, float s3) {
-  float *a = z, *b = z + 2 * h, *c = z + 4 * h, *d = z + 6 * h;
-  const float p0r = a[0], p0i = a[1], p2r = b[0], p2i = b[1], p1r = c[0], p1i = c[1], p3r = d[0], p3i = d[1];
-  const float t1r = p1r * c1 + p1i * s1, t1i = p1i * c1 - p1r * s1;
-  const float t2r = p2r * c2 + p2i * s2, t2i = p2i * c2 - p2r * s2;
-  const float t3r = p3r * c3 + p3i * s3, t3i = p3i * c3 - p3r * s3;
-  const float s02r = p0r + t2r, s02i = p0i + t2i, d02r = p0r - t2r, d02i = p0i - t2i;
+/* The radix-4 combination of four twiddled points, stored to a, b, c, d:
+   X0 = (t0 + t2) + (t1 + t3), X2 = (t0 + t2) - (t1 + t3), X1 = (t0 - t2) - i (t1 - t3),
+   X3 = (t0 - t2) + i (t1 - t3). */
+static inline void combine4(float *a, float *b, float *c, float *d, float t0r, float t0i, float t1r, float t1i,
+                            float t2r, float t2i, float t3r, float t3i) {
+  const float s02r = t0r + t2r, s02i = t0i + t2i, d02r = t0r - t2r, d02i = t0i - t2i;
   const float s13r = t1r + t3r, s13i = t1i + t3i, d13r = t1r - t3r, d13i = t1i - t3i;
   a[0] = s02r + s13r;
   a[1] = s02i + s13i;
@@ -173,20 +169,20 @@ static inline void butterfly4(float *z, uint32_t h, float c1, float s1, float c2
   d[1] = d02i + d13r;
 }
 
+/* One radix-4 decimation-in-time butterfly over four length-h sub-DFTs in bit-reversed order:
+   P0 at z[0], P2 at z[h], P1 at z[2h], P3 at z[3h] (complex offsets), twiddles W^k, W^2k, W^3k
+   given as (c, s) pairs: X[k + q h] = sum_r W^(rk) (-i)^(rq) P_r[k]. */
+static inline void butterfly4(float *z, uint32_t h, float c1, float s1, float c2, float s2, float c3, float s3) {
+  float *a = z, *b = z + 2 * h, *c = z + 4 * h, *d = z + 6 * h;
+  const float p0r = a[0], p0i = a[1], p2r = b[0], p2i = b[1], p1r = c[0], p1i = c[1], p3r = d[0], p3i = d[1];
+  combine4(a, b, c, d, p0r, p0i, p1r * c1 + p1i * s1, p1i * c1 - p1r * s1, p2r * c2 + p2i * s2, p2i * c2 - p2r * s2,
+           p3r * c3 + p3i * s3, p3i * c3 - p3r * s3);
+}
+
 /* The same for k = 0 (every twiddle 1): no multiplications. */
 static inline void butterfly4_w1(float *z, uint32_t h) {
   float *a = z, *b = z + 2 * h, *c = z + 4 * h, *d = z + 6 * h;
-  const float p0r = a[0], p0i = a[1], p2r = b[0], p2i = b[1], p1r = c[0], p1i = c[1], p3r = d[0], p3i = d[1];
-  const float s02r = p0r + p2r, s02i = p0i + p2i, d02r = p0r - p2r, d02i = p0i - p2i;
-  const float s13r = p1r + p3r, s13i = p1i + p3i, d13r = p1r - p3r, d13i = p1i - p3i;
-  a[0] = s02r + s13r;
-  a[1] = s02i + s13i;
-  c[0] = s02r - s13r;
-  c[1] = s02i - s13i;
-  b[0] = d02r + d13i;
-  b[1] = d02i - d13r;
-  d[0] = d02r - d13i;
-  d[1] = d02i + d13r;
+  combine4(a, b, c, d, a[0], a[1], c[0], c[1], b[0], b[1], d[0], d[1]);
 }
 
 /* In-place complex FFT of n points (interleaved re, im) whose input is already in bit-reversed order
