@@ -3,7 +3,7 @@
     python benchmarks/train_benchmark.py --data CASIA [--models audio_resnet spectrogram_resnet]
                                          [--splits paper kfold loso] [--out runs/bench] [--epochs N]
                                          [--distill audio_resnet:spectrogram_resnet ...] [--jobs 2]
-                                         [--seeds 0 1 2]
+                                         [--seeds 0 1 2] [--speaker-norm scalar|bins]
 
 Each (model, split) trains through ``ser-train`` in its own process; finished runs (and finished
 folds) are reused, so a cut-off benchmark continues where it stopped.
@@ -49,10 +49,12 @@ class Training:
     split: str
     teachers: tuple[str, ...] = ()  # model names of the plain teacher runs (same split)
     seed: int = 0  # initialisation and augmentation; the split is always drawn with seed 0
+    speaker_norm: str | None = None  # ser-train --speaker-norm
 
     @property
     def name(self) -> str:
         base = f"{self.model}-from-{'+'.join(self.teachers)}-{self.split}" if self.teachers else f"{self.model}-{self.split}"
+        base = f"{base}-speaker-norm-{self.speaker_norm}" if self.speaker_norm else base
         return f"{base}-seed{self.seed}" if self.seed else base
 
 
@@ -65,6 +67,7 @@ def _ser_train(t: Training, args: argparse.Namespace, out: Path, fold: int | Non
     cmd += ["--seed", str(t.seed), "--split-seed", "0"]
     cmd += ["--fold", str(fold)] if fold is not None else []
     cmd += ["--epochs", str(args.epochs)] if args.epochs else []
+    cmd += ["--speaker-norm", t.speaker_norm] if t.speaker_norm else []
     cmd += ["--data", args.data] if args.data else []
     for teacher in t.teachers:
         cmd += ["--teacher", str(args.out / Training(teacher, t.split, seed=t.seed).name)]
@@ -144,7 +147,8 @@ def seeds_row(group: list[Training], out: Path) -> str:
 
 def plan(args: argparse.Namespace) -> list[Training]:
     """Plain trainings first, then distilled ones (each after its teacher's run)."""
-    trainings = [Training(m, s, seed=n) for n in args.seeds for m in args.models for s in args.splits]
+    norm = args.speaker_norm
+    trainings = [Training(m, s, seed=n, speaker_norm=norm) for n in args.seeds for m in args.models for s in args.splits]
     for pair in args.distill:
         student, _, joined = pair.partition(":")
         if not joined:
@@ -153,7 +157,7 @@ def plan(args: argparse.Namespace) -> list[Training]:
         for n in args.seeds:
             needed = [Training(m, s, seed=n) for m in teachers for s in args.splits]
             trainings += [t for t in needed if t not in trainings]
-            trainings += [Training(student, s, teachers, seed=n) for s in args.splits]
+            trainings += [Training(student, s, teachers, seed=n, speaker_norm=norm) for s in args.splits]
     return trainings
 
 
@@ -165,6 +169,9 @@ def main() -> int:
     p.add_argument("--distill", nargs="*", default=[], metavar="STUDENT:TEACHER", help="also train distilled students")
     p.add_argument("--epochs", type=int, help="default: ser-train's (TrainConfig)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="train each run once per seed, on split seed 0")
+    p.add_argument(
+        "--speaker-norm", choices=("scalar", "bins"), help="ser-train --speaker-norm for every run (log-mel models only)"
+    )
     p.add_argument("--jobs", type=int, default=1, help="trainings (or folds) at once, one core and one thread each (when > 1)")
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = p.parse_args()

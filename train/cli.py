@@ -99,6 +99,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "default: TrainConfig.refit",
     )
     p.add_argument("--no-augment", action="store_true", help="train on clean clips only")
+    p.add_argument(
+        "--speaker-norm",
+        choices=("scalar", "bins"),
+        help="standardise each speaker's log-mel by that speaker's own unlabelled audio (one mean/std, or one per mel "
+        "bin) instead of the training part's; test speakers are scored causally and with enrolment sets "
+        "(train.speaker_norm); default: off",
+    )
     fe = p.add_argument_group("log-mel front end (spectrogram models; saved in frontend.json, which every later stage reads)")
     fe.add_argument("--n-fft", type=int, help=f"FFT and window length, a power of two; default {DEFAULT_LOGMEL.n_fft}")
     fe.add_argument("--hop", type=int, help=f"samples between frames; default {DEFAULT_LOGMEL.hop}")
@@ -117,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         frontend_given = frontend_overrides(args)
     except ValueError as exc:
         print(f"ser-train: {exc}", file=sys.stderr)
+        return 2
+    if args.speaker_norm and FRONT_END_KIND[args.model] != "logmel":
+        print(f"ser-train: --speaker-norm normalises the log-mel; {args.model} takes the raw waveform", file=sys.stderr)
         return 2
     if args.no_augment and args.speed_perturb:
         print("ser-train: --speed-perturb is an augmentation; drop it or --no-augment", file=sys.stderr)
@@ -158,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         "mixup_alpha": args.mixup,
         "average_decay": args.average_decay,
         "refit": args.refit,
+        "speaker_norm": args.speaker_norm,
     }
     tcfg = TrainConfig(model=args.model, seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     if args.no_augment:

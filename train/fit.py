@@ -16,6 +16,7 @@ from train.augment import AugmentConfig, augment_pcm, spec_augment
 from train.frontend import FrontEndConfig, clip_features, clip_log_mel, features
 from train.labels import NUM_CLASSES
 from train.models import BUILDERS
+from train.speaker_norm import Stats, apply
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class TrainConfig:
     dropout: float = 0.2
     label_smoothing: float = 0.1
     seed: int = 0
+    # Per-speaker normalisation (train.speaker_norm): "scalar" or "bins" replaces the global log-mel mean/std by each
+    # speaker's own; None keeps the global one.
+    speaker_norm: str | None = None
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     teachers: tuple[str, ...] = ()  # run folders whose mean soft targets are mixed into the labels (train.teacher)
     distill_weight: float = 0.5
@@ -56,15 +60,20 @@ def standardise(cfg: FrontEndConfig, train_pcm: list[np.ndarray]) -> FrontEndCon
     return cfg.with_standardisation(float(values.mean()), float(values.std()))
 
 
-def feature_batch(pcms: list[np.ndarray], cfg: FrontEndConfig) -> np.ndarray:
-    """Un-augmented model inputs of many clips (evaluation)."""
-    return np.stack([clip_features(p, cfg) for p in pcms])
+def feature_batch(pcms: list[np.ndarray], cfg: FrontEndConfig, norms: list[Stats] | None = None) -> np.ndarray:
+    """Un-augmented model inputs of many clips (evaluation); ``norms``: each clip's speaker statistics
+    (``cfg`` then unstandardised)."""
+    if norms is None:
+        return np.stack([clip_features(p, cfg) for p in pcms])
+    return np.stack([apply(clip_features(p, cfg), n) for p, n in zip(pcms, norms, strict=True)])
 
 
 class AugmentedClips:
     """Training batches, re-augmented every epoch, built a whole epoch at a time.
 
-    ``labels`` are class indices, or one target distribution per clip (distillation).
+    ``labels`` are class indices, or one target distribution per clip (distillation). ``norms``: each
+    clip's speaker statistics (train.speaker_norm), applied after the front end (``cfg`` then
+    unstandardised) and before the SpecAugment masks.
 
     Each batch's clips and random draws follow from (seed, epoch, batch) alone, so an epoch can be
     built in any thread, ahead of time, and the same seed always gives the same batches. Whole-epoch
@@ -72,8 +81,8 @@ class AugmentedClips:
     added about half again to the CPU time of the train step, which is most of a run's time.
     """
 
-    def __init__(self, pcms, labels, cfg: FrontEndConfig, tcfg: TrainConfig) -> None:
-        self.pcms, self.cfg, self.tcfg = pcms, cfg, tcfg
+    def __init__(self, pcms, labels, cfg: FrontEndConfig, tcfg: TrainConfig, norms: list[Stats] | None = None) -> None:
+        self.pcms, self.cfg, self.tcfg, self.norms = pcms, cfg, tcfg, norms
         labels = np.asarray(labels)
         self.targets = labels.astype(np.float32) if labels.ndim == 2 else keras.utils.to_categorical(labels, NUM_CLASSES)
 
@@ -89,9 +98,12 @@ class AugmentedClips:
         xs = []
         for i in idx:
             if aug is None:
-                xs.append(clip_features(self.pcms[i], self.cfg))
+                feat = clip_features(self.pcms[i], self.cfg)
+                xs.append(feat if self.norms is None else apply(feat, self.norms[i]))
                 continue
             feat = features(augment_pcm(self.pcms[i], self.cfg, aug, rng), self.cfg)
+            if self.norms is not None:
+                feat = apply(feat, self.norms[i])
             xs.append(spec_augment(feat, aug, rng) if self.cfg.kind == "logmel" else feat)
         x, y = np.stack(xs), self.targets[idx]
         return mixup(x, y, self.tcfg.mixup_alpha, rng) if self.tcfg.mixup_alpha > 0 else (x, y)
@@ -181,15 +193,19 @@ def fit_model(
     val_pcm: list[np.ndarray],
     val_labels: np.ndarray,
     show_progress: bool = True,
+    train_norms: list[Stats] | None = None,
+    val_norms: list[Stats] | None = None,
 ) -> tuple[keras.Model, dict[str, list[float]], int]:
     """Train; returns the model at its best validation epoch, the history and that epoch (0-based).
+
+    ``train_norms``/``val_norms``: each clip's speaker statistics (per-speaker normalisation).
 
     ``train_targets``: class indices, or one target distribution per clip (distillation).
     No validation clips (a refit run): nothing is validated and the last epoch is kept.
     """
     make_deterministic(tcfg.seed)
     model = BUILDERS[tcfg.model](cfg.input_shape, dropout=tcfg.dropout, l2=tcfg.l2)
-    data = AugmentedClips(train_pcm, train_targets, cfg, tcfg)
+    data = AugmentedClips(train_pcm, train_targets, cfg, tcfg, train_norms)
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=_schedule(tcfg, len(data)), weight_decay=tcfg.weight_decay),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=tcfg.label_smoothing),
@@ -197,7 +213,7 @@ def fit_model(
     )
     validate = len(val_pcm) > 0
     if validate:
-        x_val = feature_batch(val_pcm, cfg)
+        x_val = feature_batch(val_pcm, cfg, val_norms)
         y_val = keras.utils.to_categorical(val_labels, NUM_CLASSES)
     keep = KeepBest()
     average = WeightAverage(tcfg.average_decay) if tcfg.average_decay > 0 else None

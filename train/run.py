@@ -17,13 +17,14 @@ import numpy as np
 
 from train.corpus import Clip
 from train.fit import TrainConfig, feature_batch, fit_model, standardise
-from train.frontend import FrontEndConfig
+from train.frontend import FrontEndConfig, clip_features
 from train.frontend import default_frontend as default_frontend  # re-exported: callers import it with train_one
 from train.labels import EMOTIONS, label_index
 from train.mcu_probe import ARENA_BUDGET, MACS_BUDGET, MODEL_BUDGET, probe
 from train.metrics import mean_std, scores
 from train.models import count_macs
 from train.plots import plot_confusion, plot_training
+from train.speaker_norm import Stats, by_speaker, pooled, scoring_plan
 from train.splits import make_manifest, save_manifest
 from train.teacher import check_same_test_clips, distilled_targets, soft_targets, teacher_run
 
@@ -61,7 +62,26 @@ def train_one(
     def pcm_of(role: str) -> list[np.ndarray]:
         return [pcm[i] for i in part[role]]
 
-    frontend = standardise(frontend, pcm_of("train"))
+    speakers = np.array([c.speaker for c in clips])
+    norms: dict[str, list[Stats]] = {}
+    if tcfg.speaker_norm:
+        if frontend.kind != "logmel":
+            raise ValueError(f"--speaker-norm normalises the log-mel; {tcfg.model} takes the raw waveform")
+        frontend = frontend.with_standardisation(0.0, 1.0)  # each speaker's statistics replace the global ones
+        raw_train = [clip_features(pcm[i], frontend) for i in part["train"]]
+        speaker_stats = by_speaker(list(speakers[part["train"]]), raw_train, tcfg.speaker_norm)
+        prior = pooled(raw_train, tcfg.speaker_norm)  # training part pooled: a test speaker's first clip
+        norms = {role: [speaker_stats[speakers[i]] for i in part[role]] for role in ("train", "val")}
+        _write_json(
+            out / "speaker_norm.json",
+            {
+                "mode": tcfg.speaker_norm,
+                "training_part": prior.to_json(),
+                "speakers": {s: st.to_json() for s, st in speaker_stats.items()},
+            },
+        )
+    else:
+        frontend = standardise(frontend, pcm_of("train"))
     frontend.save(out / "frontend.json")
     train_cfg = asdict(tcfg)
     _write_json(out / "train_config.json", train_cfg)
@@ -76,7 +96,15 @@ def train_one(
 
     started, cpu_started = time.perf_counter(), time.process_time()
     model, history, best_epoch = fit_model(
-        frontend, tcfg, pcm_of("train"), train_targets, pcm_of("val"), labels[part["val"]], show_progress
+        frontend,
+        tcfg,
+        pcm_of("train"),
+        train_targets,
+        pcm_of("val"),
+        labels[part["val"]],
+        show_progress,
+        norms.get("train"),
+        norms.get("val"),
     )
     train_seconds = time.perf_counter() - started
     cpu_seconds = time.process_time() - cpu_started  # all threads; steadier than wall time on a shared machine
@@ -84,8 +112,13 @@ def train_one(
     _write_json(out / "history.json", {"best_epoch": best_epoch, **history})
 
     # The model is final from here on: score the test part once.
-    x_test = feature_batch(pcm_of("test"), frontend)
-    probs = model.predict(x_test, verbose=0, batch_size=64)
+    protocols: dict[str, dict] = {}
+    if tcfg.speaker_norm:
+        probs, protocols = _score_speaker_norm(
+            model, frontend, tcfg.speaker_norm, prior, pcm_of("test"), speakers[part["test"]], labels[part["test"]]
+        )
+    else:
+        probs = model.predict(feature_batch(pcm_of("test"), frontend), verbose=0, batch_size=64)
     predicted = probs.argmax(axis=1)
     metrics = {
         "model": tcfg.model,
@@ -106,10 +139,13 @@ def train_one(
         "val_clips": len(part["val"]),
         "test": scores(labels[part["test"]], predicted),
     }
+    if tcfg.speaker_norm:
+        metrics["speaker_norm"] = {"mode": tcfg.speaker_norm, "headline": "causal", "protocols": protocols}
     if mcu_probe:
         rng = np.random.default_rng(tcfg.seed)
         rep_idx = rng.choice(part["train"], size=min(64, len(part["train"])), replace=False)
-        metrics["mcu"] = probe(model, feature_batch([pcm[i] for i in rep_idx], frontend))
+        rep_norms = [speaker_stats[speakers[i]] for i in rep_idx] if tcfg.speaker_norm else None
+        metrics["mcu"] = probe(model, feature_batch([pcm[i] for i in rep_idx], frontend, rep_norms))
     _write_json(out / "metrics.json", metrics)
     _write_json(
         out / "test_predictions.json",
@@ -125,6 +161,33 @@ def train_one(
     plot_training(history, best_epoch, out / "training.png", title)
     (out / "summary.md").write_text(run_summary_md(metrics))
     return metrics
+
+
+def _score_speaker_norm(
+    model, frontend: FrontEndConfig, mode: str, prior: Stats, test_pcm: list[np.ndarray], speakers: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, dict[str, dict]]:
+    """Test clips scored with per-speaker statistics under every protocol of ``scoring_plan``, speaker by speaker.
+
+    Returns the causal probabilities of every test clip (the headline) and each protocol's scores.
+    The statistics come from the audio alone: the labels are used only to score the predictions.
+    """
+    from train.speaker_norm import apply
+
+    raw = [clip_features(p, frontend) for p in test_pcm]
+    headline = np.zeros((len(raw), len(EMOTIONS)), dtype=np.float32)
+    truth: dict[str, list[int]] = {}
+    guess: dict[str, list[int]] = {}
+    for speaker in sorted(set(speakers)):
+        mine = np.flatnonzero(speakers == speaker)
+        for plan in scoring_plan([raw[i] for i in mine], mode, prior):
+            x = np.stack([apply(raw[mine[j]], st) for j, st in zip(plan.scored, plan.stats, strict=True)])
+            probs = model.predict(x, verbose=0, batch_size=64)
+            truth.setdefault(plan.name, []).extend(int(labels[mine[j]]) for j in plan.scored)
+            guess.setdefault(plan.name, []).extend(int(v) for v in probs.argmax(axis=1))
+            if plan.name == "causal":
+                headline[mine[plan.scored]] = probs
+    protocols = {name: scores(np.array(truth[name]), np.array(guess[name])) for name in truth}
+    return headline, protocols
 
 
 def budget_lines(metrics: dict) -> list[str]:
@@ -219,6 +282,12 @@ def summarise_folds(out: Path, per_fold: list[dict]) -> dict:
         "pooled_confusion": np.sum([t["confusion"] for t in tests], axis=0).tolist(),
         "train_seconds": round(sum(m["train_seconds"] for m in per_fold), 1),
     }
+    if "speaker_norm" in per_fold[0]:
+        names = per_fold[0]["speaker_norm"]["protocols"]
+        summary["speaker_norm"] = {
+            "mode": per_fold[0]["speaker_norm"]["mode"],
+            "protocols": {n: mean_std([m["speaker_norm"]["protocols"][n] for m in per_fold]) for n in names},
+        }
     _write_json(out / "metrics.json", summary)
     plot_confusion(
         summary["pooled_confusion"], out / "confusion.png", f"{summary['model']}, {summary['split']}: all folds pooled"

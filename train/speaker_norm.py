@@ -1,0 +1,151 @@
+"""Per-speaker normalisation of the log-mel: each voice standardised by statistics of its own unlabelled audio.
+
+Why: under leave-one-speaker-out the model meets a voice it never heard, and one global mean/std
+(``train.fit.standardise``) leaves that voice's level and timbre in every input. Standardising each
+speaker's log-mel by that speaker's own statistics removes the part of the voice that is a constant
+offset (scalar) or a constant spectral tilt (per mel bin), and needs no label: on a board it is an
+enrolment or a running estimate of the user's feature statistics.
+
+The statistics are the mean and standard deviation over every frame (and, ``scalar``, every mel bin)
+of the unstandardised log-mel that the board's C front end computes (``FrontEndConfig`` with mean 0,
+std 1). ``scalar`` keeps 2 float32 (8 bytes); ``bins`` keeps 2 per mel bin (512 bytes for 64 bins).
+A running estimate needs the frame count and the sums of the values and of their squares.
+
+Honest use on a test speaker (``scoring_plan``): the speaker's clips are put in a fixed order drawn
+from a seed and the clip count alone (never from a label or a path); clip i is then scored with
+statistics of clips that are not clip i and carry no label:
+
+- ``causal``: a running estimate over the clips before i in that order (clip 0: the training
+  part's pooled statistics, which hold no test audio);
+- ``enrolment K``: the first K clips of the order; those K are never scored. The curve over K is
+  scored on one fixed set (the clips after the largest K), so its points compare.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+Mode = Literal["scalar", "bins"]
+MODES: tuple[str, ...] = ("scalar", "bins")
+ENROLMENT_COUNTS: tuple[int, ...] = (1, 5, 20, 50)  # the enrolment curve's clip counts
+ORDER_SEED = 19  # the fixed order of a test speaker's clips
+MIN_STD = 1e-3  # a silent enrolment must not blow the inputs up
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Mean and std of the log-mel: shape () for ``scalar``, (n_mels,) for ``bins``; float32."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    def to_json(self) -> dict[str, list[float] | float]:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+
+class Running:
+    """Frame count and sums of a speaker's log-mel values; ``stats()`` at any time (float64 sums)."""
+
+    def __init__(self, mode: Mode, n_mels: int) -> None:
+        if mode not in MODES:
+            raise ValueError(f"speaker normalisation is one of {', '.join(MODES)}, not {mode!r}")
+        self.mode = mode
+        self.count = 0
+        self.total = np.zeros(n_mels)
+        self.squares = np.zeros(n_mels)
+
+    def add(self, raw: np.ndarray) -> None:
+        """One clip's unstandardised model input, (n_mels, frames, 1) or (n_mels, frames)."""
+        x = np.asarray(raw, dtype=np.float64).reshape(len(self.total), -1)
+        self.count += x.shape[1]
+        self.total += x.sum(axis=1)
+        self.squares += (x * x).sum(axis=1)
+
+    def stats(self) -> Stats:
+        if self.count == 0:
+            raise ValueError("no audio seen yet: statistics need at least one clip")
+        if self.mode == "scalar":
+            n = self.count * len(self.total)
+            mean = self.total.sum() / n
+            var = self.squares.sum() / n - mean * mean
+        else:
+            mean = self.total / self.count
+            var = self.squares / self.count - mean * mean
+        std = np.maximum(np.sqrt(np.maximum(var, 0.0)), MIN_STD)
+        return Stats(np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32))
+
+
+def pooled(raws: Sequence[np.ndarray], mode: Mode) -> Stats:
+    """Statistics of all these clips together."""
+    run = Running(mode, raws[0].shape[0])
+    for raw in raws:
+        run.add(raw)
+    return run.stats()
+
+
+def apply(raw: np.ndarray, stats: Stats) -> np.ndarray:
+    """``(v - mean) / std`` in float32 (a subtraction, then a division, as the board's front end does)."""
+    raw = np.asarray(raw, dtype=np.float32)
+    shape = (-1,) + (1,) * (raw.ndim - 1)
+    return (raw - stats.mean.reshape(shape)) / stats.std.reshape(shape)
+
+
+def by_speaker(speakers: Sequence[str], raws: Sequence[np.ndarray], mode: Mode) -> dict[str, Stats]:
+    """Each speaker's statistics from that speaker's clips among these (training: the training part)."""
+    return {s: pooled([r for r, t in zip(raws, speakers, strict=True) if t == s], mode) for s in sorted(set(speakers))}
+
+
+def scoring_order(count: int) -> np.ndarray:
+    """The fixed order of a test speaker's ``count`` clips: a permutation drawn from a constant seed."""
+    return np.random.default_rng(ORDER_SEED).permutation(count)
+
+
+def causal(raws: Sequence[np.ndarray], mode: Mode, prior: Stats) -> list[Stats]:
+    """Statistics for scoring clip i (in the given order): the running estimate over clips 0..i-1; clip 0 gets ``prior``."""
+    run = Running(mode, raws[0].shape[0])
+    out = []
+    for raw in raws:
+        out.append(run.stats() if run.count else prior)
+        run.add(raw)
+    return out
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One way of scoring a test speaker: which clips are scored and the statistics each is scored with."""
+
+    name: str
+    scored: np.ndarray  # clip indices (into the speaker's clips as given)
+    stats: list[Stats]  # one per scored clip
+    enrolled: np.ndarray  # clip indices whose audio made the statistics (beside earlier scored ones for causal)
+
+
+def scoring_plan(
+    raws: Sequence[np.ndarray], mode: Mode, prior: Stats, counts: Sequence[int] = ENROLMENT_COUNTS
+) -> list[Protocol]:
+    """Every scoring of one test speaker's clips: ``causal`` over all, ``training-stats`` and ``enrol-K`` on one fixed set.
+
+    Takes audio only: no label, no path. ``training-stats`` (K = 0) scores with ``prior`` (the
+    training part's pooled statistics): the enrolment curve's starting point. ``all-clips`` scores
+    every clip with statistics of all the speaker's clips, itself and later ones included: not an
+    honest figure, only the ceiling that the honest ones approach.
+    """
+    order = scoring_order(len(raws))
+    kmax = max(counts)
+    if kmax >= len(raws):
+        raise ValueError(f"enrolment of {kmax} clips leaves nothing to score among {len(raws)}")
+    in_order = [raws[i] for i in order]
+    plans = [Protocol("causal", order, causal(in_order, mode, prior), np.array([], dtype=int))]
+    fixed = order[kmax:]
+    plans.append(Protocol("training-stats", fixed, [prior] * len(fixed), np.array([], dtype=int)))
+    for k in counts:
+        enrolled = order[:k]
+        stats = pooled([raws[i] for i in enrolled], mode)
+        plans.append(Protocol(f"enrol-{k}", fixed, [stats] * len(fixed), enrolled))
+    everything = pooled(raws, mode)
+    plans.append(Protocol("all-clips", order, [everything] * len(order), order))
+    return plans
