@@ -135,9 +135,8 @@ def scoring_plan(
     honest figure, only the ceiling that the honest ones approach.
     """
     order = scoring_order(len(raws))
-    kmax = max(counts)
-    if kmax >= len(raws):
-        raise ValueError(f"enrolment of {kmax} clips leaves nothing to score among {len(raws)}")
+    counts = [k for k in counts if 0 < k < len(raws)]  # a count must leave clips to score
+    kmax = max(counts, default=0)
     in_order = [raws[i] for i in order]
     plans = [Protocol("causal", order, causal(in_order, mode, prior), np.array([], dtype=int))]
     fixed = order[kmax:]
