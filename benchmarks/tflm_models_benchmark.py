@@ -29,10 +29,11 @@ sys.path.insert(0, str(REPO))
 from convert.analyze import analyze  # noqa: E402
 from convert.budget import board as board_spec  # noqa: E402
 from convert.budget import elf_usage  # noqa: E402
+from convert.interpreters import TflmRunner  # noqa: E402
+from convert.tflite_file import graph_io  # noqa: E402
 from host import qemu  # noqa: E402
 from host.board import BoardLink  # noqa: E402
 from host.firmware import build  # noqa: E402
-from host.tensors import HostTflm, edge_tensors  # noqa: E402
 from host.validate import load_inputs  # noqa: E402
 
 KERNELS = {  # name -> build() keyword arguments
@@ -50,10 +51,10 @@ def tflm_models(deps: Path, only: list[str]) -> list[tuple[str, Path]]:
     return [(n, p) for n, p in named if not only or any(o in n for o in only)]
 
 
-def run_kernels(board: str, tflite: bytes, kernels: str, inputs: list[list[np.ndarray]], host: HostTflm) -> dict:
+def run_kernels(board: str, tflite: bytes, kernels: str, inputs: list[list[np.ndarray]], host: TflmRunner) -> dict:
     """Build for one kernel set, run every input through raw tensors, compare with the host."""
     elf = build(board, tflite, os.environ.get("SER_DEPS_DIR"), **KERNELS[kernels])
-    in_specs, out_specs = edge_tensors(tflite)
+    in_specs, out_specs = graph_io(tflite)
     cycles, exact = [], 0
     with qemu.running(board, elf) as emu, BoardLink(emu.url) as link:
         link.hello()
@@ -74,9 +75,9 @@ def benchmark(name: str, path: Path, board: str, count: int, kernel_sets: list[s
         row["reason"] = "; ".join(a.problems)
         return row
     try:
-        in_specs, _ = edge_tensors(tflite)
+        in_specs, _ = graph_io(tflite)
         arrays, _ = load_inputs("random", in_specs, count, seed=0)
-        host = HostTflm(tflite, arena_size=max(2 * (a.arena_bytes or 0), 64 * 1024))
+        host = TflmRunner(tflite, arena_size=max(2 * (a.arena_bytes or 0), 64 * 1024))
     except Exception as exc:  # the host side cannot run it either: say so in the table
         row["runnable"], row["reason"] = False, f"host TFLM: {type(exc).__name__}: {exc}"
         return row

@@ -24,6 +24,7 @@ from convert.tflite_file import (
     MAC_OPS,
     MODEL_FILE,
     ModelFileError,
+    _constant_tensors,
     _load,
     layer_macs,
     read_metadata,
@@ -109,7 +110,7 @@ def analyze(tflite: bytes, name: str = "model", board_name: str | None = None, m
             "WHILE/IF is not supported); export the model without control flow"
         )
     graph = model.subgraphs[0]
-    constant = {i for i, t in enumerate(graph.tensors) if t.buffer and _has_data(model.buffers[t.buffer])}
+    constant = _constant_tensors(model)
     counted: set[int] = set()
     layers: list[Layer] = []
     macs = layer_macs(tflite)
@@ -192,10 +193,6 @@ def analyze(tflite: bytes, name: str = "model", board_name: str | None = None, m
                     f"board with more {ln.memory} (ser-analyze --board, see convert/boards.json) or shrink the model"
                 )
     return result
-
-
-def _has_data(buffer) -> bool:
-    return (buffer.data is not None and len(buffer.data) > 0) or bool(buffer.offset and buffer.size)
 
 
 def _yes(fits: bool) -> str:

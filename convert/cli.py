@@ -117,12 +117,17 @@ def emit_main(argv: list[str] | None = None) -> int:
         type=Path,
         help="a text file with one label per output, in output order (default: the model's metadata, else class_0..N-1)",
     )
+    p.add_argument(
+        "--layers",
+        action="store_true",
+        help="a firmware that keeps every tensor after Invoke, for ser-validate --layers (a larger arena, measured so)",
+    )
     args = p.parse_args(argv)
     from convert.emit import emit
 
     try:
         labels = [ln.strip() for ln in args.labels.read_text().splitlines() if ln.strip()] if args.labels else None
-        written = emit(_model_path(args.model).read_bytes(), args.out, labels=labels)
+        written = emit(_model_path(args.model).read_bytes(), args.out, labels=labels, layers=args.layers)
     except (FileNotFoundError, ModelFileError, ValueError) as exc:
         return _fail("ser-emit", str(exc))
     for path in written:

@@ -47,8 +47,11 @@ def arena_with_margin(measured: int) -> int:
     return (measured + margin + 15) // 16 * 16
 
 
-def render(tflite: bytes, arena_measured: int | None = None, labels: list[str] | None = None) -> dict[str, str]:
-    """File name -> text of every emitted file."""
+def render(
+    tflite: bytes, arena_measured: int | None = None, labels: list[str] | None = None, layers: bool = False
+) -> dict[str, str]:
+    """File name -> text of every emitted file. ``layers``: the firmware keeps every tensor after Invoke
+    (SER_PRESERVE_TENSORS, for per-layer capture) in an arena measured that way."""
     ops = registrations(tflite)
     in_spec, out_spec = io_specs(tflite)
     digest = sha256(tflite)
@@ -56,7 +59,7 @@ def render(tflite: bytes, arena_measured: int | None = None, labels: list[str] |
     labels = model_labels(tflite, int(out_spec.shape[-1]), labels)
     if frontend is not None and tuple(in_spec.shape[1:]) != frontend.input_shape:
         raise ValueError(f"model input {in_spec.shape} does not match its front end's {frontend.input_shape}")
-    measured = arena_measured if arena_measured is not None else tflm_arena_bytes(tflite)
+    measured = arena_measured if arena_measured is not None else tflm_arena_bytes(tflite, preserve_all=layers)
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, keep_trailing_newline=True
@@ -77,6 +80,7 @@ def render(tflite: bytes, arena_measured: int | None = None, labels: list[str] |
         "arena_measured": measured,
         "arena_margin": arena_with_margin(measured) - measured,
         "arena_bytes": arena_with_margin(measured),
+        "preserve_tensors": layers,
         "frontend": frontend,
         "frontend_note": "from the model's metadata" if frontend else "none: the model input is sent as is",
         "fe_kind_code": KINDS[frontend.kind] if frontend else 0,
@@ -99,9 +103,11 @@ def render(tflite: bytes, arena_measured: int | None = None, labels: list[str] |
     return {name: env.get_template(name + ".j2").render(context) for name in OUTPUTS}
 
 
-def emit(tflite: bytes, out_dir: Path, arena_measured: int | None = None, labels: list[str] | None = None) -> list[Path]:
+def emit(
+    tflite: bytes, out_dir: Path, arena_measured: int | None = None, labels: list[str] | None = None, layers: bool = False
+) -> list[Path]:
     """Write the generated files into ``out_dir`` (other files there are left alone)."""
-    files = render(tflite, arena_measured, labels)
+    files = render(tflite, arena_measured, labels, layers)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, text in files.items():

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from convert.tflite_file import TensorSpec
+from convert.tflite_file import TensorSpec, graph_io
 from train import frontend
 
 
@@ -59,40 +59,64 @@ def quiet_fds(replay_on_error: bool = False) -> Iterator[None]:
 
 
 class TflmRunner:
-    """TFLM's own interpreter (the ``tflite-micro`` package): what the firmware must reproduce."""
+    """TFLM's own interpreter (the ``tflite-micro`` package): what the firmware must reproduce.
+
+    ``run`` takes and gives every input and output in its own type and shape; calling the runner with one
+    int8 array is the single-input, single-output shortcut. ``preserve_all``: TFLM keeps every tensor
+    after Invoke (``tensor(i)``), as the board's per-layer capture build does."""
 
     name = "tflm"
 
-    def __init__(self, tflite: bytes, arena_size: int | None = None) -> None:
+    def __init__(self, tflite: bytes, arena_size: int | None = None, preserve_all: bool = False) -> None:
         from tflite_micro.python.tflite_micro import runtime
 
-        self._interp = runtime.Interpreter.from_bytes(tflite, arena_size=arena_size)
+        self.inputs, self.outputs = graph_io(tflite)
+        config = runtime.InterpreterConfig.kPreserveAllTensors if preserve_all else runtime.InterpreterConfig.kAllocationRecording
+        with quiet_fds():  # its "Number of resource variables" line
+            self._interp = runtime.Interpreter.from_bytes(tflite, arena_size=arena_size, intrepreter_config=config)
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        self._interp.reset()
+        for spec, values in zip(self.inputs, inputs, strict=True):
+            self._interp.set_input(np.asarray(values, dtype=spec.numpy_dtype).reshape(spec.shape), spec.index)
+        self._interp.invoke()
+        return [np.array(self._interp.get_output(spec.index)).reshape(spec.shape) for spec in self.outputs]
 
     def __call__(self, q_input: np.ndarray) -> np.ndarray:
-        self._interp.reset()
-        self._interp.set_input(q_input.reshape(self._interp.get_input_details(0)["shape"]), 0)
-        self._interp.invoke()
-        return np.array(self._interp.get_output(0)).reshape(-1)
+        return self.run([q_input])[0].reshape(-1)
+
+    def tensor(self, index: int) -> np.ndarray:
+        """Tensor ``index`` of the model's tensor table after the last run (``preserve_all`` only)."""
+        return np.array(self._interp.GetTensor(index, 0)["tensor_data"])
 
 
 class LiteRtRunner:
-    """LiteRT (``ai-edge-litert``) with either the reference kernels or its default (optimized) ones."""
+    """LiteRT (``ai-edge-litert``) with either the reference kernels or its default (optimized) ones; the
+    reference kernels are a second opinion beside TFLM (TFLM's kernels derive from them)."""
 
     def __init__(self, tflite: bytes, reference_kernels: bool) -> None:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         resolver = OpResolverType.BUILTIN_REF if reference_kernels else OpResolverType.AUTO
         self.name = "litert_reference" if reference_kernels else "litert_default"
+        self.inputs, self.outputs = graph_io(tflite)
         with quiet_fds():
             self._interp = Interpreter(model_content=tflite, experimental_op_resolver_type=resolver)
             self._interp.allocate_tensors()
-        self._in = self._interp.get_input_details()[0]
-        self._out = self._interp.get_output_details()[0]
+        self._in = self._interp.get_input_details()
+        self._out = self._interp.get_output_details()
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        for detail, spec, values in zip(self._in, self.inputs, inputs, strict=True):
+            self._interp.set_tensor(detail["index"], np.asarray(values, dtype=spec.numpy_dtype).reshape(detail["shape"]))
+        self._interp.invoke()
+        return [
+            np.array(self._interp.get_tensor(d["index"])).reshape(spec.shape)
+            for d, spec in zip(self._out, self.outputs, strict=True)
+        ]
 
     def __call__(self, q_input: np.ndarray) -> np.ndarray:
-        self._interp.set_tensor(self._in["index"], q_input.reshape(self._in["shape"]))
-        self._interp.invoke()
-        return np.array(self._interp.get_tensor(self._out["index"])).reshape(-1)
+        return self.run([q_input])[0].reshape(-1)
 
 
 # The arena search runs in a child process: TFLM's host interpreter can crash (not raise) when an
@@ -107,10 +131,11 @@ os.dup2(sink, 1)
 os.dup2(sink, 2)
 model = sys.stdin.buffer.read()
 lo, hi, check_hi = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+config = runtime.InterpreterConfig.kPreserveAllTensors if sys.argv[4] == "1" else runtime.InterpreterConfig.kAllocationRecording
 def works(size):
     report.write(f"try {size}\\n")
     try:
-        runtime.Interpreter.from_bytes(model, arena_size=size).invoke()
+        runtime.Interpreter.from_bytes(model, arena_size=size, intrepreter_config=config).invoke()
         ok = True
     except (RuntimeError, ValueError):
         ok = False
@@ -128,12 +153,13 @@ while hi - lo > 16:
 ARENA_SEARCH_RESTARTS = 32
 
 
-def tflm_arena_bytes(tflite: bytes, upper: int = 8 * 1024 * 1024) -> int:
-    """Smallest arena (to 16 bytes) with which TFLM allocates and invokes the model."""
+def tflm_arena_bytes(tflite: bytes, upper: int = 8 * 1024 * 1024, preserve_all: bool = False) -> int:
+    """Smallest arena (to 16 bytes) with which TFLM allocates and invokes the model (``preserve_all``: keeping
+    every tensor, as the per-layer capture build does)."""
     lo, hi, hi_checked = 0, upper, False  # lo fails (or is 0), hi works once checked
     for _ in range(ARENA_SEARCH_RESTARTS):
         child = subprocess.run(
-            [sys.executable, "-c", _ARENA_SEARCH, str(lo), str(hi), "0" if hi_checked else "1"],
+            [sys.executable, "-c", _ARENA_SEARCH, str(lo), str(hi), "0" if hi_checked else "1", "1" if preserve_all else "0"],
             input=tflite,
             capture_output=True,
             check=False,

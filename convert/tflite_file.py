@@ -32,16 +32,46 @@ class ModelFileError(Exception):
     """The file is not a model this pipeline can put on a board; the message says why."""
 
 
+# Tensor types with a NumPy counterpart: the bytes a tensor holds are its elements little-endian, row-major.
+NUMPY_TYPES = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "int32": np.int32, "float32": np.float32}
+
+
 @dataclass(frozen=True)
 class TensorSpec:
+    """One tensor of the graph; ``index`` is its position among the graph's inputs (or outputs), or for a
+    layer's output its index in the model's tensor table."""
+
     name: str
     shape: tuple[int, ...]
-    dtype: str
+    dtype: str  # "int8", "float32", ...
     scale: float
     zero_point: int
+    index: int = 0
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        if self.dtype not in NUMPY_TYPES:
+            raise ModelFileError(f"tensor {self.name!r} is {self.dtype}: no NumPy type for it")
+        return np.dtype(NUMPY_TYPES[self.dtype]).newbyteorder("<")
+
+    @property
+    def elements(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.elements * self.numpy_dtype.itemsize
+
+    def to_bytes(self, values: np.ndarray) -> bytes:
+        """The tensor's data as TFLM holds it (what the board's tensor holds)."""
+        return np.ascontiguousarray(values, dtype=self.numpy_dtype).reshape(-1).tobytes()
+
+    def from_bytes(self, data: bytes) -> np.ndarray:
+        return np.frombuffer(data, dtype=self.numpy_dtype).reshape(self.shape)
 
     def to_dict(self) -> dict:
         return {
+            "index": self.index,
             "name": self.name,
             "shape": list(self.shape),
             "dtype": self.dtype,
@@ -88,13 +118,16 @@ def op_versions(tflite: bytes) -> list[tuple[str, int]]:
     return result
 
 
-def _tensor_spec(model: schema.ModelT, index: int) -> TensorSpec:
+def _tensor_spec(model: schema.ModelT, index: int, position: int | None = None) -> TensorSpec:
+    """Tensor ``index`` of the tensor table; ``position``: its place among the graph's inputs or outputs."""
     tensor = model.subgraphs[0].tensors[index]
     q = tensor.quantization
     scale = float(q.scale[0]) if q is not None and q.scale is not None and len(q.scale) else 0.0
     zero = int(q.zeroPoint[0]) if q is not None and q.zeroPoint is not None and len(q.zeroPoint) else 0
     name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
-    return TensorSpec(name, tuple(int(d) for d in tensor.shape), _TYPE_NAMES.get(tensor.type, str(tensor.type)), scale, zero)
+    shape = tuple(int(d) for d in (tensor.shape if tensor.shape is not None else ()))
+    dtype = _TYPE_NAMES.get(tensor.type, str(tensor.type))
+    return TensorSpec(name, shape, dtype, scale, zero, index if position is None else position)
 
 
 def io_specs(tflite: bytes) -> tuple[TensorSpec, TensorSpec]:
@@ -106,6 +139,45 @@ def io_specs(tflite: bytes) -> tuple[TensorSpec, TensorSpec]:
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise ModelFileError(f"model has {len(graph.inputs)} inputs and {len(graph.outputs)} outputs; expected one of each")
     return _tensor_spec(model, int(graph.inputs[0])), _tensor_spec(model, int(graph.outputs[0]))
+
+
+def graph_io(tflite: bytes) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Every input and output of the graph, in order (``index``: the position); corrupt files raise ModelFileError."""
+    model = _load(tflite)
+    try:
+        graph = model.subgraphs[0]
+        inputs = [_tensor_spec(model, int(t), i) for i, t in enumerate(graph.inputs if graph.inputs is not None else ())]
+        outputs = [_tensor_spec(model, int(t), i) for i, t in enumerate(graph.outputs if graph.outputs is not None else ())]
+    except Exception as exc:  # a flatbuffer that parses but points past its tables
+        raise ModelFileError(f"corrupt or truncated TFLite flatbuffer ({type(exc).__name__}: {exc})") from None
+    return inputs, outputs
+
+
+def tensor_count(tflite: bytes) -> int:
+    """Tensors in the graph's tensor table (what a per-layer capture board reports in INFO LAYERS)."""
+    return len(_load(tflite).subgraphs[0].tensors or [])
+
+
+@dataclass(frozen=True)
+class LayerOutput:
+    """One output tensor of one operator, in execution order (``tensor.index``: its index in the tensor table)."""
+
+    op_index: int
+    op: str
+    tensor: TensorSpec
+
+
+def layer_outputs(tflite: bytes) -> list[LayerOutput]:
+    """The output tensors of every operator, in execution order: what per-layer capture compares."""
+    model = _load(tflite)
+    names = operator_names(tflite)
+    graph = model.subgraphs[0]
+    return [
+        LayerOutput(i, names[i], _tensor_spec(model, int(t)))
+        for i, op in enumerate(graph.operators or [])
+        for t in (op.outputs if op.outputs is not None else ())
+        if t >= 0
+    ]
 
 
 def stored_tensors(tflite: bytes) -> list[TensorSpec]:
@@ -250,22 +322,28 @@ def count_macs(tflite: bytes) -> int:
     return sum(layer_macs(tflite))
 
 
+def _constant_tensors(model: schema.ModelT) -> set[int]:
+    """Indices of subgraph 0's tensors that carry data in the file (weights, biases, shapes)."""
+
+    def has_data(buffer) -> bool:  # inline data, or data past the flatbuffer (models over 2 GB)
+        return (buffer.data is not None and len(buffer.data) > 0) or bool(buffer.offset and buffer.size)
+
+    buffers = model.buffers or []
+    tensors = model.subgraphs[0].tensors or []
+    return {i for i, t in enumerate(tensors) if t.buffer and t.buffer < len(buffers) and has_data(buffers[t.buffer])}
+
+
 def op_tensor_types(tflite: bytes) -> dict[str, set[str]]:
     """Op name -> the types of the tensors its operators read or write at run time (constants left out)."""
     model = _load(tflite)
     types: dict[str, set[str]] = {}
-    for subgraph in model.subgraphs or []:
-        tensors = subgraph.tensors or []
-        for op in subgraph.operators or []:
-            code = model.operatorCodes[op.opcodeIndex]
-            name = _OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
-            seen = types.setdefault(name, set())
-            for index in [*(op.inputs if op.inputs is not None else []), *(op.outputs if op.outputs is not None else [])]:
-                if index < 0:
-                    continue  # an optional input left out
-                tensor = tensors[int(index)]
-                buffer = model.buffers[tensor.buffer] if model.buffers and tensor.buffer < len(model.buffers) else None
-                if buffer is not None and buffer.data is not None and len(buffer.data) > 0:
-                    continue  # weights and other constants
-                seen.add(_TYPE_NAMES.get(tensor.type, str(tensor.type)))
+    constant = _constant_tensors(model)
+    graph = model.subgraphs[0]
+    for op in graph.operators or []:
+        code = model.operatorCodes[op.opcodeIndex]
+        name = _OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+        seen = types.setdefault(name, set())
+        for index in [*(op.inputs if op.inputs is not None else []), *(op.outputs if op.outputs is not None else [])]:
+            if index >= 0 and int(index) not in constant:  # not an optional input left out, nor a constant
+                seen.add(_TYPE_NAMES.get(graph.tensors[int(index)].type, str(graph.tensors[int(index)].type)))
     return types

@@ -30,6 +30,8 @@ from host.protocol import (
     Info,
     Invoke,
     Invoked,
+    LayerData,
+    LayerRead,
     Message,
     Next,
     Parser,
@@ -380,6 +382,24 @@ class BoardLink:
                 data += part.data
             outputs.append(bytes(data))
         return outputs, done.invoke_cycles
+
+    def read_layer(self, req_id: int, tensor: int, size: int) -> bytes:
+        """Graph tensor ``tensor`` (its index in the model's tensor table, ``size`` bytes) after the INVOKE of
+        ``req_id`` (PROTOCOL.md 13). Needs a board whose INFO has LAYERS (``ser-emit --layers`` firmware)."""
+        if self.info is None or not self.info.layers:
+            raise BoardError(
+                f"{self.url}: the board's firmware does not keep every tensor (its INFO has no LAYERS): build and "
+                "flash it with `ser-emit MODEL --layers`, or validate on --board qemu"
+            )
+        data = bytearray()
+        while len(data) < size:
+            part = self.request(LayerRead(req_id, tensor, len(data), size - len(data)), (LayerData,))
+            if (part.req_id, part.tensor, part.offset) != (req_id, tensor, len(data)):
+                raise BoardError(f"board sent tensor {part.req_id}/{part.tensor}@{part.offset} for {req_id}/{tensor}")
+            data += part.data
+        if len(data) != size:
+            raise BoardError(f"board sent {len(data)} bytes of tensor {tensor}, the model says {size}")
+        return bytes(data)
 
     def profile(self) -> ProfileData:
         return self.request(Profile(), (ProfileData,))

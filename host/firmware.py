@@ -51,23 +51,26 @@ class FirmwareUnavailable(RuntimeError):
     """The firmware cannot be built here; the message says how to make it possible."""
 
 
-def build_dir(board: str, cmsis_nn: bool = True, own_kernels: bool = True) -> Path:
+def build_dir(board: str, cmsis_nn: bool = True, own_kernels: bool = True, layers: bool = False) -> Path:
     """The board's build folder: our kernels (the default), TFLM's CMSIS-NN kernels alone
-    (``own_kernels=False``) or TFLM's reference kernels (``cmsis_nn=False``)."""
+    (``own_kernels=False``) or TFLM's reference kernels (``cmsis_nn=False``); ``layers``: the
+    firmware that keeps every tensor (``ser-emit --layers``), in a folder of its own."""
     if not cmsis_nn:
-        return BUILD / "firmware" / f"{board}-reference-kernels"
-    return BUILD / "firmware" / (board if own_kernels else f"{board}-cmsis-nn-kernels")
+        name = f"{board}-reference-kernels"
+    else:
+        name = board if own_kernels else f"{board}-cmsis-nn-kernels"
+    return BUILD / "firmware" / (f"{name}-layers" if layers else name)
 
 
-def elf_path(board: str, tflite: bytes, cmsis_nn: bool = True, own_kernels: bool = True) -> Path:
-    return build_dir(board, cmsis_nn, own_kernels) / f"ser-{board}-{sha256(tflite)[:12]}.elf"
+def elf_path(board: str, tflite: bytes, cmsis_nn: bool = True, own_kernels: bool = True, layers: bool = False) -> Path:
+    return build_dir(board, cmsis_nn, own_kernels, layers) / f"ser-{board}-{sha256(tflite)[:12]}.elf"
 
 
-def emit_if_changed(tflite: bytes, generated: Path) -> None:
+def emit_if_changed(tflite: bytes, generated: Path, layers: bool = False) -> None:
     """Emit the model's C files, touching only those whose text changed: an updated emitter takes
     effect, and an unchanged model is not recompiled."""
     with tempfile.TemporaryDirectory() as tmp:
-        emit(tflite, Path(tmp))
+        emit(tflite, Path(tmp), layers=layers)
         generated.mkdir(parents=True, exist_ok=True)
         for new in Path(tmp).iterdir():
             old = generated / new.name
@@ -172,9 +175,10 @@ def build(
     progress: Progress | None = None,
     out_dir: Path | None = None,
     own_kernels: bool = True,
+    layers: bool = False,
 ) -> Path:
     """The ELF for this board and model, building what is missing (``cmsis_nn=False``: TFLM's reference kernels;
-    ``own_kernels=False``: TFLM's CMSIS-NN kernels without ours).
+    ``own_kernels=False``: TFLM's CMSIS-NN kernels without ours; ``layers``: every tensor kept, ser-validate --layers).
 
     ``quiet=False`` shows how far the build is; ``progress`` is told so in any case. ``out_dir``: another
     build folder than the board's own (TFLM still comes from the cache)."""
@@ -182,9 +186,9 @@ def build(
         if shutil.which(tool) is None:
             raise FirmwareUnavailable(f"{tool} not found: run scripts/bootstrap (installs the Arm toolchain and CMake)")
     deps_dir = deps_dir or os.environ.get("SER_DEPS_DIR")
-    generated = BUILD / "generated" / sha256(tflite)[:12]
-    emit_if_changed(tflite, generated)
-    out_dir = out_dir or build_dir(board, cmsis_nn, own_kernels)
+    generated = BUILD / "generated" / (sha256(tflite)[:12] + ("-layers" if layers else ""))
+    emit_if_changed(tflite, generated, layers)
+    out_dir = out_dir or build_dir(board, cmsis_nn, own_kernels, layers)
     configure = [
         "cmake",
         "-S",
@@ -225,7 +229,7 @@ def build(
                 f"Build log: {log_path}"
             )
         raise FirmwareUnavailable(f"firmware build for {board} failed (full log: {log_path}); its last lines:\n{tail}")
-    elf = out_dir / elf_path(board, tflite, cmsis_nn, own_kernels).name
+    elf = out_dir / elf_path(board, tflite, cmsis_nn, own_kernels, layers).name
     if not elf.exists():
         raise FirmwareUnavailable(f"build finished but {elf} is missing (build log: {log_path})")
     return elf

@@ -24,6 +24,8 @@ CHUNK_MAX_DATA = MAX_PAYLOAD - CHUNK_HEADER_SIZE
 CHUNK_MAX_RAW_SAMPLES = CHUNK_MAX_DATA // 2
 TENSOR_CHUNK_HEADER_SIZE = 9
 TENSOR_CHUNK_MAX_DATA = MAX_PAYLOAD - TENSOR_CHUNK_HEADER_SIZE
+LAYER_DATA_HEADER_SIZE = 10
+LAYER_DATA_MAX_DATA = MAX_PAYLOAD - LAYER_DATA_HEADER_SIZE
 MAX_TENSORS = 16  # outputs an INVOKED reply describes at most (ser_protocol.h SER_MAX_TENSORS)
 
 
@@ -38,6 +40,7 @@ class MsgType(enum.IntEnum):
     TENSOR_CHUNK = 0x08
     INVOKE = 0x09
     TENSOR_READ = 0x0A
+    LAYER_READ = 0x0B  # every tensor of the graph (PROTOCOL.md 13): only to a board whose INFO has LAYERS
     BOOT = 0x80
     INFO = 0x81
     NEXT = 0x82
@@ -47,6 +50,7 @@ class MsgType(enum.IntEnum):
     TENSOR_NEXT = 0x86
     INVOKED = 0x87
     TENSOR_DATA = 0x88
+    LAYER_DATA = 0x89
     ERROR = 0xEE
 
 
@@ -84,6 +88,7 @@ class Tag(enum.IntEnum):
     PCM_ENCODINGS = 0x0E
     RX_PATHS = 0x0F
     TENSOR_IO = 0x10
+    LAYERS = 0x11
 
 
 class PayloadError(ValueError):
@@ -522,6 +527,46 @@ class Invoked:
 
 
 @dataclass(frozen=True)
+class LayerRead:
+    """The host asks for at most ``max_bytes`` of graph tensor ``tensor`` from ``offset`` (after INVOKED)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.LAYER_READ
+    req_id: int
+    tensor: int  # index in the model's tensor table
+    offset: int
+    max_bytes: int
+
+    def encode(self) -> bytes:
+        return struct.pack("<IHIH", self.req_id, self.tensor, self.offset, self.max_bytes)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> LayerRead:
+        _need(len(payload) == 12, f"LAYER_READ is 12 bytes, got {len(payload)}")
+        return cls(*struct.unpack("<IHIH", payload))
+
+
+@dataclass(frozen=True)
+class LayerData:
+    """Bytes of graph tensor ``tensor`` at ``offset`` (board -> host, answering LAYER_READ)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.LAYER_DATA
+    req_id: int
+    tensor: int
+    offset: int
+    data: bytes
+
+    def encode(self) -> bytes:
+        if not 1 <= len(self.data) <= LAYER_DATA_MAX_DATA:
+            raise ValueError(f"LAYER_DATA carries 1 .. {LAYER_DATA_MAX_DATA} bytes, not {len(self.data)}")
+        return struct.pack("<IHI", self.req_id, self.tensor, self.offset) + self.data
+
+    @classmethod
+    def decode(cls, payload: bytes) -> LayerData:
+        _need(len(payload) > LAYER_DATA_HEADER_SIZE, "LAYER_DATA carries no data")
+        return cls(*struct.unpack_from("<IHI", payload), bytes(payload[LAYER_DATA_HEADER_SIZE:]))
+
+
+@dataclass(frozen=True)
 class TensorSpec:
     """dtype is a TfLiteType code (9 int8, 1 float32, 7 int16, 3 uint8)."""
 
@@ -575,6 +620,7 @@ class Info:
     pcm_encodings: int | None = None  # bit n: encoding n decodes on the board
     rx_paths: int | None = None  # ways in for the host's stream, path 0 the UART (PROTOCOL.md 8)
     tensor_io: tuple[int, int, int] | None = None  # n_inputs, n_outputs, max_chunk_bytes: raw tensors (PROTOCOL.md 12)
+    layers: int | None = None  # n_tensors: every tensor of the graph is kept and readable (PROTOCOL.md 13)
     extra: tuple[tuple[int, bytes], ...] = field(default=())
 
     def encode(self) -> bytes:
@@ -615,6 +661,8 @@ class Info:
             out += _tlv(Tag.RX_PATHS, bytes([self.rx_paths]))
         if self.tensor_io is not None:
             out += _tlv(Tag.TENSOR_IO, struct.pack("<BBH", *self.tensor_io))
+        if self.layers is not None:
+            out += _tlv(Tag.LAYERS, struct.pack("<H", self.layers))
         for tag, value in self.extra:
             out += _tlv(tag, value)
         if len(out) > MAX_PAYLOAD:
@@ -635,6 +683,7 @@ class Info:
             Tag.PCM_ENCODINGS: 1,
             Tag.RX_PATHS: 1,
             Tag.TENSOR_IO: 4,
+            Tag.LAYERS: 2,
         }
         f: dict = {}
         labels: list[str] = []
@@ -680,6 +729,8 @@ class Info:
                 f["rx_paths"] = v[0]
             elif tag == Tag.TENSOR_IO:
                 f["tensor_io"] = struct.unpack_from("<BBH", v)
+            elif tag == Tag.LAYERS:
+                (f["layers"],) = struct.unpack_from("<H", v)
             else:
                 extra.append((tag, v))
         return cls(**f, labels=tuple(labels), extra=tuple(extra))
@@ -713,9 +764,11 @@ Message = (
     | TensorNext
     | Invoked
     | TensorData
+    | LayerRead
+    | LayerData
 )
 _ALL = (Hello, Start, Chunk, Profile, Reset, RxPath, Boot, Info, Next, Result, ProfileData, RxPathSet, Error)
-_TENSOR_MESSAGES = (TensorStart, TensorChunk, Invoke, TensorRead, TensorNext, Invoked, TensorData)
+_TENSOR_MESSAGES = (TensorStart, TensorChunk, Invoke, TensorRead, TensorNext, Invoked, TensorData, LayerRead, LayerData)
 MESSAGES: dict[int, type] = {cls.TYPE: cls for cls in (*_ALL, *_TENSOR_MESSAGES)}
 
 

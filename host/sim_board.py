@@ -28,10 +28,11 @@ import numpy as np
 from convert.emit import arena_with_margin
 from convert.interpreters import TflmRunner, quiet_fds, tflm_arena_bytes
 from convert.ops import check_ops
-from convert.tflite_file import io_specs, model_frontend, model_labels, operator_names
+from convert.tflite_file import graph_io, io_specs, model_frontend, model_labels, operator_names, tensor_count
 from host import pcm_codec
 from host.protocol import (
     CHUNK_MAX_RAW_SAMPLES,
+    LAYER_DATA_MAX_DATA,
     MAX_PAYLOAD,
     PROTO_VERSION,
     TENSOR_CHUNK_MAX_DATA,
@@ -44,6 +45,8 @@ from host.protocol import (
     Info,
     Invoke,
     Invoked,
+    LayerData,
+    LayerRead,
     MsgType,
     Next,
     Parser,
@@ -61,7 +64,6 @@ from host.protocol import (
     TensorStart,
     encode_frame,
 )
-from host.tensors import HostTflm, edge_tensors
 from train.frontend_c import KINDS, NativeFrontEnd
 
 INTER_BYTE_TIMEOUT = 0.2  # seconds, as ser_app.c
@@ -111,10 +113,13 @@ class _Last:
 class SimulatedBoard:
     """One board on a pty; ``url`` is the slave's path, for pyserial or BoardLink."""
 
-    def __init__(self, tflite: bytes, board_name: str = "simulated") -> None:
+    def __init__(self, tflite: bytes, board_name: str = "simulated", layers: bool = False) -> None:
+        """``layers``: keep every tensor and answer LAYER_READ, as a ``ser-emit --layers`` firmware does."""
         check_ops(tflite)  # a model the firmware could not carry is refused here too
         self.tflite = bytes(tflite)
         self.board_name = board_name
+        self.layers = layers
+        self._n_tensors = tensor_count(tflite)
         in_spec, out_spec = io_specs(tflite)
         if in_spec.dtype != "int8" or out_spec.dtype != "int8":
             raise ValueError(f"the board runs int8 models; this one has {in_spec.dtype} in, {out_spec.dtype} out")
@@ -127,12 +132,11 @@ class SimulatedBoard:
         self.labels = tuple(model_labels(tflite, self.output_elements))  # as ser-emit gives the firmware
         self.clip_samples = self.frontend.clip_samples if self.frontend else self.input_elements
         self.profile_tags = operator_names(tflite)
-        self.edge_in, self.edge_out = edge_tensors(tflite)
+        self.edge_in, self.edge_out = graph_io(tflite)
         self._inputs = [bytearray(t.nbytes) for t in self.edge_in]  # the raw path's input tensors
-        self._tensors: HostTflm | None = None
         self._treq = _TensorRequest(0)
         self.invocations = 0  # Invokes run since start(): a test can see that a retry was not run twice
-        self._runner: TflmRunner | None = None
+        self._tflm: TflmRunner | None = None  # the model, for clips and raw tensors alike
         self._model_error = ""
         self._arena = (0, 0)
         self._master = self._slave = -1
@@ -153,11 +157,10 @@ class SimulatedBoard:
     def start(self) -> SimulatedBoard:
         """Load the model as the board's ser_model_init would, open the pty, send BOOT, serve."""
         try:
-            measured = tflm_arena_bytes(self.tflite)
+            measured = tflm_arena_bytes(self.tflite, preserve_all=self.layers)
             self._arena = (arena_with_margin(measured), measured)
             with quiet_fds():
-                self._runner = TflmRunner(self.tflite, arena_size=self._arena[0])
-            self._tensors = HostTflm(self.tflite, arena_size=self._arena[0])
+                self._tflm = TflmRunner(self.tflite, arena_size=self._arena[0], preserve_all=self.layers)
         except (RuntimeError, ValueError) as exc:  # the board boots anyway and answers MODEL_FAILED
             self._model_error = f"model does not load: {exc}"
         self._master, self._slave = os.openpty()
@@ -246,6 +249,7 @@ class SimulatedBoard:
             MsgType.TENSOR_CHUNK: (TensorChunk, lambda m: self._handle_tensor_chunk(f, m)),
             MsgType.INVOKE: (Invoke, lambda m: self._handle_invoke(f, m)),
             MsgType.TENSOR_READ: (TensorRead, lambda m: self._handle_tensor_read(f, m)),
+            MsgType.LAYER_READ: (LayerRead, lambda m: self._handle_layer_read(f, m)),
         }
         if f.type not in handlers:
             self._error(ErrorCode.UNKNOWN_TYPE, f.type, f.seq, "unknown message type")
@@ -268,7 +272,7 @@ class SimulatedBoard:
         if self._is_retry(f, m.clip_id, 0):
             self._write(self._last.reply)
             return
-        if self._runner is None:
+        if self._tflm is None:
             self._error(ErrorCode.MODEL_FAILED, f.type, f.seq, self._model_error)
             return
         if m.n_samples != self.clip_samples:
@@ -324,7 +328,7 @@ class SimulatedBoard:
         model_input = clip.frontend.out if clip.frontend is not None else clip.raw_input
         start = time.perf_counter_ns()
         try:
-            scores = self._runner(model_input)
+            scores = self._tflm(model_input)
         except (RuntimeError, ValueError) as exc:
             self._error(ErrorCode.MODEL_FAILED, f.type, f.seq, f"Invoke failed: {exc}", remember=True)
             return
@@ -357,7 +361,7 @@ class SimulatedBoard:
         if self._is_retry(f, m.req_id, 0):
             self._write(self._last.reply)
             return
-        if self._tensors is None:
+        if self._tflm is None:
             self._error(ErrorCode.MODEL_FAILED, f.type, f.seq, self._model_error)
             return
         if m.index >= len(self.edge_in):
@@ -398,7 +402,7 @@ class SimulatedBoard:
         if self._is_retry(f, m.req_id, 0):
             self._write(self._last.reply)
             return
-        if self._tensors is None:
+        if self._tflm is None:
             self._error(ErrorCode.MODEL_FAILED, f.type, f.seq, self._model_error)
             return
         r = self._treq
@@ -408,7 +412,7 @@ class SimulatedBoard:
         self._last = _Last(f.type, f.seq, m.req_id, 0)
         start = time.perf_counter_ns()
         try:
-            outputs = self._tensors([t.from_bytes(bytes(b)) for t, b in zip(self.edge_in, self._inputs, strict=True)])
+            outputs = self._tflm.run([t.from_bytes(bytes(b)) for t, b in zip(self.edge_in, self._inputs, strict=True)])
         except (RuntimeError, ValueError) as exc:
             self._error(ErrorCode.MODEL_FAILED, f.type, f.seq, f"Invoke failed: {exc}", remember=True)
             return
@@ -434,6 +438,29 @@ class SimulatedBoard:
             return
         part = data[m.offset : m.offset + min(m.max_bytes, TENSOR_CHUNK_MAX_DATA)]
         self._send(MsgType.TENSOR_DATA, f.seq, TensorData(m.req_id, m.index, m.offset, part).encode())
+
+    def _handle_layer_read(self, f: Frame, m: LayerRead) -> None:
+        r = self._treq
+        if not r.invoked or m.req_id != r.req_id:
+            self._error(ErrorCode.OUT_OF_ORDER, f.type, f.seq, "no INVOKE of this request to read from")
+            return
+        if not self.layers or self._tflm is None:
+            self._error(
+                ErrorCode.BAD_TENSOR, f.type, f.seq, "this firmware does not keep every tensor: build it with ser-emit --layers"
+            )
+            return
+        data = b""
+        if m.tensor < self._n_tensors:
+            values = self._tflm.tensor(m.tensor)
+            data = values.astype(values.dtype.newbyteorder("<")).tobytes()  # as TFLM holds it
+        if not data:
+            self._error(ErrorCode.BAD_TENSOR, f.type, f.seq, "no tensor with data at that index (see INFO LAYERS)")
+            return
+        if m.max_bytes == 0 or m.offset >= len(data):
+            self._error(ErrorCode.BAD_LENGTH, f.type, f.seq, "LAYER_READ asks for no byte of the tensor")
+            return
+        part = data[m.offset : m.offset + min(m.max_bytes, LAYER_DATA_MAX_DATA)]
+        self._send(MsgType.LAYER_DATA, f.seq, LayerData(m.req_id, m.tensor, m.offset, part).encode())
 
     def _handle_profile(self, f: Frame) -> None:
         entries, size = [], 2
@@ -469,7 +496,8 @@ class SimulatedBoard:
             max_chunk_samples=MAX_CHUNK_SAMPLES,
             build_id=f"{self.board_name}-{digest.hex()[:12]} (host/sim_board.py, tflite-micro {version})",
             pcm_encodings=(1 << pcm_codec.RAW) | (1 << pcm_codec.RICE),
-            tensor_io=(len(self.edge_in), len(self.edge_out), TENSOR_CHUNK_MAX_DATA) if self._tensors else (0, 0, 0),
+            tensor_io=(len(self.edge_in), len(self.edge_out), TENSOR_CHUNK_MAX_DATA) if self._tflm else (0, 0, 0),
+            layers=self._n_tensors if self.layers and self._tflm else None,
         )
 
     def _error(self, code: int, msg_type: int, seq: int, message: str, remember: bool = False) -> None:

@@ -3,12 +3,18 @@
     ser-validate MODEL.tflite --board qemu                       (builds or reuses the emulated board's firmware)
     ser-validate MODEL.tflite --board sim                        (the simulated board, no build)
     ser-validate MODEL.tflite --port /dev/ttyACM0 --inputs x.npz --labels labels.txt
+    ser-validate MODEL.tflite --board qemu --layers             (every layer's output, and the first that differs)
 
 The same input tensors run on the board (firmware/PROTOCOL.md 12: the bytes go straight into the model's
 input tensors) and in TFLM's own interpreter on the host; every output is compared: bit-exact count, max
 LSB difference, RMSE, MAE, L2 relative error, cosine, and accuracy when the inputs come with labels.
 Each input's result is appended to validate.jsonl as it arrives: run the same command again and a
-cut-off validation continues where it stopped. Reports: validate.json, validate.md.
+cut-off validation continues where it stopped. Reports: validate.json, validate.md, and the ticks of
+each layer of the last Invoke in validate_layers.png.
+
+--layers also reads every operator's output from the board (a firmware that keeps every tensor,
+``ser-emit --layers``, PROTOCOL.md 13) and compares it with host TFLM's: bit-exact count and max difference
+per layer, and the first layer that differs, which names the kernel to look at.
 """
 
 from __future__ import annotations
@@ -30,12 +36,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from convert.tflite_file import ModelFileError, sha256
+from convert.interpreters import LiteRtRunner, TflmRunner
+from convert.tflite_file import LayerOutput, ModelFileError, TensorSpec, graph_io, layer_outputs, sha256
 from host.board import DEFAULT_BAUD, BoardError, BoardLink, BoardReset
-from host.tensors import EdgeTensor, HostLiteRt, HostTflm, edge_tensors
+from host.layers import compare_layers, layers_markdown, plot_latency, summarize_layers
 
 EMULATED_DEFAULT = "qemu-mps2-an386"
 RESULTS, RUN_INFO, REPORT_JSON, REPORT_MD = "validate.jsonl", "validate_run.json", "validate.json", "validate.md"
+LATENCY_PNG = "validate_layers.png"
+HOST_LAYERS_ARENA = 64 * 1024 * 1024  # host TFLM keeping every tensor: room for any model a board could hold
 DEFAULT_COUNT = 10
 
 
@@ -47,7 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="ser-validate",
         description=__doc__.split("\n\n")[0],
-        epilog="Reports in --out: validate.jsonl (a line per input, appended as it runs), validate.json, validate.md.",
+        epilog="Reports in --out: validate.jsonl (a line per input, appended as it runs), validate.json, validate.md, "
+        "validate_layers.png.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", type=Path, help="an int8 .tflite file, or a run folder (its model_int8.tflite)")
@@ -63,6 +73,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--count", type=int, help=f"how many inputs (default: all of the file, {DEFAULT_COUNT} random ones)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    p.add_argument(
+        "--layers",
+        action="store_true",
+        help="also compare every operator's output with host TFLM and name the first layer that differs (builds a "
+        "firmware that keeps every tensor: ser-emit --layers; a flashed board must carry such a firmware)",
+    )
     p.add_argument("--labels", type=Path, help="class names, one a line, for the report (accuracy needs labels in the npz)")
     p.add_argument("--out", type=Path, help="report folder (default: validate-<model name>); the same folder resumes")
     p.add_argument("--baud", type=int, default=DEFAULT_BAUD, help=f"line rate for real serial ports (default {DEFAULT_BAUD})")
@@ -95,7 +111,7 @@ def load_model(path: Path, board: str | None) -> tuple[Path, bytes]:
     return file, tflite
 
 
-def _as_input(values: np.ndarray, spec: EdgeTensor, what: str) -> np.ndarray:
+def _as_input(values: np.ndarray, spec: TensorSpec, what: str) -> np.ndarray:
     """N samples of one input tensor in its own type: (N, *shape), or one sample of exactly its shape."""
     values = np.asarray(values)
     if tuple(values.shape) == spec.shape:
@@ -118,7 +134,7 @@ def _as_input(values: np.ndarray, spec: EdgeTensor, what: str) -> np.ndarray:
     )
 
 
-def load_inputs(source: str, specs: list[EdgeTensor], count: int | None, seed: int) -> tuple[list[np.ndarray], np.ndarray | None]:
+def load_inputs(source: str, specs: list[TensorSpec], count: int | None, seed: int) -> tuple[list[np.ndarray], np.ndarray | None]:
     """One (N, *shape) array per model input, and the labels (N,) if the file has them."""
     if source == "random":
         n = count or DEFAULT_COUNT
@@ -191,7 +207,7 @@ def open_board(args: argparse.Namespace, tflite: bytes) -> Iterator[tuple[BoardL
         elif args.board == "sim":
             from host.sim_board import SimulatedBoard
 
-            board = SimulatedBoard(tflite).start()
+            board = SimulatedBoard(tflite, layers=args.layers).start()
             url = board.url
         else:
             from host import firmware, qemu
@@ -202,7 +218,7 @@ def open_board(args: argparse.Namespace, tflite: bytes) -> Iterator[tuple[BoardL
                     f"--board {args.board}: boards are qemu, sim, {', '.join(qemu.MACHINES)}; flash a real board and use --port"
                 )
             try:
-                elf = firmware.build(name, tflite, args.deps_dir, quiet=args.quiet)
+                elf = firmware.build(name, tflite, args.deps_dir, quiet=args.quiet, layers=args.layers)
             except firmware.FirmwareUnavailable as exc:
                 raise ValidateError(f"cannot build the emulated board: {exc}") from None
             firmware_info = {"board": name, "elf_sha256": sha256(elf.read_bytes())}
@@ -229,6 +245,11 @@ def open_board(args: argparse.Namespace, tflite: bytes) -> Iterator[tuple[BoardL
                 raise ValidateError(
                     f"{url}: the board's firmware predates raw tensor input (its INFO has no TENSOR_IO, "
                     "firmware/PROTOCOL.md 12): rebuild and flash this project's firmware"
+                )
+            if args.layers and not info.layers:
+                raise ValidateError(
+                    f"{url}: the board's firmware does not keep every tensor (its INFO has no LAYERS), so --layers cannot "
+                    "read the layers: flash a firmware emitted with `ser-emit MODEL --layers`, or validate on --board qemu"
                 )
             link.use_fast_path()
             yield (
@@ -279,6 +300,11 @@ def prepare_out(out: Path, meta: dict) -> None:
     info = out / RUN_INFO
     if info.exists():
         before = json.loads(info.read_text())
+        if bool(before.get("layer_capture")) != meta["layer_capture"]:
+            raise ValidateError(
+                f"{out} holds a validation {'with' if before.get('layer_capture') else 'without'} --layers: run the same "
+                "command as before to resume it, or give another --out"
+            )
         for key, what in (("model_sha256", "model"), ("inputs_sha256", "inputs")):
             if before.get(key) != meta[key]:
                 raise ValidateError(
@@ -293,12 +319,12 @@ def prepare_out(out: Path, meta: dict) -> None:
 # ---- scores ----
 
 
-def _dequantize(q: np.ndarray, spec: EdgeTensor) -> np.ndarray:
+def _dequantize(q: np.ndarray, spec: TensorSpec) -> np.ndarray:
     x = q.astype(np.float64)
     return (x - spec.zero_point) * spec.scale if spec.scale else x
 
 
-def output_scores(spec: EdgeTensor, board: np.ndarray, host: np.ndarray) -> dict:
+def output_scores(spec: TensorSpec, board: np.ndarray, host: np.ndarray) -> dict:
     """Board against host over every input, for one output tensor (arrays of shape (N, elements))."""
     diff = np.abs(board.astype(np.int64) - host.astype(np.int64)) if np.issubdtype(board.dtype, np.integer) else None
     b, h = _dequantize(board, spec), _dequantize(host, spec)
@@ -324,7 +350,7 @@ def output_scores(spec: EdgeTensor, board: np.ndarray, host: np.ndarray) -> dict
     }
 
 
-def summarize(records: list[dict], outputs: list[EdgeTensor], labels: np.ndarray | None, names: list[str] | None) -> dict:
+def summarize(records: list[dict], outputs: list[TensorSpec], labels: np.ndarray | None, names: list[str] | None) -> dict:
     records = sorted(records, key=lambda r: r["input"])
     per_output = []
     for spec in outputs:
@@ -396,7 +422,9 @@ def to_markdown(meta: dict, summary: dict) -> str:
             f"board and host agree on {a['agreement']:.1%}.",
         ]
     layers = meta.get("layers") or []
-    if any(ly["ticks"] for ly in layers):
+    if "per_layer" in summary:
+        lines += layers_markdown(summary["per_layer"], meta["board"].get("cycle_counter"))
+    elif any(ly["ticks"] for ly in layers):
         lines += ["", "Per layer, the last input's Invoke (PROFILE):", "", "| # | op | ticks | MACs | ticks per MAC |"]
         lines.append("| --- | --- | --- | --- | --- |")
         for i, ly in enumerate(layers):
@@ -422,7 +450,8 @@ def validate(args: argparse.Namespace) -> tuple[Path, dict]:
 
     emulated = None if args.port or args.board == "sim" else (EMULATED_DEFAULT if args.board == "qemu" else args.board)
     file, tflite = load_model(args.model, emulated)
-    inputs_spec, outputs_spec = edge_tensors(tflite)
+    inputs_spec, outputs_spec = graph_io(tflite)
+    layers = layer_outputs(tflite) if args.layers else []
     arrays, labels = load_inputs(args.inputs, inputs_spec, args.count, args.seed)
     names = None
     if args.labels:
@@ -439,6 +468,7 @@ def validate(args: argparse.Namespace) -> tuple[Path, dict]:
         "seed": args.seed if args.inputs == "random" else None,
         "inputs_sha256": digests[0],  # the first input: the same source (a longer --count keeps it)
         "reference": metadata.version("tflite-micro"),
+        "layer_capture": bool(args.layers),
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     prepare_out(out, meta)
@@ -448,7 +478,7 @@ def validate(args: argparse.Namespace) -> tuple[Path, dict]:
             raise ValidateError(f"{out}: input {i} is not the one validated there: give another --out")
     todo = [i for i in range(n) if i not in done]
     if todo:
-        host = HostTflm(tflite)
+        host = TflmRunner(tflite, HOST_LAYERS_ARENA if args.layers else None, preserve_all=args.layers)
         litert = _litert(tflite)
         with open_board(args, tflite) as (link, board_meta):
             record_board(out, board_meta)
@@ -456,9 +486,9 @@ def validate(args: argparse.Namespace) -> tuple[Path, dict]:
             try:
                 for i in todo:
                     tensors = [a[i] for a in arrays]
-                    done[i] = run_one(link, host, inputs_spec, outputs_spec, tensors, i, digests[i], len(done))
+                    done[i] = run_one(link, host, inputs_spec, outputs_spec, tensors, i, digests[i], len(done), layers)
                     if litert is not None:  # host TFLM against LiteRT's reference kernels, per output
-                        ref = litert(tensors)
+                        ref = litert.run(tensors)
                         done[i]["litert_reference"] = [bool(np.array_equal(np.reshape(r, -1), h)) for r, h in
                                                        zip(ref, done[i]["host"], strict=True)]  # fmt: skip
                     append_result(out / RESULTS, done[i])
@@ -468,17 +498,24 @@ def validate(args: argparse.Namespace) -> tuple[Path, dict]:
             record_layers(out, link, tflite)
     meta = {**json.loads((out / RUN_INFO).read_text()), "model": file.name, "inputs": meta["inputs"]}
     meta.setdefault("board", {})
-    summary = summarize([done[i] for i in range(n) if i in done], outputs_spec, labels, names)
+    records = [done[i] for i in range(n) if i in done]
+    summary = summarize(records, outputs_spec, labels, names)
+    profile = meta.get("layers") or []
+    if args.layers:
+        summary["per_layer"] = summarize_layers(records, layers, profile)
     report = {**meta, "summary": summary}
     (out / REPORT_JSON).write_text(json.dumps(report, indent=1) + "\n")
     (out / REPORT_MD).write_text(to_markdown(meta, summary))
+    if any(p["ticks"] for p in profile):
+        differing = {r["op_index"] for r in summary.get("per_layer", {}).get("layers", []) if r["bit_exact"] < r["inputs"]}
+        plot_latency(profile, out / LATENCY_PNG, f"{file.name} on {meta['board'].get('board')}: ticks per layer", differing)
     return out, report
 
 
-def _litert(tflite: bytes) -> HostLiteRt | None:
+def _litert(tflite: bytes) -> LiteRtRunner | None:
     """LiteRT with its reference kernels, or None where it is not installed or refuses the model."""
     try:
-        return HostLiteRt(tflite)
+        return LiteRtRunner(tflite, reference_kernels=True)
     except (ImportError, RuntimeError, ValueError):
         return None
 
@@ -520,8 +557,9 @@ def record_layers(out: Path, link: BoardLink, tflite: bytes) -> None:
     (out / RUN_INFO).write_text(json.dumps(info, indent=1) + "\n")
 
 
-def run_one(link, host, inputs_spec, outputs_spec, tensors, i: int, digest: str, kept: int) -> dict:
-    """One input on the board and on the host: the record of validate.jsonl."""
+def run_one(link, host, inputs_spec, outputs_spec, tensors, i: int, digest: str, kept: int, layers: list[LayerOutput]) -> dict:
+    """One input on the board and on the host: the record of validate.jsonl (with ``layers``: each layer's
+    [bit-exact, max difference])."""
     payloads = [spec.to_bytes(t) for spec, t in zip(inputs_spec, tensors, strict=True)]
     try:
         try:
@@ -532,7 +570,14 @@ def run_one(link, host, inputs_spec, outputs_spec, tensors, i: int, digest: str,
     except BoardError as exc:
         raise ValidateError(f"input {i}: {exc} (the {kept} results so far are kept: run the same command to resume)") from None
     board_out = [spec.from_bytes(b) for spec, b in zip(outputs_spec, outs, strict=True)]
-    host_out = host(tensors)
+    host_out = host.run(tensors)
+    per_layer = {}
+    if layers:
+        try:
+            per_layer = {"layers": compare_layers(link, i, host, layers)}
+        except BoardError as exc:
+            raise ValidateError(f"input {i}, reading the layers: {exc} (the {kept} results so far are kept: run the same "
+                                "command to resume)") from None  # fmt: skip
     return {
         "input": i,
         "input_sha256": digest,
@@ -540,6 +585,7 @@ def run_one(link, host, inputs_spec, outputs_spec, tensors, i: int, digest: str,
         "bit_exact": all(np.array_equal(b, h) for b, h in zip(board_out, host_out, strict=True)),
         "board": [b.reshape(-1).tolist() for b in board_out],
         "host": [h.reshape(-1).tolist() for h in host_out],
+        **per_layer,
     }
 
 
@@ -563,8 +609,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Invoke: median {s['cycles']['median']:.0f} ({report['board'].get('cycle_counter')})")
     if "accuracy" in s:
         print(f"accuracy: board {s['accuracy']['board']:.1%}, host {s['accuracy']['host']:.1%}")
+    layers_exact = True
+    if "per_layer" in s:
+        first = s["per_layer"]["first_differing"]
+        layers_exact = first is None
+        rows = s["per_layer"]["layers"]
+        exact = sum(1 for r in rows if r["bit_exact"] == r["inputs"])
+        print(
+            f"layers: {exact}/{len(rows)} bit-exact on every input"
+            + ("" if first is None else f"; first differing layer #{first['op_index']} {first['op']} (tensor {first['tensor']})")
+        )
     print(f"reports: {out / REPORT_MD}, {out / REPORT_JSON}")
-    return 0 if s["all_bit_exact"] else 1
+    return 0 if s["all_bit_exact"] and layers_exact else 1
 
 
 if __name__ == "__main__":

@@ -136,6 +136,7 @@ class SerInfo(Structure):
         ("n_inputs", c_uint8),
         ("n_outputs", c_uint8),
         ("max_tensor_chunk", c_uint16),
+        ("n_tensors", c_uint16),
     ]
 
 
@@ -149,6 +150,14 @@ class SerTensorNext(Structure):
 
 class SerTensorChunk(Structure):
     _fields_ = [("req_id", c_uint32), ("index", c_uint8), ("offset", c_uint32), ("data", c_ptr), ("data_len", c_uint16)]
+
+
+class SerLayerRead(Structure):
+    _fields_ = [("req_id", c_uint32), ("tensor", c_uint16), ("offset", c_uint32), ("max_bytes", c_uint16)]
+
+
+class SerLayerData(Structure):
+    _fields_ = [("req_id", c_uint32), ("tensor", c_uint16), ("offset", c_uint32), ("data", c_ptr), ("data_len", c_uint16)]
 
 
 class SerInvoked(Structure):
@@ -183,6 +192,8 @@ def lib() -> ctypes.CDLL:
         ("tensor_next", SerTensorNext),
         ("tensor_chunk", SerTensorChunk),
         ("invoked", SerInvoked),
+        ("layer_read", SerLayerRead),
+        ("layer_data", SerLayerData),
     ):
         _sig(lib, f"ser_{name}_encode", c_size_t, POINTER(cls), c_ptr, c_size_t)
         _sig(lib, f"ser_{name}_decode", c_int, c_ptr, c_size_t, POINTER(cls))
@@ -275,6 +286,13 @@ def c_encode(lib: ctypes.CDLL, msg: P.Message) -> bytes:
         n = lib.ser_tensor_chunk_encode(
             SerTensorChunk(msg.req_id, msg.index, msg.offset, ctypes.cast(data, c_ptr), len(msg.data)), out, cap
         )
+    elif isinstance(msg, P.LayerRead):
+        n = lib.ser_layer_read_encode(SerLayerRead(msg.req_id, msg.tensor, msg.offset, msg.max_bytes), out, cap)
+    elif isinstance(msg, P.LayerData):
+        data = _buf(msg.data)
+        n = lib.ser_layer_data_encode(
+            SerLayerData(msg.req_id, msg.tensor, msg.offset, ctypes.cast(data, c_ptr), len(msg.data)), out, cap
+        )
     elif isinstance(msg, P.Invoke):
         n = 4
         out[:4] = list(struct.pack("<I", msg.req_id))  # no C encoder: the board only receives INVOKE
@@ -349,6 +367,8 @@ def c_encode(lib: ctypes.CDLL, msg: P.Message) -> bytes:
         if msg.tensor_io is not None:
             info.n_inputs, info.n_outputs, info.max_tensor_chunk = msg.tensor_io
             has |= 1 << P.Tag.TENSOR_IO
+        if msg.layers is not None:
+            info.n_tensors, has = msg.layers, has | 1 << P.Tag.LAYERS
         info.present = has
         n = lib.ser_info_encode(ctypes.byref(info), out, cap)
         for tag, value in msg.extra:  # tags this decoder does not know, appended as a newer board would
@@ -378,6 +398,13 @@ def c_decode(lib: ctypes.CDLL, msg_type: int, payload: bytes) -> P.Message | int
         m = SerTensorChunk()
         err = lib.ser_tensor_chunk_decode(buf, n, m)
         return err or cls(m.req_id, m.index, m.offset, ctypes.string_at(m.data, m.data_len))
+    if cls is P.LayerRead:
+        m = SerLayerRead()
+        return lib.ser_layer_read_decode(buf, n, m) or cls(m.req_id, m.tensor, m.offset, m.max_bytes)
+    if cls is P.LayerData:
+        m = SerLayerData()
+        err = lib.ser_layer_data_decode(buf, n, m)
+        return err or cls(m.req_id, m.tensor, m.offset, ctypes.string_at(m.data, m.data_len))
     if cls is P.Invoke:  # the board decodes INVOKE inline (ser_app.c handle_invoke): 4 bytes
         return cls(struct.unpack("<I", payload)[0]) if n == 4 else P.ErrorCode.BAD_LENGTH
     if cls is P.Invoked:
@@ -438,6 +465,7 @@ def c_decode(lib: ctypes.CDLL, msg_type: int, payload: bytes) -> P.Message | int
         pcm_encodings=opt(P.Tag.PCM_ENCODINGS, info.pcm_encodings),
         rx_paths=opt(P.Tag.RX_PATHS, info.rx_paths),
         tensor_io=opt(P.Tag.TENSOR_IO, (info.n_inputs, info.n_outputs, info.max_tensor_chunk)),
+        layers=opt(P.Tag.LAYERS, info.n_tensors),
     )
 
 
@@ -467,7 +495,7 @@ def message_of(kind: str, fields: dict) -> P.Message:
     if kind == "CHUNK":
         f["data"] = bytes.fromhex(f["data"])
         f.pop("samples")
-    if kind in ("TENSOR_CHUNK", "TENSOR_DATA"):
+    if kind in ("TENSOR_CHUNK", "TENSOR_DATA", "LAYER_DATA"):
         f["data"] = bytes.fromhex(f["data"])
     if kind == "INVOKED":
         f["output_bytes"] = tuple(f["output_bytes"])
@@ -696,7 +724,8 @@ def _random_info(rng: random.Random, cls: type = P.Info) -> P.Info:
         pcm_encodings=maybe(rng.randrange(256)),
         rx_paths=maybe(rng.randrange(256)),
         tensor_io=maybe((rng.randrange(256), rng.randrange(256), rng.randrange(2**16))),
-        extra=tuple((rng.randrange(0x11, 256), rng.randbytes(rng.randrange(20))) for _ in range(rng.randrange(4))),
+        layers=maybe(rng.randrange(2**16)),
+        extra=tuple((rng.randrange(0x12, 256), rng.randbytes(rng.randrange(20))) for _ in range(rng.randrange(4))),
     )
 
 
@@ -733,6 +762,8 @@ def _random_messages(rng: random.Random) -> list[P.Message]:
         P.TensorData(u32(), rng.randrange(256), u32(), rng.randbytes(rng.randrange(1, P.TENSOR_CHUNK_MAX_DATA + 1))),
         P.Invoke(u32()),
         P.Invoked(u32(), u32(), tuple(u32() for _ in range(rng.randrange(P.MAX_TENSORS + 1)))),
+        P.LayerRead(u32(), u16(), u32(), u16()),
+        P.LayerData(u32(), u16(), u32(), rng.randbytes(rng.randrange(1, P.LAYER_DATA_MAX_DATA + 1))),
     ]
 
 
@@ -815,6 +846,9 @@ def test_c_info_decoder_limits(lib: ctypes.CDLL) -> None:
         (P.MsgType.TENSOR_CHUNK, bytes(9)),  # no data
         (P.MsgType.TENSOR_DATA, bytes(5)),
         (P.MsgType.INVOKE, bytes(5)),
+        (P.MsgType.LAYER_READ, bytes(11)),
+        (P.MsgType.LAYER_READ, bytes(13)),
+        (P.MsgType.LAYER_DATA, bytes(10)),  # no data
         (P.MsgType.INVOKED, struct.pack("<IIB", 1, 2, 2) + bytes(4)),  # 2 outputs announced, 1 present
         (P.MsgType.INVOKED, struct.pack("<IIB", 1, 2, 17) + bytes(68)),  # more outputs than INVOKED describes
     ],

@@ -14,7 +14,19 @@ import pytest
 
 from host import validate
 from host.board import BoardError, BoardLink
-from host.protocol import ErrorCode, Info, Invoke, Invoked, TensorChunk, TensorData, TensorNext, TensorRead, TensorStart
+from host.protocol import (
+    ErrorCode,
+    Info,
+    Invoke,
+    Invoked,
+    LayerData,
+    LayerRead,
+    TensorChunk,
+    TensorData,
+    TensorNext,
+    TensorRead,
+    TensorStart,
+)
 from host.sim_board import SimulatedBoard
 from tests.boards_under_test import _firmware
 
@@ -191,3 +203,89 @@ def test_raw_tensor_rules_on_the_simulated_board(tmp_path: Path, capsys: pytest.
     with _OldBoard(tflite) as old:
         code, _, err = _validate(capsys, str(model(SPEECH)), "--port", old.url, "--out", str(tmp_path / "old"))
     assert code == 2 and "predates raw tensor input" in err and "Traceback" not in err
+
+
+# ---- per-layer capture (--layers, PROTOCOL.md 13) ----
+
+
+def _per_layer(out: Path) -> dict:
+    return _report(out)["summary"]["per_layer"]
+
+
+@needs_tflm
+def test_layers_of_micro_speech_on_qemu_are_all_bit_exact(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Every operator's output read from a firmware that keeps every tensor, against host TFLM's."""
+    out = tmp_path / "speech-layers"
+    code, stdout, err = _validate(capsys, str(model(SPEECH)), "--board", "qemu", "--layers", "--count", "3", "--out", str(out))
+    assert code == 0, err
+    per_layer = _per_layer(out)
+    rows = per_layer["layers"]
+    assert [r["op"] for r in rows] == ["RESHAPE", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "SOFTMAX"]
+    assert all(r["bit_exact"] == r["inputs"] == 3 and r["max_diff"] == 0 for r in rows)
+    assert per_layer["first_differing"] is None
+    assert rows[1]["shape"] == [1, 25, 20, 8] and rows[1]["ticks"] > 0 and rows[1]["macs"] == 25 * 20 * 8 * 10 * 8
+    assert _report(out)["summary"]["outputs"][0]["bit_exact"] == 3
+    assert "layers: 4/4 bit-exact" in stdout
+    md = (out / validate.REPORT_MD).read_text()
+    assert "Every layer bit-exact with host TFLM." in md and "| 1 | DEPTHWISE_CONV_2D |" in md
+    assert (out / validate.LATENCY_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The same folder without --layers is another validation: refused, not mixed.
+    code, _, err = _validate(capsys, str(model(SPEECH)), "--board", "sim", "--count", "3", "--out", str(out))
+    assert code == 2 and "with --layers" in err
+
+
+@needs_tflm
+def test_layers_name_the_first_layer_a_broken_kernel_changes(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A firmware whose convolution truncates instead of rounding (SER_BREAK_ROUNDING), flashed on an emulated
+    board and validated over its port: --layers names a convolution as the first differing layer, every layer
+    before it bit-exact, and the run fails."""
+    from host import qemu
+    from host.firmware import BUILD, build
+    from tests.test_kernels import conv_zoo
+
+    tflite = conv_zoo()
+    (tmp_path / "zoo.tflite").write_bytes(tflite)
+    monkeypatch.setenv("SER_KERNEL_DEFINES", "SER_BREAK_ROUNDING")  # read when CMake configures this build folder
+    elf = build("qemu-mps2-an386", tflite, DEPS, out_dir=BUILD / "firmware" / "qemu-mps2-an386-broken-rounding-layers",
+                layers=True)  # fmt: skip
+    monkeypatch.delenv("SER_KERNEL_DEFINES")
+    out = tmp_path / "broken"
+    with qemu.running("qemu-mps2-an386", elf) as emu:
+        code, stdout, err = _validate(capsys, str(tmp_path / "zoo.tflite"), "--port", emu.url, "--layers", "--count", "2",
+                                      "--out", str(out))  # fmt: skip
+    assert code == 1, err
+    per_layer = _per_layer(out)
+    first = per_layer["first_differing"]
+    assert first is not None and first["op"] == "CONV_2D"
+    rows = per_layer["layers"]
+    k = next(i for i, r in enumerate(rows) if r["op_index"] == first["op_index"])
+    assert all(r["bit_exact"] == r["inputs"] for r in rows[:k]) and rows[k]["bit_exact"] < rows[k]["inputs"]
+    assert rows[k]["max_diff"] >= 1
+    assert f"first differing layer #{first['op_index']} CONV_2D" in stdout
+    assert "**differs**" in (out / validate.REPORT_MD).read_text()
+
+
+@needs_tflm
+def test_layer_read_rules_on_the_simulated_board(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    tflite = model(SPEECH).read_bytes()
+    x = np.arange(1960, dtype=np.int64).astype(np.int8).tobytes()
+    with SimulatedBoard(tflite, layers=True) as board, BoardLink(board.url, timeout=1.0, retries=1) as link:
+        info = link.hello()
+        assert info.layers == 10  # micro_speech's tensor table
+        with pytest.raises(BoardError, match="OUT_OF_ORDER"):
+            link.request(LayerRead(1, 4, 0, 100), (LayerData,))  # no INVOKE yet
+        link.run_tensors([x], 1)
+        with pytest.raises(BoardError, match="BAD_TENSOR"):
+            link.request(LayerRead(1, 10, 0, 100), (LayerData,))  # past the tensor table
+        with pytest.raises(BoardError, match="BAD_LENGTH"):
+            link.request(LayerRead(1, 4, 1960, 100), (LayerData,))  # past the tensor's end
+        assert link.request(LayerRead(1, 4, 0, 100), (LayerData,)).data == x[:100]  # the reshaped input
+        assert link.read_layer(1, 4, 1960) == x
+
+    # A board that does not keep every tensor: --layers is refused before any input runs, saying how to fix it.
+    with SimulatedBoard(tflite) as plain:
+        code, _, err = _validate(capsys, str(model(SPEECH)), "--port", plain.url, "--layers", "--out", str(tmp_path / "p"))
+    assert code == 2 and "does not keep every tensor" in err and "ser-emit MODEL --layers" in err

@@ -191,6 +191,8 @@ static size_t info_payload(uint8_t *out, size_t cap) {
   info.n_inputs = model_ok ? ser_model_inputs() : 0;
   info.n_outputs = model_ok ? ser_model_outputs() : 0;
   info.max_tensor_chunk = SER_TENSOR_CHUNK_MAX_DATA;
+  info.n_tensors = model_ok ? ser_model_graph_tensors() : 0;
+  if (info.n_tensors) info.present |= SER_INFO_HAS(SER_TAG_LAYERS);
   return ser_info_encode(&info, out, cap);
 }
 
@@ -436,6 +438,38 @@ static void handle_tensor_read(const ser_frame *f) {
   send_frame(SER_MSG_TENSOR_DATA, f->seq, ser_tensor_chunk_encode(&r, payload, SER_MAX_PAYLOAD), false);
 }
 
+/* Any tensor of the graph after INVOKE (section 13): a layer's output, for the host to compare. */
+static void handle_layer_read(const ser_frame *f) {
+  ser_layer_read m;
+  if (ser_layer_read_decode(f->payload, f->len, &m)) {
+    send_error(SER_ERR_BAD_LENGTH, f->type, f->seq, "LAYER_READ payload must be 12 bytes");
+    return;
+  }
+  if (!treq.invoked || m.req_id != treq.req_id) {
+    send_error(SER_ERR_OUT_OF_ORDER, f->type, f->seq, "no INVOKE of this request to read from");
+    return;
+  }
+  if (ser_model_graph_tensors() == 0) {
+    send_error(SER_ERR_BAD_TENSOR, f->type, f->seq, "this firmware does not keep every tensor: build it with ser-emit --layers");
+    return;
+  }
+  size_t bytes = 0;
+  const uint8_t *data = ser_model_graph_tensor(m.tensor, &bytes);
+  if (data == NULL || bytes == 0) {
+    send_error(SER_ERR_BAD_TENSOR, f->type, f->seq, "no tensor with data at that index (see INFO LAYERS)");
+    return;
+  }
+  if (m.max_bytes == 0 || m.offset >= bytes) {
+    send_error(SER_ERR_BAD_LENGTH, f->type, f->seq, "LAYER_READ asks for no byte of the tensor");
+    return;
+  }
+  size_t n = bytes - m.offset;
+  if (n > m.max_bytes) n = m.max_bytes;
+  if (n > SER_LAYER_DATA_MAX_DATA) n = SER_LAYER_DATA_MAX_DATA;
+  ser_layer_data r = {m.req_id, m.tensor, m.offset, data + m.offset, (uint16_t)n};
+  send_frame(SER_MSG_LAYER_DATA, f->seq, ser_layer_data_encode(&r, payload, SER_MAX_PAYLOAD), false);
+}
+
 static void handle_profile(const ser_frame *f) {
   const ser_profile_event *events;
   size_t n = ser_model_profile(&events);
@@ -497,6 +531,9 @@ static void handle_frame(const ser_frame *f) {
       return;
     case SER_MSG_TENSOR_READ:
       handle_tensor_read(f);
+      return;
+    case SER_MSG_LAYER_READ:
+      handle_layer_read(f);
       return;
     default:
       send_error(SER_ERR_UNKNOWN_TYPE, f->type, f->seq, "unknown message type");

@@ -8,6 +8,7 @@
 #include "op_resolver.h"
 #include "ser_port.h"
 #include "tensorflow/lite/micro/cortex_m_generic/debug_log_callback.h"
+#include "tensorflow/lite/micro/memory_helpers.h"
 #include "tensorflow/lite/micro/micro_interpreter.h"
 #include "tensorflow/lite/micro/micro_profiler_interface.h"
 #include "tensorflow/lite/schema/schema_generated.h"
@@ -16,6 +17,15 @@
  * keep libstdc++'s, and with it newlib's malloc/free, out of the image. */
 void operator delete(void *) noexcept {}
 void operator delete(void *, size_t) noexcept {}
+
+/* SER_PRESERVE_TENSORS (model_config.h, `ser-emit --layers`): TFLM keeps every tensor of the graph
+ * after Invoke, in an arena measured for that, so the host can read each layer's output
+ * (PROTOCOL.md section 13). Otherwise tensors share memory and only the outputs survive Invoke. */
+#ifdef SER_PRESERVE_TENSORS
+constexpr bool kPreserveTensors = true;
+#else
+constexpr bool kPreserveTensors = false;
+#endif
 
 /* TFLM's tick source is the board's counter (micro_time.cc is not linked). */
 namespace tflite {
@@ -81,7 +91,7 @@ extern "C" int ser_model_init(void) {
     return -1;
   }
   g_interpreter = new (g_interpreter_storage)
-      tflite::MicroInterpreter(model, g_resolver, g_arena, sizeof(g_arena), nullptr, &g_profiler);
+      tflite::MicroInterpreter(model, g_resolver, g_arena, sizeof(g_arena), nullptr, &g_profiler, kPreserveTensors);
   if (g_interpreter->AllocateTensors() != kTfLiteOk) {
     if (g_error[0] == '\0') SetError("AllocateTensors failed: arena too small, or an op/type TFLM refuses");
     return -1;
@@ -117,6 +127,20 @@ extern "C" const uint8_t *ser_model_output_tensor(uint8_t index, size_t *bytes) 
   TfLiteTensor *t = g_interpreter->output(index);
   *bytes = t->bytes;
   return reinterpret_cast<const uint8_t *>(t->data.raw);
+}
+
+extern "C" uint16_t ser_model_graph_tensors(void) {
+  if (!kPreserveTensors || g_interpreter == nullptr) return 0;
+  return (uint16_t)tflite::GetModel(g_model_data)->subgraphs()->Get(0)->tensors()->size();
+}
+
+extern "C" const uint8_t *ser_model_graph_tensor(uint16_t index, size_t *bytes) {
+  if (index >= ser_model_graph_tensors()) return nullptr;
+  TfLiteEvalTensor *t = g_interpreter->GetTensor(index);
+  if (t == nullptr || t->data.raw == nullptr || tflite::TfLiteEvalTensorByteLength(t, bytes) != kTfLiteOk) {
+    *bytes = 0;  /* an optional tensor left out, or a type without a byte length */
+  }
+  return t != nullptr && t->data.raw != nullptr ? reinterpret_cast<const uint8_t *>(t->data.raw) : nullptr;
 }
 
 extern "C" int ser_model_invoke(uint32_t *ticks) {

@@ -27,6 +27,11 @@ uint8_t ser_model_inputs(void);
 uint8_t ser_model_outputs(void);
 uint8_t *ser_model_input_tensor(uint8_t index, size_t *bytes);
 const uint8_t *ser_model_output_tensor(uint8_t index, size_t *bytes);
+/* Every tensor of the graph after Invoke (PROTOCOL.md section 13), in a build that keeps them all
+ * (SER_PRESERVE_TENSORS): their count (0 in other builds), and tensor `index` of the model's tensor
+ * table with its size in bytes (NULL for an index out of range or a tensor without data). */
+uint16_t ser_model_graph_tensors(void);
+const uint8_t *ser_model_graph_tensor(uint16_t index, size_t *bytes);
 /* Runs the model; fills *ticks with the counter difference around Invoke. 0 on success. */
 int ser_model_invoke(uint32_t *ticks);
 /* Per-layer ticks of the last Invoke. */

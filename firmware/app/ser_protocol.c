@@ -409,6 +409,44 @@ int ser_invoked_decode(const uint8_t *payload, size_t len, ser_invoked *m) {
   return SER_ERR_NONE;
 }
 
+size_t ser_layer_read_encode(const ser_layer_read *m, uint8_t *out, size_t cap) {
+  if (cap < SER_LAYER_READ_SIZE) return 0;
+  put_u32(out, m->req_id);
+  put_u16(out + 4, m->tensor);
+  put_u32(out + 6, m->offset);
+  put_u16(out + 10, m->max_bytes);
+  return SER_LAYER_READ_SIZE;
+}
+
+int ser_layer_read_decode(const uint8_t *payload, size_t len, ser_layer_read *m) {
+  if (len != SER_LAYER_READ_SIZE) return SER_ERR_BAD_LENGTH;
+  m->req_id = get_u32(payload);
+  m->tensor = get_u16(payload + 4);
+  m->offset = get_u32(payload + 6);
+  m->max_bytes = get_u16(payload + 10);
+  return SER_ERR_NONE;
+}
+
+size_t ser_layer_data_encode(const ser_layer_data *m, uint8_t *out, size_t cap) {
+  size_t n = SER_LAYER_DATA_HEADER_SIZE + (size_t)m->data_len;
+  if (m->data_len > SER_LAYER_DATA_MAX_DATA || cap < n) return 0;
+  if (m->data_len) memmove(out + SER_LAYER_DATA_HEADER_SIZE, m->data, m->data_len);
+  put_u32(out, m->req_id);
+  put_u16(out + 4, m->tensor);
+  put_u32(out + 6, m->offset);
+  return n;
+}
+
+int ser_layer_data_decode(const uint8_t *payload, size_t len, ser_layer_data *m) {
+  if (len <= SER_LAYER_DATA_HEADER_SIZE || len > SER_MAX_PAYLOAD) return SER_ERR_BAD_LENGTH;
+  m->req_id = get_u32(payload);
+  m->tensor = get_u16(payload + 4);
+  m->offset = get_u32(payload + 6);
+  m->data = payload + SER_LAYER_DATA_HEADER_SIZE;
+  m->data_len = (uint16_t)(len - SER_LAYER_DATA_HEADER_SIZE);
+  return SER_ERR_NONE;
+}
+
 static size_t put_tensor_spec(uint8_t *v, const ser_tensor_spec *t) {
   uint8_t n = t->n_dims > SER_INFO_MAX_DIMS ? SER_INFO_MAX_DIMS : t->n_dims;
   v[0] = t->dtype;
@@ -485,6 +523,10 @@ size_t ser_info_encode(const ser_info *info, uint8_t *out, size_t cap) {
     put_u16(v + 2, info->max_tensor_chunk);
     SER_APPEND(SER_TAG_TENSOR_IO, v, 4);
   }
+  if (has & SER_INFO_HAS(SER_TAG_LAYERS)) {
+    put_u16(v, info->n_tensors);
+    SER_APPEND(SER_TAG_LAYERS, v, 2);
+  }
 #undef SER_APPEND
   return len;
 }
@@ -517,6 +559,7 @@ int ser_info_decode(const uint8_t *payload, size_t len, ser_info *info) {
       case SER_TAG_PCM_ENCODINGS: need = 1; break;
       case SER_TAG_RX_PATHS: need = 1; break;
       case SER_TAG_TENSOR_IO: need = 4; break;
+      case SER_TAG_LAYERS: need = 2; break;
       default: break;
     }
     if (n < need) return SER_ERR_BAD_LENGTH;
@@ -558,6 +601,7 @@ int ser_info_decode(const uint8_t *payload, size_t len, ser_info *info) {
         info->n_outputs = v[1];
         info->max_tensor_chunk = get_u16(v + 2);
         break;
+      case SER_TAG_LAYERS: info->n_tensors = get_u16(v); break;
       default: continue; /* unknown tag: skipped */
     }
     info->present |= (uint32_t)SER_INFO_HAS(tag);

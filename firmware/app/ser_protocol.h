@@ -37,6 +37,7 @@ enum {
   SER_MSG_TENSOR_CHUNK = 0x08,
   SER_MSG_INVOKE = 0x09,
   SER_MSG_TENSOR_READ = 0x0A,
+  SER_MSG_LAYER_READ = 0x0B, /* every tensor of the graph (section 13), only to a board whose INFO has LAYERS */
   SER_MSG_BOOT = 0x80,
   SER_MSG_INFO = 0x81,
   SER_MSG_NEXT = 0x82,
@@ -46,6 +47,7 @@ enum {
   SER_MSG_TENSOR_NEXT = 0x86,
   SER_MSG_INVOKED = 0x87,
   SER_MSG_TENSOR_DATA = 0x88,
+  SER_MSG_LAYER_DATA = 0x89,
   SER_MSG_ERROR = 0xEE
 };
 
@@ -238,6 +240,31 @@ typedef struct {
 size_t ser_invoked_encode(const ser_invoked *m, uint8_t *out, size_t cap);
 int ser_invoked_decode(const uint8_t *payload, size_t len, ser_invoked *m);
 
+/* ---- every tensor of the graph (PROTOCOL.md section 13) ----
+ * After INVOKED, LAYER_READ(req, tensor, offset, max_bytes) -> LAYER_DATA(req, tensor, offset, data):
+ * any tensor of the graph by its index in the model's tensor table (a board that keeps them all). */
+#define SER_LAYER_READ_SIZE 12
+typedef struct {
+  uint32_t req_id;
+  uint16_t tensor;
+  uint32_t offset;
+  uint16_t max_bytes;
+} ser_layer_read;
+size_t ser_layer_read_encode(const ser_layer_read *m, uint8_t *out, size_t cap);
+int ser_layer_read_decode(const uint8_t *payload, size_t len, ser_layer_read *m);
+
+#define SER_LAYER_DATA_HEADER_SIZE 10
+#define SER_LAYER_DATA_MAX_DATA (SER_MAX_PAYLOAD - SER_LAYER_DATA_HEADER_SIZE)
+typedef struct {
+  uint32_t req_id;
+  uint16_t tensor;
+  uint32_t offset;
+  const uint8_t *data;
+  uint16_t data_len;
+} ser_layer_data; /* decode checks data_len >= 1 */
+size_t ser_layer_data_encode(const ser_layer_data *m, uint8_t *out, size_t cap);
+int ser_layer_data_decode(const uint8_t *payload, size_t len, ser_layer_data *m);
+
 /* ---- INFO / BOOT: a TLV list (tag u8, len u8, value[len]) ----
  * Decoders skip unknown tags. A known tag's value may grow at its end in later versions: decoders
  * read the fields they know and ignore the rest; a value shorter than its fields is BAD_LENGTH. */
@@ -257,12 +284,13 @@ enum {
   SER_TAG_BUILD_ID = 0x0D,          /* text */
   SER_TAG_PCM_ENCODINGS = 0x0E,     /* bitmask u8: bit n = encoding n */
   SER_TAG_RX_PATHS = 0x0F,          /* u8: ways in for the host's stream, path 0 the UART (section 8) */
-  SER_TAG_TENSOR_IO = 0x10          /* n_inputs u8, n_outputs u8, max_chunk_bytes u16: raw tensors (section 12) */
+  SER_TAG_TENSOR_IO = 0x10,         /* n_inputs u8, n_outputs u8, max_chunk_bytes u16: raw tensors (section 12) */
+  SER_TAG_LAYERS = 0x11             /* n_tensors u16: every tensor is kept and readable (section 13) */
 };
 
 /* ser_info.present: one bit per tag above (1 << tag); the LABEL bit stands for all n_labels labels. */
 #define SER_INFO_HAS(tag) (1ul << (tag))
-#define SER_INFO_ALL 0xFFFEul /* the tags of version 1's first table; TENSOR_IO is added on its own */
+#define SER_INFO_ALL 0xFFFEul /* the tags of version 1's first table; TENSOR_IO and LAYERS are added on their own */
 
 /* Tensor dtypes: TfLiteType codes. */
 enum { SER_DTYPE_FLOAT32 = 1, SER_DTYPE_UINT8 = 3, SER_DTYPE_INT16 = 7, SER_DTYPE_INT8 = 9 };
@@ -300,6 +328,7 @@ typedef struct {
   uint8_t rx_paths;
   uint8_t n_inputs, n_outputs; /* TENSOR_IO */
   uint16_t max_tensor_chunk;
+  uint16_t n_tensors; /* LAYERS */
 } ser_info;
 
 size_t ser_info_encode(const ser_info *info, uint8_t *out, size_t cap);
