@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from convert import budget
-from convert.ops import TFLM_OPS
+from convert.emit import board_arena
+from convert.ops import TFLM_OPS, cmsis_nn_refusals
 from convert.tflite_file import (
     _OP_NAMES,
     _TYPE_NAMES,
@@ -32,7 +33,7 @@ from convert.tflite_file import (
 )
 
 # Tensor types the firmware's kernels take at the model's edges and inside it.
-EDGE_TYPES = {"int8", "uint8", "int16", "float32"}
+EDGE_TYPES = {"int8", "uint8", "int16", "int32", "float32"}
 QUANTIZE_HINT = (
     "quantize it to full int8 first: TFLiteConverter with optimizations=[tf.lite.Optimize.DEFAULT], a "
     "representative_dataset and target_spec.supported_ops=[tf.lite.OpsSet.TFLITE_BUILTINS_INT8] "
@@ -101,7 +102,12 @@ def _describe(spec: dict) -> str:
     return f"{'x'.join(map(str, spec['shape'])) or 'scalar'} {spec['dtype']}"
 
 
-def analyze(tflite: bytes, name: str = "model", board_name: str | None = None, measure_arena: bool = True) -> Analysis:
+KERNELS = ("cmsis-nn", "reference")  # the firmware's kernel sets: CMSIS-NN (with ours; the default) or TFLM's reference
+
+
+def analyze(
+    tflite: bytes, name: str = "model", board_name: str | None = None, measure_arena: bool = True, kernels: str = "cmsis-nn"
+) -> Analysis:
     model = _load(tflite)
     problems: list[str] = []
     if len(model.subgraphs) != 1:
@@ -149,6 +155,12 @@ def analyze(tflite: bytes, name: str = "model", board_name: str | None = None, m
             f"{len(TFLM_OPS)} built-in ops (convert/ops.py lists them) or register the kernel there and link it "
             "into the firmware's TFLM build"
         )
+    if kernels != "reference":
+        problems += [
+            f"{why}; build the firmware with TFLM's reference kernels (ser-validate --kernels reference, or CMake "
+            "-DSER_CMSIS_NN=OFF)"
+            for why in cmsis_nn_refusals(tflite)
+        ]
     io_in = [_spec(graph, int(i)) for i in graph.inputs]
     io_out = [_spec(graph, int(i)) for i in graph.outputs]
     activation_types = {_TYPE_NAMES.get(graph.tensors[int(o)].type) for op in graph.operators or [] for o in op.outputs}
@@ -181,7 +193,7 @@ def analyze(tflite: bytes, name: str = "model", board_name: str | None = None, m
     result.problems = problems
     if board_name and arena is not None:
         b = budget.board(board_name)
-        lines = budget.pre_build(b, len(tflite), arena)
+        lines = budget.pre_build(b, len(tflite), board_arena(tflite, arena))  # the arena the firmware gets
         result.board = board_name
         result.budget = [
             {"memory": ln.memory, "used": ln.used, "capacity": ln.capacity, "fits": ln.fits, "parts": ln.parts} for ln in lines
@@ -250,10 +262,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--board", choices=sorted(budget.boards()), help="hold flash and RAM against this board")
     p.add_argument("--json", action="store_true", help="JSON instead of Markdown")
     p.add_argument("--no-arena", action="store_true", help="skip the arena measurement (no TFLM run)")
+    p.add_argument(
+        "--kernels", choices=KERNELS, default="cmsis-nn", help="the firmware's kernel set (default cmsis-nn, with ours)"
+    )
     args = p.parse_args(argv)
     try:
         file, tflite = load_model(args.model)
-        result = analyze(tflite, file.name, args.board, measure_arena=not args.no_arena)
+        result = analyze(tflite, file.name, args.board, measure_arena=not args.no_arena, kernels=args.kernels)
     except ModelFileError as exc:
         print(f"ser-analyze: {args.model}: {exc}", file=sys.stderr)
         return 2

@@ -155,11 +155,11 @@ def budget_main(argv: list[str] | None = None) -> int:
     sections = []
     try:
         if args.model is not None:
-            from convert.emit import arena_with_margin
+            from convert.emit import board_arena
             from convert.interpreters import tflm_arena_bytes
 
             tflite = _model_path(args.model).read_bytes()
-            arena = arena_with_margin(tflm_arena_bytes(tflite))
+            arena = board_arena(tflite, tflm_arena_bytes(tflite))
             sections.append(
                 (
                     "before build: model + arena + firmware allowance",

@@ -19,8 +19,17 @@ import jinja2
 import numpy as np
 
 from convert.interpreters import tflm_arena_bytes
-from convert.ops import registrations
-from convert.tflite_file import io_specs, model_frontend, model_labels, operator_names, sha256
+from convert.ops import cmsis_nn_arena_extra, registrations
+from convert.tflite_file import (
+    TFLITE_TYPE_CODES,
+    TensorSpec,
+    graph_io,
+    model_frontend,
+    model_labels,
+    operator_names,
+    resource_variables,
+    sha256,
+)
 from train.frontend import fft_twiddles, hann_window, mel_filterbank, sparse_mel
 from train.frontend_c import KINDS, workspace_floats
 
@@ -28,6 +37,21 @@ TEMPLATES = Path(__file__).with_name("templates")
 OUTPUTS = ("model_data.h", "model_data.cc", "op_resolver.h", "model_config.h", "frontend_tables.c")
 ARENA_MARGIN_FRACTION = 0.10  # CMSIS-NN scratch buffers and 32-bit layout differ from the host
 ARENA_MARGIN_MIN = 4096
+# The most scores of a clip's RESULT: one label each in INFO (ser_protocol.h SER_INFO_MAX_LABELS), and the
+# RESULT fits the board's kept reply (ser_app.c KEPT_PAYLOAD_MAX). A model with more outputs runs on raw tensors.
+CLIP_MAX_SCORES = 32
+
+
+def has_clip_path(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> bool:
+    """Whether the board can feed the model clips (PROTOCOL.md 4) and answer with a RESULT: one int8 input
+    and one int8 output of at most CLIP_MAX_SCORES values. Every model takes raw tensors (PROTOCOL.md 12)."""
+    return (
+        len(inputs) == 1
+        and len(outputs) == 1
+        and inputs[0].dtype == "int8"
+        and outputs[0].dtype == "int8"
+        and outputs[0].elements <= CLIP_MAX_SCORES
+    )
 
 
 def cfloat(value: float) -> str:
@@ -42,9 +66,11 @@ def _lines(values: list[str], per_line: int) -> list[str]:
     return [", ".join(values[i : i + per_line]) + "," for i in range(0, len(values), per_line)]
 
 
-def arena_with_margin(measured: int) -> int:
+def board_arena(tflite: bytes, measured: int) -> int:
+    """The board's arena for a model whose arena host TFLM measured: a margin (32-bit layout, CMSIS-NN scratch
+    buffers) and what CMSIS-NN's kernels keep that the host's do not."""
     margin = max(ARENA_MARGIN_MIN, int(measured * ARENA_MARGIN_FRACTION))
-    return (measured + margin + 15) // 16 * 16
+    return (measured + margin + cmsis_nn_arena_extra(tflite) + 15) // 16 * 16
 
 
 def render(
@@ -53,12 +79,26 @@ def render(
     """File name -> text of every emitted file. ``layers``: the firmware keeps every tensor after Invoke
     (SER_PRESERVE_TENSORS, for per-layer capture) in an arena measured that way."""
     ops = registrations(tflite)
-    in_spec, out_spec = io_specs(tflite)
+    inputs, outputs = graph_io(tflite)
+    if not inputs or not outputs:
+        raise ValueError(f"model has {len(inputs)} inputs and {len(outputs)} outputs: the board needs at least one of each")
+    in_spec, out_spec = inputs[0], outputs[0]  # INFO's INPUT and OUTPUT; the clip path's tensors
     digest = sha256(tflite)
     frontend = model_frontend(tflite)
-    labels = model_labels(tflite, int(out_spec.shape[-1]), labels)
+    clip_path = has_clip_path(inputs, outputs)
+    if frontend is not None and not clip_path:
+        raise ValueError("a model with our front end must have one int8 input and one int8 output")
     if frontend is not None and tuple(in_spec.shape[1:]) != frontend.input_shape:
         raise ValueError(f"model input {in_spec.shape} does not match its front end's {frontend.input_shape}")
+    if clip_path:
+        labels = model_labels(tflite, out_spec.elements, labels)
+    elif labels is not None:
+        raise ValueError(
+            "labels name the scores of a clip's RESULT, and this model has no clip path (one int8 input, one int8 output "
+            f"of at most {CLIP_MAX_SCORES} values): it runs on raw tensors only (ser-validate --labels names its classes)"
+        )
+    else:
+        labels = []
     measured = arena_measured if arena_measured is not None else tflm_arena_bytes(tflite, preserve_all=layers)
 
     env = jinja2.Environment(
@@ -73,13 +113,21 @@ def render(
         "ops": ops,
         "input": in_spec,
         "output": out_spec,
-        "input_elements": int(np.prod(in_spec.shape)),
-        "output_elements": int(np.prod(out_spec.shape)),
+        "input_elements": in_spec.elements,
+        "output_elements": out_spec.elements,
+        "input_type_code": TFLITE_TYPE_CODES.get(in_spec.dtype, 0),
+        "output_type_code": TFLITE_TYPE_CODES.get(out_spec.dtype, 0),
+        "input_bytes": in_spec.nbytes,
+        "output_bytes": out_spec.nbytes,
+        "n_inputs": len(inputs),
+        "n_outputs": len(outputs),
+        "clip_path": clip_path,
         "labels": labels,
         "operators": len(operator_names(tflite)),
+        "resource_variables": resource_variables(tflite),
         "arena_measured": measured,
-        "arena_margin": arena_with_margin(measured) - measured,
-        "arena_bytes": arena_with_margin(measured),
+        "arena_margin": board_arena(tflite, measured) - measured,
+        "arena_bytes": board_arena(tflite, measured),
         "preserve_tensors": layers,
         "frontend": frontend,
         "frontend_note": "from the model's metadata" if frontend else "none: the model input is sent as is",

@@ -7,11 +7,13 @@ to every interpreter, so differences come from kernels only.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -58,6 +60,9 @@ def quiet_fds(replay_on_error: bool = False) -> Iterator[None]:
                 sys.stderr.write(sink.read().decode(errors="replace"))
 
 
+HOST_ARENA = 16 * 1024 * 1024  # bytes: more than any board holds
+
+
 class TflmRunner:
     """TFLM's own interpreter (the ``tflite-micro`` package): what the firmware must reproduce.
 
@@ -70,6 +75,8 @@ class TflmRunner:
     def __init__(self, tflite: bytes, arena_size: int | None = None, preserve_all: bool = False) -> None:
         from tflite_micro.python.tflite_micro import runtime
 
+        if arena_size is None:  # TFLM's own default (10 x the model) is too small for small models of big tensors
+            arena_size = max(10 * len(tflite), HOST_ARENA)
         self.inputs, self.outputs = graph_io(tflite)
         config = runtime.InterpreterConfig.kPreserveAllTensors if preserve_all else runtime.InterpreterConfig.kAllocationRecording
         with quiet_fds():  # its "Number of resource variables" line
@@ -117,6 +124,58 @@ class LiteRtRunner:
 
     def __call__(self, q_input: np.ndarray) -> np.ndarray:
         return self.run([q_input])[0].reshape(-1)
+
+
+# LiteRT as a second opinion runs in a child process: its reference kernels can corrupt the heap on a model
+# TFLM runs (SVDF in keyword_scrambled_8bit), which would take the whole validation down with them.
+_LITERT_CHILD = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from convert.interpreters import LiteRtRunner
+folder = Path(sys.argv[1])
+runner = LiteRtRunner((folder / "model.tflite").read_bytes(), reference_kernels=True)
+with np.load(folder / "inputs.npz") as z:
+    n, k = json.loads((folder / "shape.json").read_text())
+    outputs, errors = {}, {}
+    for i in range(n):
+        try:
+            for j, out in enumerate(runner.run([z[f"{i}_{m}"] for m in range(k)])):
+                outputs[f"{i}_{j}"] = out
+        except (RuntimeError, ValueError) as exc:
+            errors[i] = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+np.savez(folder / "outputs.npz", **outputs)
+(folder / "errors.json").write_text(json.dumps(errors))
+"""
+
+
+LITERT_SECONDS = 120  # the child's allowance besides 10 s per input
+
+
+def litert_reference_outputs(tflite: bytes, inputs: list[list[np.ndarray]]) -> tuple[list[list[np.ndarray] | None], str]:
+    """LiteRT's reference kernels over each input (a list of input tensors), in a child process: the outputs of
+    each input (None where LiteRT refused it), and why when it refused or crashed ("" otherwise)."""
+    repo = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "model.tflite").write_bytes(tflite)
+        np.savez(folder / "inputs.npz", **{f"{i}_{m}": t for i, tensors in enumerate(inputs) for m, t in enumerate(tensors)})
+        (folder / "shape.json").write_text(json.dumps([len(inputs), len(inputs[0]) if inputs else 0]))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+        try:  # a corrupted heap may hang rather than crash the child
+            child = subprocess.run([sys.executable, "-c", _LITERT_CHILD, tmp], capture_output=True, env=env, check=False,
+                                   timeout=LITERT_SECONDS + 10 * len(inputs))  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return [None] * len(inputs), "LiteRT's reference kernels hung on this model"
+        if child.returncode != 0:
+            how = f"signal {-child.returncode}" if child.returncode < 0 else f"exit {child.returncode}"
+            last = child.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+            return [None] * len(inputs), f"LiteRT's reference kernels crashed on this model ({how}) {last[0][:200]}".strip()
+        errors = {int(i): why for i, why in json.loads((folder / "errors.json").read_text()).items()}
+        n_out = len(graph_io(tflite)[1])
+        with np.load(folder / "outputs.npz") as z:
+            results = [None if i in errors else [z[f"{i}_{j}"] for j in range(n_out)] for i in range(len(inputs))]
+    return results, "; ".join(sorted(set(errors.values())))
 
 
 # The arena search runs in a child process: TFLM's host interpreter can crash (not raise) when an

@@ -8,7 +8,7 @@ no float or int16 paths); otherwise (16x8 quantization, float, int32 edges) TFLM
 
 from __future__ import annotations
 
-from convert.tflite_file import ModelFileError, layer_macs, op_tensor_types, op_versions, operator_names
+from convert.tflite_file import ModelFileError, layer_macs, op_tensor_types, op_versions, operator_inputs, operator_names
 
 # Built-in op -> MicroMutableOpResolver method, for every built-in of the pinned TFLM
 # (tensorflow/lite/micro/micro_mutable_op_resolver.h; tests/test_op_resolver.py checks it there).
@@ -172,6 +172,9 @@ def registrations(tflite: bytes) -> list[dict]:
     int8 = dict(INT8_REGISTRATIONS)
     if not _own_fc_pays(tflite):
         int8["FULLY_CONNECTED"] = CMSIS_NN_FC
+    versions: dict[str, int] = {}  # a model may list one op under several operator codes: registered once
+    for name, version in check_ops(tflite):
+        versions[name] = max(version, versions.get(name, 0))
     return [
         {
             "name": name,
@@ -179,5 +182,39 @@ def registrations(tflite: bytes) -> list[dict]:
             "method": TFLM_OPS[name],
             "registration": int8.get(name, "") if types.get(name) == {"int8"} else "",
         }
-        for name, version in check_ops(tflite)
+        for name, version in versions.items()
     ]
+
+
+def _align16(n: int) -> int:
+    return (n + 15) // 16 * 16
+
+
+def cmsis_nn_arena_extra(tflite: bytes) -> int:
+    """Arena bytes CMSIS-NN's kernels take on the board beyond what host TFLM (reference kernels) measures.
+
+    CMSIS-NN's UNIDIRECTIONAL_SEQUENCE_LSTM keeps eight precomputed bias sums per cell (int32 for int8
+    activations, int64 for int16) as persistent buffers (kernels/cmsis_nn/unidirectional_sequence_lstm.cc);
+    the reference kernel does not, and an arena without them makes the kernel write through a null pointer."""
+    extra = 0
+    for inputs in operator_inputs(tflite, "UNIDIRECTIONAL_SEQUENCE_LSTM"):
+        forget_weights = inputs[2]  # input_to_forget_weights: (n_cell, n_input)
+        if forget_weights is None or not forget_weights.shape:
+            continue
+        bias_bytes = 8 if inputs[0] is not None and inputs[0].dtype == "int16" else 4
+        extra += 8 * _align16(forget_weights.shape[0] * bias_bytes)
+    return extra
+
+
+def cmsis_nn_refusals(tflite: bytes) -> list[str]:
+    """Operators that TFLM's CMSIS-NN kernels refuse although TFLM's reference kernels run them, each with why.
+
+    The firmware's default build links CMSIS-NN's kernel in place of the reference one for these ops, so
+    such a model needs the reference-kernel build (SER_CMSIS_NN=OFF)."""
+    refusals = []
+    for i, inputs in enumerate(operator_inputs(tflite, "FULLY_CONNECTED")):
+        data, weights = inputs[0], inputs[1]
+        if data is not None and weights is not None and data.dtype == "int16" and weights.scales > 1:
+            refusals.append(f"FULLY_CONNECTED #{i} (int16 input, per-channel int8 weights): CMSIS-NN's kernel takes "
+                            "per-channel weights with int8 inputs only")  # fmt: skip
+    return refusals

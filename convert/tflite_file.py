@@ -32,6 +32,8 @@ class ModelFileError(Exception):
     """The file is not a model this pipeline can put on a board; the message says why."""
 
 
+# TfLiteType codes (what TFLM's tensors and the protocol's tensor specs carry; the schema numbers float32 0).
+TFLITE_TYPE_CODES = {"float32": 1, "int32": 2, "uint8": 3, "int64": 4, "int16": 7, "int8": 9}
 # Tensor types with a NumPy counterpart: the bytes a tensor holds are its elements little-endian, row-major.
 NUMPY_TYPES = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "int32": np.int32, "float32": np.float32}
 
@@ -47,6 +49,7 @@ class TensorSpec:
     scale: float
     zero_point: int
     index: int = 0
+    scales: int = 1  # quantization scales: more than one for per-channel weights
 
     @property
     def numpy_dtype(self) -> np.dtype:
@@ -124,10 +127,11 @@ def _tensor_spec(model: schema.ModelT, index: int, position: int | None = None) 
     q = tensor.quantization
     scale = float(q.scale[0]) if q is not None and q.scale is not None and len(q.scale) else 0.0
     zero = int(q.zeroPoint[0]) if q is not None and q.zeroPoint is not None and len(q.zeroPoint) else 0
-    name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+    name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name or f"tensor_{index}")
     shape = tuple(int(d) for d in (tensor.shape if tensor.shape is not None else ()))
     dtype = _TYPE_NAMES.get(tensor.type, str(tensor.type))
-    return TensorSpec(name, shape, dtype, scale, zero, index if position is None else position)
+    scales = len(q.scale) if q is not None and q.scale is not None else 0
+    return TensorSpec(name, shape, dtype, scale, zero, index if position is None else position, max(1, scales))
 
 
 def io_specs(tflite: bytes) -> tuple[TensorSpec, TensorSpec]:
@@ -156,6 +160,31 @@ def graph_io(tflite: bytes) -> tuple[list[TensorSpec], list[TensorSpec]]:
 def tensor_count(tflite: bytes) -> int:
     """Tensors in the graph's tensor table (what a per-layer capture board reports in INFO LAYERS)."""
     return len(_load(tflite).subgraphs[0].tensors or [])
+
+
+def operator_inputs(tflite: bytes, op_name: str) -> list[list[TensorSpec | None]]:
+    """The input tensors of every operator named ``op_name``, in execution order (None: an optional input left out)."""
+    model = _load(tflite)
+    names = operator_names(tflite)
+    ops = model.subgraphs[0].operators or []
+    return [
+        [_tensor_spec(model, int(t)) if t >= 0 else None for t in (op.inputs if op.inputs is not None else ())]
+        for op, name in zip(ops, names, strict=True)
+        if name == op_name
+    ]
+
+
+def resource_variables(tflite: bytes) -> int:
+    """Distinct resource variables (VAR_HANDLE shared names) the model keeps across Invokes: TFLM needs a
+    MicroResourceVariables of that many slots (as the ``tflite-micro`` host runtime counts them)."""
+    model = _load(tflite)
+    names = set()
+    for subgraph in model.subgraphs or []:
+        for op in subgraph.operators or []:
+            code = model.operatorCodes[op.opcodeIndex]
+            if max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.VAR_HANDLE:
+                names.add(getattr(op.builtinOptions, "sharedName", None))
+    return len(names)
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,11 @@ def plot_latency(profile: list[dict], path: Path, title: str, differing: set[int
     ax.set_xticks(range(len(profile)), names, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("ticks (last Invoke)")
     ax.set_title(title)
+    if differing is not None:
+        from matplotlib.patches import Patch
+
+        legend = [Patch(color="#2e86c1", label="bit-exact with host TFLM"), Patch(color="#c0392b", label="differs")]
+        ax.legend(handles=legend, loc="upper left", fontsize=8)
     per_mac = [(i, p["ticks"] / p["macs"]) for i, p in enumerate(profile) if p.get("macs")]
     if per_mac:
         twin = ax.twinx()

@@ -25,10 +25,11 @@ from importlib import metadata
 
 import numpy as np
 
-from convert.emit import arena_with_margin
+from convert.emit import board_arena, has_clip_path
 from convert.interpreters import TflmRunner, quiet_fds, tflm_arena_bytes
 from convert.ops import check_ops
-from convert.tflite_file import graph_io, io_specs, model_frontend, model_labels, operator_names, tensor_count
+from convert.tflite_file import TFLITE_TYPE_CODES, graph_io, model_frontend, model_labels, operator_names, tensor_count
+from convert.tflite_file import TensorSpec as ModelTensor
 from host import pcm_codec
 from host.protocol import (
     CHUNK_MAX_RAW_SAMPLES,
@@ -70,7 +71,6 @@ INTER_BYTE_TIMEOUT = 0.2  # seconds, as ser_app.c
 MAX_CHUNK_SAMPLES = CHUNK_MAX_RAW_SAMPLES  # as ser_app.c
 CORE_CLOCK_HZ = 1_000_000_000  # the counter is host nanoseconds
 CYCLE_COUNTER = "simulated board: host nanoseconds (perf_counter_ns) of the front end and of TFLM Invoke, not cycles"
-DTYPE_INT8 = 9
 # ser_port.h SER_RESET_* with ser_reset_reason_name's texts
 RESET_POWER_ON, RESET_PIN, RESET_SOFTWARE = (1, "power-on"), (2, "reset pin"), (3, "software reset")
 
@@ -120,19 +120,20 @@ class SimulatedBoard:
         self.board_name = board_name
         self.layers = layers
         self._n_tensors = tensor_count(tflite)
-        in_spec, out_spec = io_specs(tflite)
-        if in_spec.dtype != "int8" or out_spec.dtype != "int8":
-            raise ValueError(f"the board runs int8 models; this one has {in_spec.dtype} in, {out_spec.dtype} out")
+        self.edge_in, self.edge_out = graph_io(tflite)
+        if not self.edge_in or not self.edge_out:
+            raise ValueError(f"model has {len(self.edge_in)} inputs and {len(self.edge_out)} outputs: at least one of each")
+        in_spec, out_spec = self.edge_in[0], self.edge_out[0]  # INFO's INPUT and OUTPUT, the clip path's tensors
+        self.clip_path = has_clip_path(self.edge_in, self.edge_out)  # as ser-emit decides it for the firmware
         self.frontend = model_frontend(tflite)
         if self.frontend is not None and tuple(in_spec.shape[1:]) != self.frontend.input_shape:
             raise ValueError(f"model input {in_spec.shape} does not match its front end's {self.frontend.input_shape}")
         self.in_spec, self.out_spec = in_spec, out_spec
         self.input_elements = int(np.prod(in_spec.shape))
         self.output_elements = int(np.prod(out_spec.shape))
-        self.labels = tuple(model_labels(tflite, self.output_elements))  # as ser-emit gives the firmware
+        self.labels = tuple(model_labels(tflite, self.output_elements)) if self.clip_path else ()  # as ser-emit gives
         self.clip_samples = self.frontend.clip_samples if self.frontend else self.input_elements
         self.profile_tags = operator_names(tflite)
-        self.edge_in, self.edge_out = graph_io(tflite)
         self._inputs = [bytearray(t.nbytes) for t in self.edge_in]  # the raw path's input tensors
         self._treq = _TensorRequest(0)
         self.invocations = 0  # Invokes run since start(): a test can see that a retry was not run twice
@@ -158,7 +159,7 @@ class SimulatedBoard:
         """Load the model as the board's ser_model_init would, open the pty, send BOOT, serve."""
         try:
             measured = tflm_arena_bytes(self.tflite, preserve_all=self.layers)
-            self._arena = (arena_with_margin(measured), measured)
+            self._arena = (board_arena(self.tflite, measured), measured)
             with quiet_fds():
                 self._tflm = TflmRunner(self.tflite, arena_size=self._arena[0], preserve_all=self.layers)
         except (RuntimeError, ValueError) as exc:  # the board boots anyway and answers MODEL_FAILED
@@ -274,6 +275,9 @@ class SimulatedBoard:
             return
         if self._tflm is None:
             self._error(ErrorCode.MODEL_FAILED, f.type, f.seq, self._model_error)
+            return
+        if not self.clip_path:
+            self._error(ErrorCode.BAD_CLIP, f.type, f.seq, "this model takes raw tensors only (PROTOCOL.md 12): use ser-validate")
             return
         if m.n_samples != self.clip_samples:
             self._error(ErrorCode.BAD_CLIP, f.type, f.seq, "clip must have exactly the front end's clip_samples (see INFO)")
@@ -485,10 +489,10 @@ class SimulatedBoard:
             core_clock_hz=CORE_CLOCK_HZ,
             cycle_counter=CYCLE_COUNTER,
             model_sha256=digest,
-            input=TensorSpec(DTYPE_INT8, tuple(self.in_spec.shape), self.in_spec.scale, self.in_spec.zero_point),
-            output=TensorSpec(DTYPE_INT8, (1, self.output_elements), self.out_spec.scale, self.out_spec.zero_point),
+            input=self._info_spec(self.in_spec),
+            output=self._info_spec(self.out_spec),
             frontend_kind=KINDS[fe.kind] if fe else 0,
-            clip_samples=self.clip_samples,
+            clip_samples=self.clip_samples if self.clip_path else 0,
             sample_rate=fe.sample_rate if fe else 0,
             labels=self.labels,
             arena_size=self._arena[0],
@@ -499,6 +503,10 @@ class SimulatedBoard:
             tensor_io=(len(self.edge_in), len(self.edge_out), TENSOR_CHUNK_MAX_DATA) if self._tflm else (0, 0, 0),
             layers=self._n_tensors if self.layers and self._tflm else None,
         )
+
+    @staticmethod
+    def _info_spec(spec: ModelTensor) -> TensorSpec:
+        return TensorSpec(TFLITE_TYPE_CODES.get(spec.dtype, 0), tuple(spec.shape), spec.scale, spec.zero_point)
 
     def _error(self, code: int, msg_type: int, seq: int, message: str, remember: bool = False) -> None:
         self._send(MsgType.ERROR, seq, Error(code, msg_type, seq, message).encode(), remember)

@@ -36,7 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from convert.interpreters import LiteRtRunner, TflmRunner
+from convert.interpreters import TflmRunner, litert_reference_outputs
 from convert.tflite_file import LayerOutput, ModelFileError, TensorSpec, graph_io, layer_outputs, sha256
 from host.board import DEFAULT_BAUD, BoardError, BoardLink, BoardReset
 from host.layers import compare_layers, layers_markdown, plot_latency, summarize_layers
@@ -79,6 +79,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also compare every operator's output with host TFLM and name the first layer that differs (builds a "
         "firmware that keeps every tensor: ser-emit --layers; a flashed board must carry such a firmware)",
     )
+    p.add_argument(
+        "--kernels",
+        choices=("ours", "cmsis-nn", "reference"),
+        default="ours",
+        help="the emulated board's kernels: ours where they pay, else CMSIS-NN's (default); CMSIS-NN's alone; or TFLM's "
+        "reference kernels (for a model CMSIS-NN refuses, and to compare)",
+    )
     p.add_argument("--labels", type=Path, help="class names, one a line, for the report (accuracy needs labels in the npz)")
     p.add_argument("--out", type=Path, help="report folder (default: validate-<model name>); the same folder resumes")
     p.add_argument("--baud", type=int, default=DEFAULT_BAUD, help=f"line rate for real serial ports (default {DEFAULT_BAUD})")
@@ -96,14 +103,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # ---- the model and its inputs ----
 
 
-def load_model(path: Path, board: str | None) -> tuple[Path, bytes]:
+def load_model(path: Path, board: str | None, kernels: str = "cmsis-nn") -> tuple[Path, bytes]:
     """The model, refused before any build when ser-analyze finds the firmware cannot run it."""
     from convert.analyze import analyze
     from convert.analyze import load_model as find_model
 
     try:
         file, tflite = find_model(path)
-        result = analyze(tflite, file.name, board)
+        result = analyze(tflite, file.name, board, kernels=kernels)
     except ModelFileError as exc:
         raise ValidateError(f"{path}: {exc}") from None
     if result.problems:
@@ -218,7 +225,15 @@ def open_board(args: argparse.Namespace, tflite: bytes) -> Iterator[tuple[BoardL
                     f"--board {args.board}: boards are qemu, sim, {', '.join(qemu.MACHINES)}; flash a real board and use --port"
                 )
             try:
-                elf = firmware.build(name, tflite, args.deps_dir, quiet=args.quiet, layers=args.layers)
+                elf = firmware.build(
+                    name,
+                    tflite,
+                    args.deps_dir,
+                    quiet=args.quiet,
+                    cmsis_nn=args.kernels != "reference",
+                    own_kernels=args.kernels == "ours",
+                    layers=args.layers,
+                )
             except firmware.FirmwareUnavailable as exc:
                 raise ValidateError(f"cannot build the emulated board: {exc}") from None
             firmware_info = {"board": name, "elf_sha256": sha256(elf.read_bytes())}
@@ -384,6 +399,9 @@ def summarize(records: list[dict], outputs: list[TensorSpec], labels: np.ndarray
         }
     if names:
         summary["labels"] = names
+    refused = sorted({r["litert_refused"] for r in records if r.get("litert_refused")})
+    if refused:
+        summary["litert_refused"] = "; ".join(refused)
     return summary
 
 
@@ -435,6 +453,8 @@ def to_markdown(meta: dict, summary: dict) -> str:
     ]
     if agrees:
         lines += ["", f"Host TFLM against LiteRT's reference kernels, identical outputs: {', '.join(agrees)}."]
+    if summary.get("litert_refused"):
+        lines += ["", f"LiteRT's reference kernels gave no second opinion: {summary['litert_refused']}."]
     verdict = "every output bit-exact with host TFLM" if summary["all_bit_exact"] else "outputs DIFFER from host TFLM"
     lines += ["", f"Verdict: {verdict}.", ""]
     return "\n".join(lines)
@@ -449,7 +469,7 @@ def validate(args: argparse.Namespace) -> tuple[Path, dict]:
     from tqdm.auto import tqdm
 
     emulated = None if args.port or args.board == "sim" else (EMULATED_DEFAULT if args.board == "qemu" else args.board)
-    file, tflite = load_model(args.model, emulated)
+    file, tflite = load_model(args.model, emulated, "reference" if args.kernels == "reference" else "cmsis-nn")
     inputs_spec, outputs_spec = graph_io(tflite)
     layers = layer_outputs(tflite) if args.layers else []
     arrays, labels = load_inputs(args.inputs, inputs_spec, args.count, args.seed)
@@ -479,7 +499,9 @@ def validate(args: argparse.Namespace) -> tuple[Path, dict]:
     todo = [i for i in range(n) if i not in done]
     if todo:
         host = TflmRunner(tflite, HOST_LAYERS_ARENA if args.layers else None, preserve_all=args.layers)
-        litert = _litert(tflite)
+        # LiteRT's reference kernels, a second opinion on host TFLM, in a child process (it may crash)
+        second, refused = litert_reference_outputs(tflite, [[a[i] for a in arrays] for i in todo])
+        second_opinion = dict(zip(todo, second, strict=True))
         with open_board(args, tflite) as (link, board_meta):
             record_board(out, board_meta)
             bar = tqdm(total=n, initial=n - len(todo), unit="input", disable=True if args.quiet else None, desc="validate")
@@ -487,10 +509,12 @@ def validate(args: argparse.Namespace) -> tuple[Path, dict]:
                 for i in todo:
                     tensors = [a[i] for a in arrays]
                     done[i] = run_one(link, host, inputs_spec, outputs_spec, tensors, i, digests[i], len(done), layers)
-                    if litert is not None:  # host TFLM against LiteRT's reference kernels, per output
-                        ref = litert.run(tensors)
+                    ref = second_opinion[i]
+                    if ref is not None:  # host TFLM against LiteRT's reference kernels, per output
                         done[i]["litert_reference"] = [bool(np.array_equal(np.reshape(r, -1), h)) for r, h in
                                                        zip(ref, done[i]["host"], strict=True)]  # fmt: skip
+                    elif refused:
+                        done[i]["litert_refused"] = refused
                     append_result(out / RESULTS, done[i])
                     bar.update(1)
             finally:
@@ -507,17 +531,10 @@ def validate(args: argparse.Namespace) -> tuple[Path, dict]:
     (out / REPORT_JSON).write_text(json.dumps(report, indent=1) + "\n")
     (out / REPORT_MD).write_text(to_markdown(meta, summary))
     if any(p["ticks"] for p in profile):
-        differing = {r["op_index"] for r in summary.get("per_layer", {}).get("layers", []) if r["bit_exact"] < r["inputs"]}
+        rows = summary["per_layer"]["layers"] if args.layers else None
+        differing = None if rows is None else {r["op_index"] for r in rows if r["bit_exact"] < r["inputs"]}
         plot_latency(profile, out / LATENCY_PNG, f"{file.name} on {meta['board'].get('board')}: ticks per layer", differing)
     return out, report
-
-
-def _litert(tflite: bytes) -> LiteRtRunner | None:
-    """LiteRT with its reference kernels, or None where it is not installed or refuses the model."""
-    try:
-        return LiteRtRunner(tflite, reference_kernels=True)
-    except (ImportError, RuntimeError, ValueError):
-        return None
 
 
 def sample_digest(tensors: list[np.ndarray]) -> str:
@@ -570,7 +587,10 @@ def run_one(link, host, inputs_spec, outputs_spec, tensors, i: int, digest: str,
     except BoardError as exc:
         raise ValidateError(f"input {i}: {exc} (the {kept} results so far are kept: run the same command to resume)") from None
     board_out = [spec.from_bytes(b) for spec, b in zip(outputs_spec, outs, strict=True)]
-    host_out = host.run(tensors)
+    try:
+        host_out = host.run(tensors)
+    except (RuntimeError, ValueError) as exc:
+        raise ValidateError(f"input {i}: host TFLM cannot run it ({exc}); give inputs the model accepts (--inputs)") from None
     per_layer = {}
     if layers:
         try:

@@ -5,6 +5,7 @@ cross-compiled firmware under QEMU, a real pseudo-terminal for the simulated boa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from pathlib import Path
@@ -289,3 +290,135 @@ def test_layer_read_rules_on_the_simulated_board(tmp_path: Path, capsys: pytest.
     with SimulatedBoard(tflite) as plain:
         code, _, err = _validate(capsys, str(model(SPEECH)), "--port", plain.url, "--layers", "--out", str(tmp_path / "p"))
     assert code == 2 and "does not keep every tensor" in err and "ser-emit MODEL --layers" in err
+
+
+# ---- models of every edge type, several inputs and outputs ----
+
+
+@functools.cache
+def edge_zoo(mode: str) -> bytes:
+    """Two inputs (an image and a feature vector), two outputs (softmax scores, tanh values), through depthwise
+    and plain convolution, max and average pooling, a mean and a concatenation. ``mode``: "float32" edges around
+    int8 (QUANTIZE/DEQUANTIZE in the graph), "uint8" edges, or "16x8" (int16 activations and edges, int8
+    weights; "16x8-per-channel": its FULLY_CONNECTED weights per channel, which CMSIS-NN refuses)."""
+    import contextlib
+    import io
+    import tempfile
+
+    import keras
+    import tensorflow as tf
+
+    from convert.interpreters import quiet_fds
+    from convert.tflite_file import align
+
+    keras.utils.set_random_seed(7)
+    layers = keras.layers
+    image, features = keras.Input((12, 12, 3), name="image"), keras.Input((8,), name="features")
+    h = layers.DepthwiseConv2D(3, padding="same", activation="relu")(image)
+    h = layers.Conv2D(8, 3, activation="relu")(h)
+    h = layers.AveragePooling2D(2, padding="same")(layers.MaxPooling2D(2)(h))
+    both = layers.Concatenate()([layers.GlobalAveragePooling2D()(h), layers.Dense(6, activation="relu")(features)])
+    outputs = [layers.Dense(5, activation="softmax")(both), layers.Dense(3, activation="tanh")(both)]
+    model = keras.Model([image, features], outputs)
+    rng = np.random.default_rng(0)
+    uniform = lambda *shape: rng.uniform(-1, 1, shape).astype(np.float32)  # noqa: E731
+    rep = [{"image": uniform(1, 12, 12, 3), "features": uniform(1, 8)} for _ in range(16)]
+    with tempfile.TemporaryDirectory() as saved, contextlib.redirect_stdout(io.StringIO()):
+        specs = [tf.TensorSpec((1, 12, 12, 3), tf.float32, name="image"), tf.TensorSpec((1, 8), tf.float32, name="features")]
+        model.export(saved, format="tf_saved_model", input_signature=[specs], verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: iter(rep)
+        if mode.startswith("16x8"):
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+            converter.inference_input_type = converter.inference_output_type = tf.int16
+            converter._experimental_disable_per_channel_quantization_for_dense_layers = mode == "16x8"
+        else:
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            if mode == "uint8":
+                converter.inference_input_type = converter.inference_output_type = tf.uint8
+        with quiet_fds(replay_on_error=True):
+            return align(converter.convert())
+
+
+@needs_tflm
+@pytest.mark.parametrize(("mode", "edge"), [("float32", "float32"), ("uint8", "uint8"), ("16x8", "int16")])
+def test_two_inputs_two_outputs_of_each_edge_type_bit_exact_layer_by_layer(
+    mode: str, edge: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from convert.tflite_file import graph_io, operator_names
+
+    tflite = edge_zoo(mode)
+    inputs, outputs = graph_io(tflite)
+    assert [t.dtype for t in inputs + outputs] == [edge] * 4
+    ops = operator_names(tflite)
+    assert {"DEPTHWISE_CONV_2D", "CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "MEAN", "CONCATENATION"} <= set(ops)
+    (tmp_path / "zoo.tflite").write_bytes(tflite)
+    out = tmp_path / mode
+    argv = [str(tmp_path / "zoo.tflite"), "--board", "qemu", "--layers", "--count", "3", "--out", str(out)]
+    code, _, err = _validate(capsys, *argv)
+    assert code == 0, err
+    s = _report(out)["summary"]
+    assert [(o["dtype"], o["bit_exact"]) for o in s["outputs"]] == [(edge, 3), (edge, 3)]
+    rows = s["per_layer"]["layers"]
+    assert [r["op"] for r in rows] == ops and all(r["bit_exact"] == 3 for r in rows)
+
+
+def test_analyze_names_the_layers_cmsis_nn_refuses() -> None:
+    """int16 FULLY_CONNECTED with per-channel weights: TFLM's reference kernel runs it, CMSIS-NN's does not."""
+    from convert.analyze import analyze
+
+    tflite = edge_zoo("16x8-per-channel")
+    problems = analyze(tflite, "zoo", measure_arena=False).problems
+    assert len(problems) == 3 and all("FULLY_CONNECTED" in p and "--kernels reference" in p for p in problems)
+    assert analyze(tflite, "zoo", measure_arena=False, kernels="reference").problems == []
+
+
+@needs_tflm
+def test_a_stateful_model_of_257_outputs_runs_on_raw_tensors_only(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """TFLM's dtln noise suppression: an int8 LSTM keeping resource variables, 257 outputs (too many for a clip's
+    RESULT, so the board takes raw tensors only), CMSIS-NN's LSTM with its larger arena."""
+    from convert.emit import render
+    from host import qemu
+    from host.protocol import Start
+
+    dtln = model(f"{EXAMPLES}/dtln/dtln_noise_suppression.tflite")
+    config = render(dtln.read_bytes(), arena_measured=6752)["model_config.h"]
+    assert "#define SER_CLIP_PATH 0" in config and "#define SER_RESOURCE_VARIABLES" in config
+    with pytest.raises(ValueError, match="no clip path"):
+        render(dtln.read_bytes(), arena_measured=6752, labels=[f"bin{i}" for i in range(257)])
+    out = tmp_path / "dtln"
+    code, _, err = _validate(capsys, str(dtln), "--board", "qemu", "--count", "2", "--out", str(out))
+    assert code == 0, err
+    (o,) = _report(out)["summary"]["outputs"]
+    assert o["shape"] == [1, 1, 257] and o["bit_exact"] == 2
+    # The model keeps state from one Invoke to the next (the same input thrice gives three outputs in TFLM); the
+    # board resets it before every raw tensor request, as host TFLM's reference does before every run.
+    from convert.interpreters import TflmRunner
+
+    x = (np.arange(257) % 61 - 30).astype(np.int8).reshape(1, 1, 257)
+    host = TflmRunner(dtln.read_bytes())
+    expected = host.run([x])[0].tobytes()
+    with qemu.running("qemu-mps2-an386", _firmware(dtln.read_bytes())) as emu, BoardLink(emu.url, retries=1) as link:
+        info = link.hello()
+        assert info.clip_samples == 0 and info.labels == () and info.output.dims == (1, 1, 257)
+        with pytest.raises(BoardError, match="raw tensors only"):
+            link.request(Start(1, 257), (TensorNext,))
+        assert [link.run_tensors([x.tobytes()], req)[0][0] for req in (1, 2, 3)] == [expected] * 3
+
+
+@needs_tflm
+def test_svdf_keyword_model_int16_in_int32_out_with_a_crashing_second_opinion(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """TFLM's keyword_scrambled_8bit (SVDF, int16 input, int32 output, one op under several operator codes):
+    bit-exact on the board. LiteRT's reference kernels crash on it, in their own process: the validation
+    goes on and says so."""
+    out = tmp_path / "kws"
+    kws = model("tensorflow/lite/micro/models/keyword_scrambled_8bit.tflite")
+    code, _, err = _validate(capsys, str(kws), "--board", "qemu", "--count", "3", "--out", str(out))
+    assert code == 0, err
+    s = _report(out)["summary"]
+    assert [(o["dtype"], o["bit_exact"]) for o in s["outputs"]] == [("int32", 3)]
+    assert ("crashed" in s["litert_refused"] or "hung" in s["litert_refused"])  # a corrupted heap does either
+    assert "no second opinion" in (out / validate.REPORT_MD).read_text()

@@ -41,8 +41,11 @@
 #define CLIP_SAMPLES SER_INPUT_ELEMENTS
 #endif
 
+#if SER_NUM_LABELS > 0
 static const char *const kLabels[SER_NUM_LABELS] = SER_LABELS;
+#endif
 static const int32_t kInputShape[SER_INPUT_DIMS] = SER_INPUT_SHAPE;
+static const int32_t kOutputShape[SER_OUTPUT_DIMS] = SER_OUTPUT_SHAPE;
 
 #if FE_KIND != SER_FE_NONE
 static const ser_fe_config kFrontEnd = {
@@ -88,7 +91,11 @@ static bool model_ok;
  * to fit (PROTOCOL.md allows it). */
 #define KEPT_PAYLOAD_MAX 120u
 _Static_assert(SER_NEXT_SIZE <= KEPT_PAYLOAD_MAX, "NEXT must fit the kept reply");
+#if SER_CLIP_PATH
 _Static_assert(SER_RESULT_SIZE(SER_OUTPUT_ELEMENTS) <= KEPT_PAYLOAD_MAX, "RESULT must fit the kept reply");
+#endif
+_Static_assert(SER_NUM_LABELS <= SER_INFO_MAX_LABELS, "INFO carries at most SER_INFO_MAX_LABELS labels");
+_Static_assert(SER_INPUT_DIMS <= SER_INFO_MAX_DIMS && SER_OUTPUT_DIMS <= SER_INFO_MAX_DIMS, "INFO's tensor specs");
 
 /* The clip being received. */
 static struct {
@@ -163,24 +170,25 @@ static size_t info_payload(uint8_t *out, size_t cap) {
   for (int i = 0; i < 32; i++) {
     info.model_sha256[i] = (uint8_t)(hex_nibble(g_model_sha256[2 * i]) << 4 | hex_nibble(g_model_sha256[2 * i + 1]));
   }
-  info.input.dtype = SER_DTYPE_INT8;
+  info.input.dtype = SER_INPUT_TFLITE_TYPE;
   info.input.scale = SER_INPUT_SCALE;
   info.input.zero_point = SER_INPUT_ZERO_POINT;
   info.input.n_dims = SER_INPUT_DIMS;
   for (int i = 0; i < SER_INPUT_DIMS; i++) info.input.dims[i] = (uint32_t)kInputShape[i];
-  info.output.dtype = SER_DTYPE_INT8;
+  info.output.dtype = SER_OUTPUT_TFLITE_TYPE;
   info.output.scale = SER_OUTPUT_SCALE;
   info.output.zero_point = SER_OUTPUT_ZERO_POINT;
-  info.output.n_dims = 2;
-  info.output.dims[0] = 1;
-  info.output.dims[1] = SER_OUTPUT_ELEMENTS;
+  info.output.n_dims = SER_OUTPUT_DIMS;
+  for (int i = 0; i < SER_OUTPUT_DIMS; i++) info.output.dims[i] = (uint32_t)kOutputShape[i];
   info.fe_kind = FE_KIND;
-  info.clip_samples = CLIP_SAMPLES;
+  info.clip_samples = SER_CLIP_PATH ? CLIP_SAMPLES : 0; /* 0: raw tensors only */
 #if FE_KIND != SER_FE_NONE
   info.sample_rate = SER_FE_SAMPLE_RATE;
 #endif
   info.n_labels = SER_NUM_LABELS;
+#if SER_NUM_LABELS > 0
   for (int i = 0; i < SER_NUM_LABELS; i++) info.labels[i] = ser_cstr(kLabels[i]);
+#endif
   info.arena_size = (uint32_t)ser_model_arena_size();
   info.arena_used = (uint32_t)ser_model_arena_used();
   info.max_chunk_samples = MAX_CHUNK_SAMPLES;
@@ -217,6 +225,10 @@ static void handle_start(const ser_frame *f) {
     send_error(SER_ERR_MODEL_FAILED, f->type, f->seq, ser_model_error());
     return;
   }
+  if (!SER_CLIP_PATH) {
+    send_error(SER_ERR_BAD_CLIP, f->type, f->seq, "this model takes raw tensors only (PROTOCOL.md 12): use ser-validate");
+    return;
+  }
   if (m.n_samples != CLIP_SAMPLES) {
     send_error(SER_ERR_BAD_CLIP, f->type, f->seq, "clip must have exactly the front end's clip_samples (see INFO)");
     return;
@@ -244,6 +256,7 @@ static void finish_clip(const ser_frame *f) {
     send_error_reply(SER_ERR_MODEL_FAILED, f->type, f->seq, ser_model_error(), true);
     return;
   }
+#if SER_CLIP_PATH
   const int8_t *scores = ser_model_output();
   uint8_t best = 0;
   for (uint8_t i = 1; i < SER_OUTPUT_ELEMENTS; i++) {
@@ -251,6 +264,9 @@ static void finish_clip(const ser_frame *f) {
   }
   ser_result r = {clip.clip_id, best, SER_OUTPUT_ELEMENTS, scores, clip.fe_cycles, invoke_cycles};
   send_frame(SER_MSG_RESULT, f->seq, ser_result_encode(&r, payload, SER_MAX_PAYLOAD), true);
+#else /* never reached: START refuses clips for such a model */
+  send_error_reply(SER_ERR_BAD_CLIP, f->type, f->seq, "this model takes raw tensors only", true);
+#endif
 }
 
 static void handle_chunk(const ser_frame *f) {
@@ -398,7 +414,8 @@ static void handle_invoke(const ser_frame *f) {
   }
   remember_command(f, req_id, 0);
   ser_invoked r = {req_id, 0, n_out, {0}};
-  if (ser_model_invoke(&r.invoke_cycles) != 0) {
+  /* Every raw tensor request starts from the model's initial state, as host TFLM's reset() before each run. */
+  if (ser_model_reset() != 0 || ser_model_invoke(&r.invoke_cycles) != 0) {
     send_error_reply(SER_ERR_MODEL_FAILED, f->type, f->seq, ser_model_error(), true);
     return;
   }

@@ -9,7 +9,9 @@
 #include "ser_port.h"
 #include "tensorflow/lite/micro/cortex_m_generic/debug_log_callback.h"
 #include "tensorflow/lite/micro/memory_helpers.h"
+#include "tensorflow/lite/micro/micro_allocator.h"
 #include "tensorflow/lite/micro/micro_interpreter.h"
+#include "tensorflow/lite/micro/micro_resource_variable.h"
 #include "tensorflow/lite/micro/micro_profiler_interface.h"
 #include "tensorflow/lite/schema/schema_generated.h"
 
@@ -73,9 +75,16 @@ void SetError(const char *message) {
   g_error[i] = '\0';
 }
 
-/* TFLM's log lines are kept (the last one) for the error frame; the UART carries only frames.
- * (TF_LITE_STRIP_ERROR_STRINGS would save flash but also compiles out the per-layer profiler.) */
-void KeepLog(const char *line) { SetError(line); }
+/* TFLM's log lines are kept (the last one that says something) for the error frame; the UART carries
+ * only frames. (TF_LITE_STRIP_ERROR_STRINGS would save flash but also compiles out the per-layer profiler.) */
+void KeepLog(const char *line) {
+  for (const char *c = line; *c != '\0'; c++) {
+    if (*c != '\n' && *c != '\r' && *c != ' ') {
+      SetError(line);
+      return;
+    }
+  }
+}
 
 }  // namespace
 
@@ -90,16 +99,31 @@ extern "C" int ser_model_init(void) {
     SetError("op registration failed");
     return -1;
   }
-  g_interpreter = new (g_interpreter_storage)
-      tflite::MicroInterpreter(model, g_resolver, g_arena, sizeof(g_arena), nullptr, &g_profiler, kPreserveTensors);
+  /* The allocator, and the resource variables of a stateful model, live at the arena's tail. */
+  tflite::MicroAllocator *allocator = tflite::MicroAllocator::Create(
+      g_arena, sizeof(g_arena), kPreserveTensors ? tflite::MemoryPlannerType::kLinear : tflite::MemoryPlannerType::kGreedy);
+  if (allocator == nullptr) {
+    SetError("arena too small for TFLM's allocator");
+    return -1;
+  }
+  tflite::MicroResourceVariables *variables = nullptr;
+  if (SER_RESOURCE_VARIABLES > 0) {
+    variables = tflite::MicroResourceVariables::Create(allocator, SER_RESOURCE_VARIABLES);
+    if (variables == nullptr) {
+      SetError("arena too small for the model's resource variables");
+      return -1;
+    }
+  }
+  g_interpreter = new (g_interpreter_storage) tflite::MicroInterpreter(model, g_resolver, allocator, variables, &g_profiler);
   if (g_interpreter->AllocateTensors() != kTfLiteOk) {
     if (g_error[0] == '\0') SetError("AllocateTensors failed: arena too small, or an op/type TFLM refuses");
     return -1;
   }
   TfLiteTensor *input = g_interpreter->input(0);
   TfLiteTensor *output = g_interpreter->output(0);
-  if (input->type != kTfLiteInt8 || input->bytes != SER_INPUT_ELEMENTS || output->type != kTfLiteInt8 ||
-      output->bytes != SER_OUTPUT_ELEMENTS) {
+  if (g_interpreter->inputs_size() != SER_MODEL_INPUTS || g_interpreter->outputs_size() != SER_MODEL_OUTPUTS ||
+      input->type != SER_INPUT_TFLITE_TYPE || input->bytes != SER_INPUT_BYTES || output->type != SER_OUTPUT_TFLITE_TYPE ||
+      output->bytes != SER_OUTPUT_BYTES) {
     SetError("model tensors differ from model_config.h");
     return -1;
   }
@@ -142,6 +166,8 @@ extern "C" const uint8_t *ser_model_graph_tensor(uint16_t index, size_t *bytes) 
   }
   return t != nullptr && t->data.raw != nullptr ? reinterpret_cast<const uint8_t *>(t->data.raw) : nullptr;
 }
+
+extern "C" int ser_model_reset(void) { return g_interpreter->Reset() == kTfLiteOk ? 0 : -1; }
 
 extern "C" int ser_model_invoke(uint32_t *ticks) {
   g_profiler.Clear();

@@ -32,6 +32,9 @@ const uint8_t *ser_model_output_tensor(uint8_t index, size_t *bytes);
  * table with its size in bytes (NULL for an index out of range or a tensor without data). */
 uint16_t ser_model_graph_tensors(void);
 const uint8_t *ser_model_graph_tensor(uint16_t index, size_t *bytes);
+/* The model's state as after start-up: variable tensors and resource variables zeroed (a stateful model,
+ * e.g. an LSTM or SVDF, carries them from one Invoke to the next). 0 on success. */
+int ser_model_reset(void);
 /* Runs the model; fills *ticks with the counter difference around Invoke. 0 on success. */
 int ser_model_invoke(uint32_t *ticks);
 /* Per-layer ticks of the last Invoke. */
