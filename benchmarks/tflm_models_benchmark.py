@@ -61,7 +61,7 @@ def run_kernels(board: str, tflite: bytes, kernels: str, inputs: list[list[np.nd
         for i, tensors in enumerate(inputs):
             outs, invoke = link.run_tensors([s.to_bytes(t) for s, t in zip(in_specs, tensors, strict=True)], i)
             board_out = [s.from_bytes(b) for s, b in zip(out_specs, outs, strict=True)]
-            exact += all(np.array_equal(b, h) for b, h in zip(board_out, host(tensors), strict=True))
+            exact += all(np.array_equal(b, h) for b, h in zip(board_out, host.run(tensors), strict=True))
             cycles.append(invoke)
     flash, ram = elf_usage(elf, board_spec(board))
     return {"elf": str(elf), "invoke": float(np.mean(cycles)), "bit_exact": exact, "flash": flash.used, "ram": ram.used}
