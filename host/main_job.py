@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -86,12 +87,22 @@ def _done(stage: str, model: str, result: str, started: float) -> None:
     print(f"{stage:<8} {model:<19} {result} ({time.perf_counter() - started:.0f} s)", flush=True)
 
 
+# TensorFlow's C++ INFO and WARNING lines that come before its logging reads TF_CPP_MIN_LOG_LEVEL (on CPUs
+# where it turns oneDNN's custom operations on, it says so at import whatever the level).
+TF_EARLY_LOG = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4} \d\d:\d\d:\d+\.\d+ )")
+
+
 def _run_logged(cmd: list[str], args: argparse.Namespace) -> int:
     """Run one of the pipeline's tools with its stdout and stderr (file descriptors 1 and 2) in the log."""
     with _log(args).open("a") as log:
         log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()
-        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as child:
+            for line in child.stdout:
+                if not TF_EARLY_LOG.match(line):
+                    log.write(line)
+                    log.flush()
+        return child.returncode
 
 
 def _train(model: str, args: argparse.Namespace) -> Path:
