@@ -37,9 +37,11 @@ TEMPLATES = Path(__file__).with_name("templates")
 OUTPUTS = ("model_data.h", "model_data.cc", "op_resolver.h", "model_config.h", "frontend_tables.c")
 ARENA_MARGIN_FRACTION = 0.10  # CMSIS-NN scratch buffers and 32-bit layout differ from the host
 ARENA_MARGIN_MIN = 4096
-# The most scores of a clip's RESULT: one label each in INFO (ser_protocol.h SER_INFO_MAX_LABELS), and the
-# RESULT fits the board's kept reply (ser_app.c KEPT_PAYLOAD_MAX). A model with more outputs runs on raw tensors.
-CLIP_MAX_SCORES = 32
+# The most scores of a clip's RESULT: it must fit the board's kept reply (ser_app.c KEPT_PAYLOAD_MAX 120 bytes =
+# 14 + scores). A model with more outputs runs on raw tensors only.
+CLIP_MAX_SCORES = 106
+# The most labels INFO carries (ser_protocol.h SER_INFO_MAX_LABELS): a model with more scores gets none.
+MAX_LABELS = 32
 
 
 def has_clip_path(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> bool:
@@ -73,6 +75,21 @@ def board_arena(tflite: bytes, measured: int) -> int:
     return (measured + margin + cmsis_nn_arena_extra(tflite) + 15) // 16 * 16
 
 
+def board_labels(
+    tflite: bytes, inputs: list[TensorSpec], outputs: list[TensorSpec], given: list[str] | None = None
+) -> list[str]:
+    """The labels INFO carries, one per score of a clip's RESULT: none for a model without a clip path or with
+    more than MAX_LABELS scores (ser-validate --labels names any model's classes in its report)."""
+    if has_clip_path(inputs, outputs) and outputs[0].elements <= MAX_LABELS:
+        return model_labels(tflite, outputs[0].elements, given)
+    if given is not None:
+        raise ValueError(
+            f"labels name the scores of a clip's RESULT, and the board carries them for a model of one int8 input and "
+            f"one int8 output of at most {MAX_LABELS} values; this one has none (ser-validate --labels names its classes)"
+        )
+    return []
+
+
 def render(
     tflite: bytes, arena_measured: int | None = None, labels: list[str] | None = None, layers: bool = False
 ) -> dict[str, str]:
@@ -90,15 +107,7 @@ def render(
         raise ValueError("a model with our front end must have one int8 input and one int8 output")
     if frontend is not None and tuple(in_spec.shape[1:]) != frontend.input_shape:
         raise ValueError(f"model input {in_spec.shape} does not match its front end's {frontend.input_shape}")
-    if clip_path:
-        labels = model_labels(tflite, out_spec.elements, labels)
-    elif labels is not None:
-        raise ValueError(
-            "labels name the scores of a clip's RESULT, and this model has no clip path (one int8 input, one int8 output "
-            f"of at most {CLIP_MAX_SCORES} values): it runs on raw tensors only (ser-validate --labels names its classes)"
-        )
-    else:
-        labels = []
+    labels = board_labels(tflite, inputs, outputs, labels)
     measured = arena_measured if arena_measured is not None else tflm_arena_bytes(tflite, preserve_all=layers)
 
     env = jinja2.Environment(

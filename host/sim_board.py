@@ -25,10 +25,10 @@ from importlib import metadata
 
 import numpy as np
 
-from convert.emit import board_arena, has_clip_path
+from convert.emit import board_arena, board_labels, has_clip_path
 from convert.interpreters import TflmRunner, quiet_fds, tflm_arena_bytes
 from convert.ops import check_ops
-from convert.tflite_file import TFLITE_TYPE_CODES, graph_io, model_frontend, model_labels, operator_names, tensor_count
+from convert.tflite_file import TFLITE_TYPE_CODES, graph_io, model_frontend, operator_names, tensor_count
 from convert.tflite_file import TensorSpec as ModelTensor
 from host import pcm_codec
 from host.protocol import (
@@ -131,7 +131,7 @@ class SimulatedBoard:
         self.in_spec, self.out_spec = in_spec, out_spec
         self.input_elements = int(np.prod(in_spec.shape))
         self.output_elements = int(np.prod(out_spec.shape))
-        self.labels = tuple(model_labels(tflite, self.output_elements)) if self.clip_path else ()  # as ser-emit gives
+        self.labels = tuple(board_labels(tflite, self.edge_in, self.edge_out))  # as ser-emit gives the firmware
         self.clip_samples = self.frontend.clip_samples if self.frontend else self.input_elements
         self.profile_tags = operator_names(tflite)
         self._inputs = [bytearray(t.nbytes) for t in self.edge_in]  # the raw path's input tensors
