@@ -31,7 +31,7 @@ from convert.tflite_file import (
     sha256,
 )
 from train.frontend import fft_twiddles, hann_window, mel_filterbank, sparse_mel
-from train.frontend_c import KINDS, workspace_floats
+from train.frontend_c import KINDS, SPEAKER_NORM_MODES, workspace_floats
 
 TEMPLATES = Path(__file__).with_name("templates")
 OUTPUTS = ("model_data.h", "model_data.cc", "op_resolver.h", "model_config.h", "frontend_tables.c")
@@ -75,9 +75,7 @@ def board_arena(tflite: bytes, measured: int) -> int:
     return (measured + margin + cmsis_nn_arena_extra(tflite) + 15) // 16 * 16
 
 
-def board_labels(
-    tflite: bytes, inputs: list[TensorSpec], outputs: list[TensorSpec], given: list[str] | None = None
-) -> list[str]:
+def board_labels(tflite: bytes, inputs: list[TensorSpec], outputs: list[TensorSpec], given: list[str] | None = None) -> list[str]:
     """The labels INFO carries, one per score of a clip's RESULT: none for a model without a clip path or with
     more than MAX_LABELS scores (ser-validate --labels names any model's classes in its report)."""
     if has_clip_path(inputs, outputs) and outputs[0].elements <= MAX_LABELS:
@@ -142,6 +140,7 @@ def render(
         "frontend_note": "from the model's metadata" if frontend else "none: the model input is sent as is",
         "fe_kind_code": KINDS[frontend.kind] if frontend else 0,
         "fe_workspace_floats": workspace_floats(frontend) if frontend else 0,
+        "speaker_norm": SPEAKER_NORM_MODES.get(frontend.speaker_norm, 0) if frontend else 0,
     }
     if frontend is not None and frontend.kind == "logmel":
         starts, counts, offsets, weights = sparse_mel(mel_filterbank(frontend))
@@ -156,6 +155,8 @@ def render(
             "mel_offset": offsets,
             "mel_weights": weights,
             "weight_lines": _lines([cfloat(v) for v in weights], 6),
+            "prior_mean_lines": _lines([cfloat(v) for v in frontend.prior_mean], 6),
+            "prior_std_lines": _lines([cfloat(v) for v in frontend.prior_std], 6),
         }
     return {name: env.get_template(name + ".j2").render(context) for name in OUTPUTS}
 

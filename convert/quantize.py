@@ -15,8 +15,9 @@ import tensorflow as tf
 from convert.interpreters import quiet_fds
 from convert.tflite_file import METADATA_NAME, MODEL_FILE, sha256, with_metadata
 from train.corpus import read_wav
-from train.frontend import FrontEndConfig, clip_features
+from train.frontend import FrontEndConfig
 from train.labels import EMOTIONS
+from train.speaker_norm import run_model_inputs
 from train.splits import clips_with_role, load_manifest
 
 PTQ_MODEL_FILE = "model_int8_ptq.tflite"  # with ser-convert --qat: the post-training-quantized model, kept for comparison
@@ -46,12 +47,14 @@ def quantize_int8(model: keras.Model, representative: Iterable[np.ndarray]) -> b
 
 
 def calibration_inputs(run: Path, root: Path, count: int = CALIBRATION_CLIPS, seed: int = 0) -> list[np.ndarray]:
-    """Front-end outputs of up to ``count`` clips of the run's training part (never val or test)."""
+    """Model inputs of up to ``count`` clips of the run's training part (never val or test), normalised
+    by their speakers' statistics in a speaker-normalised run."""
     cfg = FrontEndConfig.load(run / "frontend.json")
     train = clips_with_role(load_manifest(run / "manifest.json"), "train")
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(train), size=min(count, len(train)), replace=False))
-    return [clip_features(read_wav(root / train[i]["path"]), cfg) for i in chosen]
+    clips = [train[i] for i in chosen]
+    return run_model_inputs(run, cfg, [read_wav(root / c["path"]) for c in clips], [c["speaker"] for c in clips])
 
 
 def model_metadata(run: Path, keras_file: str = KERAS_FILE, quantization: str = "ptq") -> dict:

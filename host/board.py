@@ -34,6 +34,8 @@ from host.protocol import (
     LayerRead,
     Message,
     Next,
+    Norm,
+    NormState,
     Parser,
     PayloadError,
     Profile,
@@ -91,6 +93,7 @@ class LinkStats:
     foreign: int = 0  # valid frames that are no message of this protocol, or INFO of another version
     resets: int = 0  # BOOT while a command was in flight
     reopens: int = 0  # the port closed and opened again
+    norm_loads: int = 0  # per-speaker statistics loaded into the board (first contact, after a reset or a failure)
     smallest_chunk: int = 0  # the lowest chunk size limit (samples) the host fell back to; 0: never reduced
 
     def since(self, before: LinkStats) -> LinkStats:
@@ -400,6 +403,16 @@ class BoardLink:
         if len(data) != size:
             raise BoardError(f"board sent {len(data)} bytes of tensor {tensor}, the model says {size}")
         return bytes(data)
+
+    def norm(self, op: int, state: NormState | None = None) -> NormState:
+        """Read, reset or load (``state``) the board's per-speaker statistics (PROTOCOL.md 14): the state it holds
+        afterwards. Needs a board whose INFO has SPEAKER_NORM (a model trained with ``--speaker-norm``)."""
+        if self.info is None or self.info.speaker_norm is None:
+            raise BoardError(
+                f"{self.url}: the board's firmware has no per-speaker normalisation (its INFO has no SPEAKER_NORM): "
+                "its model was trained without --speaker-norm"
+            )
+        return self.request(Norm(op, state), (NormState,))
 
     def profile(self) -> ProfileData:
         return self.request(Profile(), (ProfileData,))

@@ -27,6 +27,8 @@ TENSOR_CHUNK_MAX_DATA = MAX_PAYLOAD - TENSOR_CHUNK_HEADER_SIZE
 LAYER_DATA_HEADER_SIZE = 10
 LAYER_DATA_MAX_DATA = MAX_PAYLOAD - LAYER_DATA_HEADER_SIZE
 MAX_TENSORS = 16  # outputs an INVOKED reply describes at most (ser_protocol.h SER_MAX_TENSORS)
+NORM_MAX_BINS = 127  # bins a NORM_STATE carries at most (ser_protocol.h SER_NORM_MAX_BINS)
+NORM_MODES = {1: "scalar", 2: "bins"}  # ser_speaker_norm.h SER_SN_SCALAR, SER_SN_BINS
 
 
 class MsgType(enum.IntEnum):
@@ -41,6 +43,7 @@ class MsgType(enum.IntEnum):
     INVOKE = 0x09
     TENSOR_READ = 0x0A
     LAYER_READ = 0x0B  # every tensor of the graph (PROTOCOL.md 13): only to a board whose INFO has LAYERS
+    NORM = 0x0C  # per-speaker statistics (PROTOCOL.md 14): only to a board whose INFO has SPEAKER_NORM
     BOOT = 0x80
     INFO = 0x81
     NEXT = 0x82
@@ -51,6 +54,7 @@ class MsgType(enum.IntEnum):
     INVOKED = 0x87
     TENSOR_DATA = 0x88
     LAYER_DATA = 0x89
+    NORM_STATE = 0x8A
     ERROR = 0xEE
 
 
@@ -67,6 +71,7 @@ class ErrorCode(enum.IntEnum):
     BUSY = 10
     BAD_PATH = 11
     BAD_TENSOR = 12
+    BAD_NORM = 13
 
 
 class Tag(enum.IntEnum):
@@ -89,6 +94,7 @@ class Tag(enum.IntEnum):
     RX_PATHS = 0x0F
     TENSOR_IO = 0x10
     LAYERS = 0x11
+    SPEAKER_NORM = 0x12
 
 
 class PayloadError(ValueError):
@@ -567,6 +573,61 @@ class LayerData:
 
 
 @dataclass(frozen=True)
+class NormState:
+    """A board's per-speaker statistics (PROTOCOL.md 14): ``mode`` 1 scalar or 2 bins, clips and frames heard,
+    the int64 sums of the values (2^-12 units) and of their squares, one per bin (board -> host)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.NORM_STATE
+    mode: int
+    clips: int
+    frames: int
+    sum: tuple[int, ...]
+    squares: tuple[int, ...]
+
+    def encode(self) -> bytes:
+        n = len(self.sum)
+        if len(self.squares) != n or not 1 <= n <= NORM_MAX_BINS:
+            raise ValueError(f"a state has 1 .. {NORM_MAX_BINS} bins and as many squares as sums, not {n}/{len(self.squares)}")
+        return struct.pack(f"<BHII{2 * n}q", self.mode, n, self.clips, self.frames, *self.sum, *self.squares)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> NormState:
+        _need(len(payload) >= 11, "NORM_STATE is at least 11 bytes")
+        mode, n, clips, frames = struct.unpack_from("<BHII", payload)
+        _need(n <= NORM_MAX_BINS and len(payload) == 11 + 16 * n, f"NORM_STATE of {n} bins is {11 + 16 * n} bytes")
+        values = struct.unpack_from(f"<{2 * n}q", payload, 11)
+        return cls(mode, clips, frames, values[:n], values[n:])
+
+
+@dataclass(frozen=True)
+class Norm:
+    """Read (op 0), reset (1) or load (2, with ``state``) the board's per-speaker statistics; answered by NORM_STATE."""
+
+    TYPE: ClassVar[MsgType] = MsgType.NORM
+    READ: ClassVar[int] = 0
+    RESET: ClassVar[int] = 1
+    LOAD: ClassVar[int] = 2
+    op: int
+    state: NormState | None = None
+
+    def encode(self) -> bytes:
+        if (self.op == self.LOAD) != (self.state is not None):
+            raise ValueError("NORM load carries a state, read and reset none")
+        return bytes([self.op]) + (self.state.encode() if self.state is not None else b"")
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Norm:
+        _need(len(payload) >= 1, "NORM carries an op")
+        op = payload[0]
+        if op not in (cls.READ, cls.RESET, cls.LOAD):
+            raise PayloadError(ErrorCode.BAD_NORM, f"NORM op is 0 read, 1 reset or 2 load, not {op}")
+        if op != cls.LOAD:
+            _need(len(payload) == 1, "NORM read and reset are 1 byte")
+            return cls(op)
+        return cls(op, NormState.decode(payload[1:]))
+
+
+@dataclass(frozen=True)
 class TensorSpec:
     """dtype is a TfLiteType code (9 int8, 1 float32, 7 int16, 3 uint8)."""
 
@@ -621,6 +682,7 @@ class Info:
     rx_paths: int | None = None  # ways in for the host's stream, path 0 the UART (PROTOCOL.md 8)
     tensor_io: tuple[int, int, int] | None = None  # n_inputs, n_outputs, max_chunk_bytes: raw tensors (PROTOCOL.md 12)
     layers: int | None = None  # n_tensors: every tensor of the graph is kept and readable (PROTOCOL.md 13)
+    speaker_norm: tuple[int, int] | None = None  # mode (1 scalar, 2 bins), n_bins: per-speaker statistics (PROTOCOL.md 14)
     extra: tuple[tuple[int, bytes], ...] = field(default=())
 
     def encode(self) -> bytes:
@@ -663,6 +725,8 @@ class Info:
             out += _tlv(Tag.TENSOR_IO, struct.pack("<BBH", *self.tensor_io))
         if self.layers is not None:
             out += _tlv(Tag.LAYERS, struct.pack("<H", self.layers))
+        if self.speaker_norm is not None:
+            out += _tlv(Tag.SPEAKER_NORM, struct.pack("<BH", *self.speaker_norm))
         for tag, value in self.extra:
             out += _tlv(tag, value)
         if len(out) > MAX_PAYLOAD:
@@ -684,6 +748,7 @@ class Info:
             Tag.RX_PATHS: 1,
             Tag.TENSOR_IO: 4,
             Tag.LAYERS: 2,
+            Tag.SPEAKER_NORM: 3,
         }
         f: dict = {}
         labels: list[str] = []
@@ -731,6 +796,8 @@ class Info:
                 f["tensor_io"] = struct.unpack_from("<BBH", v)
             elif tag == Tag.LAYERS:
                 (f["layers"],) = struct.unpack_from("<H", v)
+            elif tag == Tag.SPEAKER_NORM:
+                f["speaker_norm"] = struct.unpack_from("<BH", v)
             else:
                 extra.append((tag, v))
         return cls(**f, labels=tuple(labels), extra=tuple(extra))
@@ -766,10 +833,12 @@ Message = (
     | TensorData
     | LayerRead
     | LayerData
+    | Norm
+    | NormState
 )
 _ALL = (Hello, Start, Chunk, Profile, Reset, RxPath, Boot, Info, Next, Result, ProfileData, RxPathSet, Error)
 _TENSOR_MESSAGES = (TensorStart, TensorChunk, Invoke, TensorRead, TensorNext, Invoked, TensorData, LayerRead, LayerData)
-MESSAGES: dict[int, type] = {cls.TYPE: cls for cls in (*_ALL, *_TENSOR_MESSAGES)}
+MESSAGES: dict[int, type] = {cls.TYPE: cls for cls in (*_ALL, *_TENSOR_MESSAGES, Norm, NormState)}
 
 
 def decode_message(frame: Frame) -> Message:

@@ -10,7 +10,9 @@ import numpy as np
 
 from convert.interpreters import TflmRunner
 from convert.tflite_file import ModelFileError, io_specs, model_frontend, read_metadata
-from train.frontend import FrontEndConfig, model_input_int8
+from host.protocol import NORM_MODES, NormState
+from train.frontend import FrontEndConfig, board_samples, model_input_int8
+from train.frontend_c import SPEAKER_NORM_MODES, SpeakerStream, SumsState
 
 
 def audio_frontend(tflite: bytes) -> FrontEndConfig:
@@ -29,16 +31,48 @@ def model_labels(tflite: bytes) -> tuple[str, ...]:
     return tuple(meta.get("labels", ()))
 
 
+def to_wire(state: SumsState) -> NormState:
+    """Per-speaker sums as NORM/NORM_STATE carry them (PROTOCOL.md 14)."""
+    return NormState(SPEAKER_NORM_MODES[state.mode], state.clips, state.frames, state.sum, state.squares)
+
+
+def from_wire(state: NormState) -> SumsState:
+    return SumsState(NORM_MODES.get(state.mode, str(state.mode)), state.clips, state.frames, state.sum, state.squares)
+
+
 class HostReference:
-    """int8 scores of one clip's board PCM, as the board should compute them. Not thread-safe: one per thread."""
+    """int8 scores of one clip's board PCM, as the board should compute them. Not thread-safe: one per thread.
+
+    A model with per-speaker normalisation (``speaker_norm``) is stateful, as the board is: each clip
+    is standardised by the statistics of the clips before it, so clips must come in the board's order;
+    ``norm_state``/``reset_norm``/``load_norm`` are the board's NORM command (PROTOCOL.md 14).
+    """
 
     def __init__(self, tflite: bytes) -> None:
         self.cfg = audio_frontend(tflite)
         self.input_spec, self.output_spec = io_specs(tflite)
         self._tflm = TflmRunner(tflite)
+        self.speaker_norm = SpeakerStream(self.cfg) if self.cfg.speaker_norm != "off" else None
 
     def model_input(self, pcm: np.ndarray) -> np.ndarray:
-        return model_input_int8(pcm, self.cfg, self.input_spec.scale, self.input_spec.zero_point)
+        scale, zero_point = self.input_spec.scale, self.input_spec.zero_point
+        if self.speaker_norm is not None:
+            return self.speaker_norm.run(board_samples(pcm, self.cfg), scale, zero_point)
+        return model_input_int8(pcm, self.cfg, scale, zero_point)
+
+    def norm_state(self) -> NormState:
+        return to_wire(self._norm().state())
+
+    def reset_norm(self) -> None:
+        self._norm().reset()
+
+    def load_norm(self, state: NormState) -> None:
+        self._norm().load(from_wire(state))
+
+    def _norm(self) -> SpeakerStream:
+        if self.speaker_norm is None:
+            raise ValueError("this model has no per-speaker normalisation")
+        return self.speaker_norm
 
     def __call__(self, pcm: np.ndarray) -> np.ndarray:
         return self._tflm(self.model_input(pcm)).astype(np.int8)

@@ -17,7 +17,7 @@ import serial
 
 from convert.tflite_file import sha256
 from host.board import DEFAULT_BAUD, BoardError, BoardLink, BoardReset, ChunkSize, LinkStats, diagnose
-from host.protocol import PROTO_VERSION, CommandSequencer, Info, Result
+from host.protocol import PROTO_VERSION, CommandSequencer, Info, Norm, NormState, Result
 
 
 class FatalBoardError(BoardError):
@@ -83,6 +83,7 @@ class BoardSession:
         self._sequencer = CommandSequencer()
         self.stats = LinkStats()
         self.chunk_size = ChunkSize()
+        self.norm_unsure = True  # whether the board's per-speaker statistics may differ from what the host expects
 
     @property
     def resets(self) -> int:
@@ -137,8 +138,13 @@ class BoardSession:
             self.link.close()
             self.link = None
 
-    def classify(self, pcm: np.ndarray) -> ClipOutcome:
-        """The board's RESULT for one clip, after at most ``attempts`` tries; ``ClipFailed`` otherwise."""
+    def classify(self, pcm: np.ndarray, norm: NormState | None = None) -> ClipOutcome:
+        """The board's RESULT for one clip, after at most ``attempts`` tries; ``ClipFailed`` otherwise.
+
+        ``norm``: the per-speaker statistics the board must hold before this clip (PROTOCOL.md 14). The
+        board keeps them up to date by itself, clip after clip; they are loaded only when they may not
+        be right: first contact, a board that reset, a failed attempt (the board may have heard the clip).
+        """
         errors: list[str] = []
         start = time.monotonic()
         before = replace(self.stats)
@@ -147,18 +153,51 @@ class BoardSession:
                 if self.link is None:
                     self.stats.reopens += 1
                     self._connect()
+                if norm is not None and self.norm_unsure:
+                    self._load_norm(norm)
                 result = self.link.classify(pcm, next(self._clip_ids))
                 window = self.stats.since(before)
                 return ClipOutcome(result, attempt, errors, time.monotonic() - start, window.bytes_sent, window.bytes_received)
             except BoardReset as exc:
                 errors.append(str(exc))
+                self.norm_unsure = True
                 self._rehandshake(errors)
             except FatalBoardError:
                 raise
             except (BoardError, serial.SerialException, OSError) as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
+                self.norm_unsure = True
                 self.close()  # reopen on the next attempt: a cut link or a wedged port starts clean
         raise ClipFailed(errors, diagnose(self.stats.since(before), first_contact=self.stats.frames_received == 0))
+
+    def _load_norm(self, norm: NormState) -> None:
+        held = self.link.norm(Norm.LOAD, norm)
+        if held != norm:
+            raise BoardError(
+                f"the board holds other speaker statistics than it was sent ({held.clips} clips, {held.frames} frames)"
+            )
+        self.stats.norm_loads += 1
+        self.norm_unsure = False
+
+    def read_norm(self) -> NormState:
+        """The per-speaker statistics the board holds now (to check them against the host's), with the clip's retries."""
+        errors: list[str] = []
+        for _ in range(self.attempts):
+            try:
+                if self.link is None:
+                    self.stats.reopens += 1
+                    self._connect()
+                return self.link.norm(Norm.READ)
+            except BoardReset as exc:
+                errors.append(str(exc))
+                self.norm_unsure = True
+                self._rehandshake(errors)
+            except FatalBoardError:
+                raise
+            except (BoardError, serial.SerialException, OSError) as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                self.close()
+        raise ClipFailed(errors, diagnose(self.stats, first_contact=self.stats.frames_received == 0))
 
     def _rehandshake(self, errors: list[str]) -> None:
         try:

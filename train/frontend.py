@@ -70,6 +70,27 @@ class FrontEndConfig:
     log_offset: float = 1e-6
     mean: float = 0.0
     std: float = 1.0
+    # Per-speaker normalisation (train/speaker_norm.py, firmware/app/ser_speaker_norm.h): "scalar" or
+    # "bins" standardises each clip by its speaker's statistics instead of mean/std (then 0 and 1);
+    # prior_mean/prior_std (1 or n_mels values) serve until the board has heard a clip of the voice.
+    speaker_norm: Literal["off", "scalar", "bins"] = "off"
+    prior_mean: tuple[float, ...] = ()
+    prior_std: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prior_mean", tuple(float(v) for v in self.prior_mean))  # JSON gives lists
+        object.__setattr__(self, "prior_std", tuple(float(v) for v in self.prior_std))
+        if self.speaker_norm == "off":
+            if self.prior_mean or self.prior_std:
+                raise ValueError("prior statistics are for speaker_norm 'scalar' or 'bins'")
+            return
+        if self.speaker_norm not in ("scalar", "bins") or self.kind != "logmel":
+            raise ValueError(f"speaker_norm is 'off', 'scalar' or 'bins' (log-mel only), not {self.speaker_norm!r}")
+        bins = self.n_mels if self.speaker_norm == "bins" else 1
+        if len(self.prior_mean) != bins or len(self.prior_std) != bins or min(self.prior_std) <= 0:
+            raise ValueError(f"speaker_norm {self.speaker_norm!r} needs {bins} prior means and positive stds")
+        if (self.mean, self.std) != (0.0, 1.0):
+            raise ValueError("with speaker_norm the global mean/std are 0 and 1: the speaker's statistics replace them")
 
     @property
     def num_frames(self) -> int:
@@ -94,6 +115,21 @@ class FrontEndConfig:
 
     def with_standardisation(self, mean: float, std: float) -> FrontEndConfig:
         return replace(self, mean=float(np.float32(mean)), std=float(np.float32(std)))
+
+    def with_speaker_norm(self, mode: str, prior_mean: np.ndarray, prior_std: np.ndarray) -> FrontEndConfig:
+        """Per-speaker normalisation with this prior (float32 values, 1 or n_mels of each)."""
+        return replace(
+            self, mean=0.0, std=1.0, speaker_norm=mode, prior_mean=_float32s(prior_mean), prior_std=_float32s(prior_std)
+        )
+
+    @property
+    def raw(self) -> FrontEndConfig:
+        """The same front end without any standardisation: the unstandardised log-mel (speaker statistics' input)."""
+        return replace(self, mean=0.0, std=1.0, speaker_norm="off", prior_mean=(), prior_std=())
+
+
+def _float32s(values: np.ndarray) -> tuple[float, ...]:
+    return tuple(float(v) for v in np.atleast_1d(np.asarray(values, np.float32)))
 
 
 DEFAULT_WAVEFORM = FrontEndConfig(kind="waveform", clip_samples=2 * SAMPLE_RATE, waveform_gain=4.0)
@@ -212,7 +248,7 @@ def log_mel_frames(x: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:
     return np.log(mel + np.float32(cfg.log_offset)).astype(np.float32)
 
 
-def _board_pcm(board_pcm: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:
+def board_samples(board_pcm: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:
     """The int16 samples the board would receive; refuses a wrong length or non-integer samples."""
     if len(board_pcm) != cfg.clip_samples:
         raise ValueError(f"front end takes exactly {cfg.clip_samples} samples, got {len(board_pcm)} (use fit_clip)")
@@ -232,19 +268,29 @@ def features(board_pcm: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:
     """
     from train import frontend_c  # imported here: frontend_c builds its tables from this module
 
-    return frontend_c.run(_board_pcm(board_pcm, cfg), cfg)
+    _no_speaker_norm(cfg)
+    return frontend_c.run(board_samples(board_pcm, cfg), cfg)
+
+
+def _no_speaker_norm(cfg: FrontEndConfig) -> None:
+    if cfg.speaker_norm != "off":
+        raise ValueError(
+            f"this front end standardises by a speaker's statistics ({cfg.speaker_norm}): a clip alone has no input; "
+            "use train.speaker_norm.speaker_features (cfg.raw for the unstandardised values) or frontend_c.SpeakerStream"
+        )
 
 
 def model_input_int8(board_pcm: np.ndarray, cfg: FrontEndConfig, input_scale: float, input_zero_point: int) -> np.ndarray:
     """The int8 model input tensor (``cfg.input_shape``) exactly as the board writes it: the host's reference."""
     from train import frontend_c
 
-    return frontend_c.run(_board_pcm(board_pcm, cfg), cfg, input_scale, input_zero_point)
+    _no_speaker_norm(cfg)
+    return frontend_c.run(board_samples(board_pcm, cfg), cfg, input_scale, input_zero_point)
 
 
 def reference_features(board_pcm: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:
     """``features`` in NumPy (``log_mel_frames``): the readable reference the C code is tested against."""
-    x = _board_pcm(board_pcm, cfg).astype(np.float32) / np.float32(PCM_FULL_SCALE)
+    x = board_samples(board_pcm, cfg).astype(np.float32) / np.float32(PCM_FULL_SCALE)
     if cfg.kind == "waveform":
         return (x * np.float32(cfg.waveform_gain)).reshape(cfg.input_shape)
     s = (log_mel_frames(x, cfg) - np.float32(cfg.mean)) / np.float32(cfg.std)

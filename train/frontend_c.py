@@ -49,15 +49,40 @@ class _Config(ctypes.Structure):
     ]
 
 
+class _Sums(ctypes.Structure):
+    """Mirror of ``ser_sn_sums``."""
+
+    _fields_ = [
+        ("mode", ctypes.c_uint8),
+        ("n_bins", ctypes.c_uint16),
+        ("n_mels", ctypes.c_uint16),
+        ("clips", ctypes.c_uint32),
+        ("frames", ctypes.c_uint32),
+        ("sum", ctypes.c_void_p),
+        ("squares", ctypes.c_void_p),
+    ]
+
+
+SPEAKER_NORM_MODES = {"scalar": 1, "bins": 2}  # SER_SN_SCALAR, SER_SN_BINS
 _lock = threading.Lock()
 
 
 @functools.cache
 def _build() -> ctypes.CDLL:
     # -O3 only vectorizes the element-wise loops (same IEEE results); without -ffast-math nothing is reassociated.
-    lib = load("ser_frontend", [FIRMWARE_APP / "ser_frontend.c"], [FIRMWARE_APP], ["-O3"])
-    vp, size = ctypes.c_void_p, ctypes.c_size_t
+    sources = [FIRMWARE_APP / "ser_frontend.c", FIRMWARE_APP / "ser_speaker_norm.c"]
+    lib = load("ser_frontend", sources, [FIRMWARE_APP], ["-O3"])
+    vp, size, u16, u32, i32 = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_int
     signatures = {
+        "ser_fe_normalise": (i32, [vp, vp, vp, vp]),
+        "ser_sn_init": (i32, [vp, ctypes.c_uint8, u16, vp, vp]),
+        "ser_sn_clear": (None, [vp]),
+        "ser_sn_add_clip": (None, [vp, vp, u32]),
+        "ser_sn_commit": (i32, [vp, vp]),
+        "ser_sn_plausible": (i32, [vp]),
+        "ser_sn_stats": (i32, [vp, vp, vp, vp, vp]),
+        "ser_sn_sqrtf": (ctypes.c_float, [ctypes.c_float]),
+        "ser_sn_sums_size": (size, []),
         "ser_fe_workspace_floats": (size, [vp]),
         "ser_fe_init": (ctypes.c_int, [vp, vp, vp, size]),
         "ser_fe_push": (ctypes.c_int, [vp, vp, size, vp]),
@@ -134,6 +159,127 @@ def native_config(cfg: FrontEndConfig, input_scale: float = 1.0, input_zero_poin
     return NativeConfig(struct, arrays, workspace_floats(cfg))
 
 
+@dataclass(frozen=True)
+class SumsState:
+    """What a board's speaker statistics hold (PROTOCOL.md 14): clips and frames heard, the int64 sums."""
+
+    mode: str
+    clips: int
+    frames: int
+    sum: tuple[int, ...]
+    squares: tuple[int, ...]
+
+
+class SpeakerSums:
+    """``ser_sn_sums`` on the host: one voice's running sums of its unstandardised log-mel, in the board's arithmetic.
+
+    Values are rounded to multiples of 2^-12 and summed as int64 by the C code itself, so these sums,
+    and the statistics that follow from them, are the board's bit for bit.
+    """
+
+    def __init__(self, mode: str, n_mels: int) -> None:
+        if mode not in SPEAKER_NORM_MODES:
+            raise ValueError(f"speaker normalisation is one of {', '.join(SPEAKER_NORM_MODES)}, not {mode!r}")
+        self._lib = library()
+        self.mode, self.n_mels = mode, n_mels
+        bins = n_mels if mode == "bins" else 1
+        self.sum, self.squares = np.zeros(bins, np.int64), np.zeros(bins, np.int64)
+        self._struct = _Sums()
+        rc = self._lib.ser_sn_init(self.address, SPEAKER_NORM_MODES[mode], n_mels, self.sum.ctypes.data, self.squares.ctypes.data)
+        if rc != 0:
+            raise ValueError(f"speaker statistics of {mode!r} over {n_mels} mel bands: not supported (at most 127 bins)")
+
+    @property
+    def address(self) -> int:
+        return ctypes.addressof(self._struct)
+
+    @property
+    def clips(self) -> int:
+        return int(self._struct.clips)
+
+    @property
+    def frames(self) -> int:
+        return int(self._struct.frames)
+
+    def clear(self) -> None:
+        self._lib.ser_sn_clear(self.address)
+
+    def add_clip(self, raw: np.ndarray) -> None:
+        """One clip's unstandardised log-mel, (n_mels, frames) or (n_mels, frames, 1); counts its frames, not a clip."""
+        x = np.ascontiguousarray(np.asarray(raw, np.float32).reshape(self.n_mels, -1))
+        self._lib.ser_sn_add_clip(self.address, x.ctypes.data, x.shape[1])
+
+    def commit(self, clip: SpeakerSums) -> bool:
+        """Add ``clip``'s sums as one more clip; False (nothing added) once the sums are full, as on the board."""
+        return self._lib.ser_sn_commit(self.address, clip.address) == 0
+
+    def stats(self, prior: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per-band mean and std (n_mels float32 each); ``prior`` (1 or n_mels values each) before any frame."""
+        mean, std = np.zeros(self.n_mels, np.float32), np.zeros(self.n_mels, np.float32)
+        pm, ps = (np.ascontiguousarray(p, np.float32) for p in prior) if prior else (None, None)
+        rc = self._lib.ser_sn_stats(
+            self.address,
+            None if pm is None else pm.ctypes.data,
+            None if ps is None else ps.ctypes.data,
+            mean.ctypes.data,
+            std.ctypes.data,
+        )
+        if rc != 0:
+            raise ValueError("no audio summed yet and no prior given: statistics need at least one clip")
+        return mean, std
+
+    def state(self) -> SumsState:
+        return SumsState(self.mode, self.clips, self.frames, tuple(map(int, self.sum)), tuple(map(int, self.squares)))
+
+    def load(self, state: SumsState) -> None:
+        """Take over a state (a board's, or a saved one); refused if it cannot be sums of real values."""
+        if state.mode != self.mode or len(state.sum) != len(self.sum) or len(state.squares) != len(self.squares):
+            raise ValueError(f"a {state.mode} state of {len(state.sum)} bins does not fit {self.mode} over {len(self.sum)}")
+        self.sum[:], self.squares[:] = state.sum, state.squares
+        self._struct.clips, self._struct.frames = state.clips, state.frames
+        if not self._lib.ser_sn_plausible(self.address):
+            self.clear()
+            raise ValueError("these sums cannot come from real audio (negative squares, or more frames than the limit)")
+
+
+class SpeakerStream:
+    """The board's per-speaker normalisation: each clip standardised by the statistics of the clips before it.
+
+    ``run`` does what the board does for one clip: statistics from the sums (the prior before any
+    clip), the front end with them, then the clip's sums committed. ``reset`` and ``load`` are the
+    NORM command's (PROTOCOL.md 14).
+    """
+
+    def __init__(self, cfg: FrontEndConfig) -> None:
+        if cfg.speaker_norm == "off":
+            raise ValueError("this front end has no per-speaker normalisation")
+        self.cfg = cfg
+        self.total = SpeakerSums(cfg.speaker_norm, cfg.n_mels)
+        self._clip = SpeakerSums(cfg.speaker_norm, cfg.n_mels)
+        self.prior = (np.array(cfg.prior_mean, np.float32), np.array(cfg.prior_std, np.float32))
+
+    def current(self) -> tuple[np.ndarray, np.ndarray]:
+        """The statistics the next clip gets."""
+        return self.total.stats(self.prior)
+
+    def run(self, board_pcm: np.ndarray, input_scale: float | None = None, input_zero_point: int = 0) -> np.ndarray:
+        out = run(board_pcm, self.cfg, input_scale, input_zero_point, norm=(*self.current(), self._clip))
+        self.total.commit(self._clip)
+        return out
+
+    def reset(self) -> None:
+        self.total.clear()
+
+    def state(self) -> SumsState:
+        return self.total.state()
+
+    def load(self, state: SumsState) -> None:
+        self.total.load(state)
+
+
+Norm = tuple[np.ndarray, np.ndarray, "SpeakerSums | None"]  # band means, band stds, where the clip's sums go
+
+
 class NativeFrontEnd:
     """One clip through the C front end, pushed in chunks; float features or the int8 model input.
 
@@ -152,6 +298,11 @@ class NativeFrontEnd:
         self._push = self._lib.ser_fe_push if self._int8 else self._lib.ser_fe_push_float
         workspace = self._workspace.ctypes.data
         self._check(self._lib.ser_fe_init(self._state.ctypes.data, self._native.address, workspace, self._native.workspace))
+
+    def normalise(self, norm: Norm) -> None:
+        """Standardise this clip by a speaker's statistics and sum its values (``ser_fe_normalise``); before any push."""
+        self._norm = _norm_arrays(norm)  # kept alive while the C state points into them
+        self._check(self._lib.ser_fe_normalise(self._state.ctypes.data, *self._norm[:3]))
 
     def _check(self, rc: int) -> None:
         if rc == ERR_TOO_MANY:
@@ -190,8 +341,20 @@ def _thread_scratch(workspace: int) -> tuple[int, int]:
     return held[3], held[2]
 
 
-def run(board_pcm: np.ndarray, cfg: FrontEndConfig, input_scale: float | None = None, input_zero_point: int = 0) -> np.ndarray:
+def _norm_arrays(norm: Norm) -> tuple[int, int, int | None, np.ndarray, np.ndarray]:
+    mean, std = (np.ascontiguousarray(v, np.float32) for v in norm[:2])
+    return mean.ctypes.data, std.ctypes.data, None if norm[2] is None else norm[2].address, mean, std
+
+
+def run(
+    board_pcm: np.ndarray,
+    cfg: FrontEndConfig,
+    input_scale: float | None = None,
+    input_zero_point: int = 0,
+    norm: Norm | None = None,
+) -> np.ndarray:
     """A whole clip in one push: float features, or the int8 model input when ``input_scale`` is given.
+    ``norm``: a speaker's statistics for this clip and where its sums go (``SpeakerStream`` does both).
 
     The lean form of ``NativeFrontEnd`` (per-thread scratch, no zeroing): it runs for every clip of
     every training epoch, and must not cost more than the NumPy reference.
@@ -203,6 +366,9 @@ def run(board_pcm: np.ndarray, cfg: FrontEndConfig, input_scale: float | None = 
     out = np.empty(cfg.input_shape, np.int8 if int8 else np.float32)
     state, workspace = _thread_scratch(native.workspace)
     rc = lib.ser_fe_init(state, native.address, workspace, native.workspace)
+    if rc == 0 and norm is not None:
+        arrays = _norm_arrays(norm)
+        rc = lib.ser_fe_normalise(state, *arrays[:3])
     if rc == 0:
         push = lib.ser_fe_push if int8 else lib.ser_fe_push_float
         rc = push(state, _address(pcm), len(pcm), _address(out))

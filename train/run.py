@@ -67,7 +67,7 @@ def train_one(
     if tcfg.speaker_norm:
         if frontend.kind != "logmel":
             raise ValueError(f"--speaker-norm normalises the log-mel; {tcfg.model} takes the raw waveform")
-        frontend = frontend.with_standardisation(0.0, 1.0)  # each speaker's statistics replace the global ones
+        frontend = frontend.raw  # each speaker's statistics replace the global ones
         raw_train = [clip_features(pcm[i], frontend) for i in part["train"]]
         speaker_stats = by_speaker(list(speakers[part["train"]]), raw_train, tcfg.speaker_norm)
         prior = pooled(raw_train, tcfg.speaker_norm)  # training part pooled: a test speaker's first clip
@@ -80,9 +80,10 @@ def train_one(
                 "speakers": {s: st.to_json() for s, st in speaker_stats.items()},
             },
         )
+        frontend.with_speaker_norm(tcfg.speaker_norm, prior.mean, prior.std).save(out / "frontend.json")  # the board's
     else:
         frontend = standardise(frontend, pcm_of("train"))
-    frontend.save(out / "frontend.json")
+        frontend.save(out / "frontend.json")
     train_cfg = asdict(tcfg)
     _write_json(out / "train_config.json", train_cfg)
 

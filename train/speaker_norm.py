@@ -7,9 +7,12 @@ offset (scalar) or a constant spectral tilt (per mel bin), and needs no label: o
 enrolment or a running estimate of the user's feature statistics.
 
 The statistics are the mean and standard deviation over every frame (and, ``scalar``, every mel bin)
-of the unstandardised log-mel that the board's C front end computes (``FrontEndConfig`` with mean 0,
-std 1). ``scalar`` keeps 2 float32 (8 bytes); ``bins`` keeps 2 per mel bin (512 bytes for 64 bins).
-A running estimate needs the frame count and the sums of the values and of their squares.
+of the unstandardised log-mel that the board's C front end computes (``FrontEndConfig.raw``).
+``scalar`` keeps 2 float32 (8 bytes); ``bins`` keeps 2 per mel bin (512 bytes for 64 bins). A
+running estimate needs the frame count and the sums of the values and of their squares: the board's
+C code (``firmware/app/ser_speaker_norm.c``) keeps them exactly (int64 sums of values rounded to
+2^-12, 16 bytes per bin) and ``Running`` is that same code, so a model trained here meets the same
+statistics on the board.
 
 Honest use on a test speaker (``scoring_plan``): the speaker's clips are put in a fixed order drawn
 from a seed and the clip count alone (never from a label or a path); clip i is then scored with
@@ -23,17 +26,21 @@ statistics of clips that are not clip i and carry no label:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from train.frontend import FrontEndConfig
 
 Mode = Literal["scalar", "bins"]
 MODES: tuple[str, ...] = ("scalar", "bins")
 ENROLMENT_COUNTS: tuple[int, ...] = (1, 5, 20, 50)  # the enrolment curve's clip counts
 ORDER_SEED = 19  # the fixed order of a test speaker's clips
-MIN_STD = 1e-3  # a silent enrolment must not blow the inputs up
 
 
 @dataclass(frozen=True)
@@ -48,35 +55,33 @@ class Stats:
 
 
 class Running:
-    """Frame count and sums of a speaker's log-mel values; ``stats()`` at any time (float64 sums)."""
+    """A speaker's running sums of log-mel values and ``stats()`` at any time: the board's own C arithmetic
+    (``train.frontend_c.SpeakerSums``), so training, the host's reference and the board agree bit for bit."""
 
     def __init__(self, mode: Mode, n_mels: int) -> None:
+        from train.frontend_c import SpeakerSums
+
         if mode not in MODES:
             raise ValueError(f"speaker normalisation is one of {', '.join(MODES)}, not {mode!r}")
         self.mode = mode
-        self.count = 0
-        self.total = np.zeros(n_mels)
-        self.squares = np.zeros(n_mels)
+        self.sums = SpeakerSums(mode, n_mels)
+
+    @property
+    def count(self) -> int:
+        """Frames summed."""
+        return self.sums.frames
 
     def add(self, raw: np.ndarray) -> None:
         """One clip's unstandardised model input, (n_mels, frames, 1) or (n_mels, frames)."""
-        x = np.asarray(raw, dtype=np.float64).reshape(len(self.total), -1)
-        self.count += x.shape[1]
-        self.total += x.sum(axis=1)
-        self.squares += (x * x).sum(axis=1)
+        self.sums.add_clip(raw)
 
     def stats(self) -> Stats:
         if self.count == 0:
             raise ValueError("no audio seen yet: statistics need at least one clip")
+        mean, std = self.sums.stats()
         if self.mode == "scalar":
-            n = self.count * len(self.total)
-            mean = self.total.sum() / n
-            var = self.squares.sum() / n - mean * mean
-        else:
-            mean = self.total / self.count
-            var = self.squares / self.count - mean * mean
-        std = np.maximum(np.sqrt(np.maximum(var, 0.0)), MIN_STD)
-        return Stats(np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32))
+            return Stats(mean[:1].reshape(()), std[:1].reshape(()))
+        return Stats(mean, std)
 
 
 def pooled(raws: Sequence[np.ndarray], mode: Mode) -> Stats:
@@ -148,3 +153,53 @@ def scoring_plan(
     everything = pooled(raws, mode)
     plans.append(Protocol("all-clips", order, [everything] * len(order), order))
     return plans
+
+
+def prior_of(cfg: FrontEndConfig) -> Stats:
+    """The prior a front end carries (``FrontEndConfig.prior_mean/prior_std``), as ``Stats``."""
+    mean, std = np.array(cfg.prior_mean, np.float32), np.array(cfg.prior_std, np.float32)
+    return Stats(mean.reshape(()), std.reshape(())) if cfg.speaker_norm == "scalar" else Stats(mean, std)
+
+
+def load_speaker_stats(path: Path) -> dict[str, Stats]:
+    """Each training speaker's statistics as training used them (a run's ``speaker_norm.json``)."""
+    data = json.loads(Path(path).read_text())
+    shape = () if data["mode"] == "scalar" else (-1,)
+    return {
+        s: Stats(np.asarray(v["mean"], np.float32).reshape(shape), np.asarray(v["std"], np.float32).reshape(shape))
+        for s, v in data["speakers"].items()
+    }
+
+
+def speaker_features(
+    speakers: Sequence[str], raws: Sequence[np.ndarray], cfg: FrontEndConfig, known: dict[str, Stats]
+) -> list[np.ndarray]:
+    """Model inputs of clips (in the given order) as a speaker-normalised model meets them.
+
+    A speaker in ``known`` (a training speaker) gets its statistics; any other voice gets the board's
+    causal statistics: its clips in ``scoring_order`` of their order here, each standardised by the
+    clips before it, the first by the prior (``SpeakerStream`` on the board, ``causal`` here).
+    """
+    out: list[np.ndarray | None] = [None] * len(raws)
+    for speaker in dict.fromkeys(speakers):
+        mine = [i for i, s in enumerate(speakers) if s == speaker]
+        if speaker in known:
+            for i in mine:
+                out[i] = apply(raws[i], known[speaker])
+            continue
+        order = [mine[j] for j in scoring_order(len(mine))]
+        for i, stats in zip(order, causal([raws[i] for i in order], cfg.speaker_norm, prior_of(cfg)), strict=True):
+            out[i] = apply(raws[i], stats)
+    return out  # type: ignore[return-value]
+
+
+def run_model_inputs(run: Path, cfg: FrontEndConfig, pcms: Sequence[np.ndarray], speakers: Sequence[str]) -> list[np.ndarray]:
+    """Float model inputs of a run's clips (as stored on disk): the front end alone, or, for a
+    speaker-normalised run, ``speaker_features`` with the training speakers' statistics of its
+    ``speaker_norm.json``."""
+    from train.frontend import clip_features
+
+    if cfg.speaker_norm == "off":
+        return [clip_features(p, cfg) for p in pcms]
+    raws = [clip_features(p, cfg.raw) for p in pcms]
+    return speaker_features(speakers, raws, cfg, load_speaker_stats(Path(run) / "speaker_norm.json"))

@@ -23,6 +23,7 @@
 #include "ser_pcm_codec.h"
 #include "ser_port.h"
 #include "ser_protocol.h"
+#include "ser_speaker_norm.h"
 
 #define MAX_CHUNK_SAMPLES SER_CHUNK_MAX_RAW_SAMPLES
 #define INTER_BYTE_TIMEOUT_MS 200u
@@ -74,6 +75,20 @@ static const ser_fe_config kFrontEnd = {
 };
 static float fe_workspace[FE_WORKSPACE_FLOATS];
 static ser_fe_state fe_state;
+#endif
+
+/* Per-speaker normalisation (ser_speaker_norm.h, PROTOCOL.md 14): the sums of the clips heard since
+   start-up or the last NORM, this clip's sums (committed when its last sample is in) and the
+   statistics the clip is standardised with (computed at START). */
+#if defined(SER_SPEAKER_NORM) && SER_SPEAKER_NORM != SER_SN_OFF && FE_KIND == SER_FE_LOGMEL
+#define SPEAKER_NORM 1
+_Static_assert(SER_SN_N_BINS <= SER_NORM_MAX_BINS, "NORM_STATE carries at most SER_NORM_MAX_BINS bins");
+static int64_t sn_total_sum[SER_SN_N_BINS], sn_total_squares[SER_SN_N_BINS];
+static int64_t sn_clip_sum[SER_SN_N_BINS], sn_clip_squares[SER_SN_N_BINS];
+static ser_sn_sums sn_total, sn_clip;
+static float sn_mean[SER_FE_N_MELS], sn_std[SER_FE_N_MELS];
+#else
+#define SPEAKER_NORM 0
 #endif
 
 static ser_parser parser;
@@ -201,6 +216,11 @@ static size_t info_payload(uint8_t *out, size_t cap) {
   info.max_tensor_chunk = SER_TENSOR_CHUNK_MAX_DATA;
   info.n_tensors = model_ok ? ser_model_graph_tensors() : 0;
   if (info.n_tensors) info.present |= SER_INFO_HAS(SER_TAG_LAYERS);
+#if SPEAKER_NORM
+  info.present |= SER_INFO_HAS(SER_TAG_SPEAKER_NORM);
+  info.sn_mode = SER_SPEAKER_NORM;
+  info.sn_bins = SER_SN_N_BINS;
+#endif
   return ser_info_encode(&info, out, cap);
 }
 
@@ -239,6 +259,13 @@ static void handle_start(const ser_frame *f) {
     return;
   }
 #endif
+#if SPEAKER_NORM /* this clip gets the statistics of the clips before it (the prior before any) */
+  if (ser_sn_stats(&sn_total, g_sn_prior_mean, g_sn_prior_std, sn_mean, sn_std) != SER_SN_OK ||
+      ser_fe_normalise(&fe_state, sn_mean, sn_std, &sn_clip) != SER_FE_OK) {
+    send_error(SER_ERR_MODEL_FAILED, f->type, f->seq, "speaker statistics or their prior are unusable");
+    return;
+  }
+#endif
   treq.active = treq.invoked = false; /* a clip writes the input: a raw tensor request ends here */
   treq.filled = 0;
   clip.active = true;
@@ -252,6 +279,9 @@ static void handle_start(const ser_frame *f) {
 static void finish_clip(const ser_frame *f) {
   uint32_t invoke_cycles = 0;
   clip.active = false;
+#if SPEAKER_NORM /* the whole clip is heard: its audio joins the voice's statistics (frozen once full) */
+  (void)ser_sn_commit(&sn_total, &sn_clip);
+#endif
   if (ser_model_invoke(&invoke_cycles) != 0) {
     send_error_reply(SER_ERR_MODEL_FAILED, f->type, f->seq, ser_model_error(), true);
     return;
@@ -487,6 +517,53 @@ static void handle_layer_read(const ser_frame *f) {
   send_frame(SER_MSG_LAYER_DATA, f->seq, ser_layer_data_encode(&r, payload, SER_MAX_PAYLOAD), false);
 }
 
+/* NORM (section 14): read, reset or load the voice's statistics; the reply is the state held afterwards.
+   RESET and LOAD end a clip in progress (its audio would otherwise join the new statistics). */
+static void handle_norm(const ser_frame *f) {
+  uint8_t op;
+  ser_norm_state m;
+  int err = ser_norm_decode(f->payload, f->len, &op, &m);
+  if (err) {
+    send_error((uint8_t)err, f->type, f->seq, err == SER_ERR_BAD_NORM ? "NORM op is 0 read, 1 reset or 2 load" : "NORM payload size");
+    return;
+  }
+#if SPEAKER_NORM
+  if (op == SER_NORM_LOAD) {
+    if (m.mode != sn_total.mode || m.n_bins != sn_total.n_bins) {
+      send_error(SER_ERR_BAD_NORM, f->type, f->seq, "NORM load of another mode or bin count (see INFO SPEAKER_NORM)");
+      return;
+    }
+    /* Checked in the clip's sums (a LOAD ends any clip; START clears them), then taken over. */
+    clip.active = false;
+    sn_clip.clips = m.clips;
+    sn_clip.frames = m.frames;
+    for (uint16_t i = 0; i < m.n_bins; i++) {
+      sn_clip_sum[i] = ser_norm_sum(&m, i);
+      sn_clip_squares[i] = ser_norm_square(&m, i);
+    }
+    if (!ser_sn_plausible(&sn_clip)) {
+      ser_sn_clear(&sn_clip);
+      send_error(SER_ERR_BAD_NORM, f->type, f->seq, "NORM load of sums no voice can have");
+      return;
+    }
+    memcpy(sn_total_sum, sn_clip_sum, sizeof sn_total_sum);
+    memcpy(sn_total_squares, sn_clip_squares, sizeof sn_total_squares);
+    sn_total.clips = m.clips;
+    sn_total.frames = m.frames;
+    ser_sn_clear(&sn_clip);
+  } else if (op == SER_NORM_RESET) {
+    ser_sn_clear(&sn_total);
+    clip.active = false;
+  }
+  ser_norm_state r = {sn_total.mode, sn_total.n_bins, sn_total.clips, sn_total.frames, NULL};
+  send_frame(SER_MSG_NORM_STATE, f->seq, ser_norm_state_encode(&r, sn_total.sum, sn_total.squares, payload, SER_MAX_PAYLOAD),
+             false);
+#else
+  (void)op;
+  send_error(SER_ERR_BAD_NORM, f->type, f->seq, "this firmware has no speaker normalisation (INFO has no SPEAKER_NORM)");
+#endif
+}
+
 static void handle_profile(const ser_frame *f) {
   const ser_profile_event *events;
   size_t n = ser_model_profile(&events);
@@ -552,6 +629,9 @@ static void handle_frame(const ser_frame *f) {
     case SER_MSG_LAYER_READ:
       handle_layer_read(f);
       return;
+    case SER_MSG_NORM:
+      handle_norm(f);
+      return;
     default:
       send_error(SER_ERR_UNKNOWN_TYPE, f->type, f->seq, "unknown message type");
       return;
@@ -563,6 +643,12 @@ int main(void) {
   ser_port_init();
   ser_parser_init(&parser);
   model_ok = ser_model_init() == 0;
+#if SPEAKER_NORM
+  if (ser_sn_init(&sn_total, SER_SPEAKER_NORM, SER_FE_N_MELS, sn_total_sum, sn_total_squares) != SER_SN_OK ||
+      ser_sn_init(&sn_clip, SER_SPEAKER_NORM, SER_FE_N_MELS, sn_clip_sum, sn_clip_squares) != SER_SN_OK) {
+    model_ok = false; /* emission refuses such a model: this is a hand-edited model_config.h */
+  }
+#endif
   send_frame(SER_MSG_BOOT, 0, info_payload(payload, SER_MAX_PAYLOAD), false);
   ser_port_led(model_ok);
 

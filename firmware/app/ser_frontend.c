@@ -309,13 +309,27 @@ static void frame_power(ser_fe_state *st) {
   }
 }
 
-/* Standardised log-mel of mel band m from the current power spectrum. */
-static float band_value(const ser_fe_config *cfg, const float *power, uint32_t m) {
+/* Unstandardised log-mel of mel band m from the current power spectrum. */
+static float band_log(const ser_fe_config *cfg, const float *power, uint32_t m) {
   const float *w = cfg->mel_weights + cfg->mel_offset[m];
   const float *p = power + cfg->mel_start[m];
   float sum = 0.0f;
   for (uint32_t i = 0; i < cfg->mel_count[m]; ++i) sum += w[i] * p[i];
-  return (log_f32(sum + cfg->log_offset) - cfg->mean) / cfg->std;
+  return log_f32(sum + cfg->log_offset);
+}
+
+int ser_fe_normalise(ser_fe_state *st, const float *band_mean, const float *band_std, ser_sn_sums *collect) {
+  if (st == NULL || st->magic != SER_FE_MAGIC || st->cfg->kind != SER_FE_LOGMEL) return SER_FE_ERR_ARG;
+  if ((band_mean == NULL) != (band_std == NULL) || st->frame != 0u) return SER_FE_ERR_ARG;
+  if (collect != NULL && collect->n_mels != st->cfg->n_mels) return SER_FE_ERR_ARG;
+  for (uint32_t m = 0; band_std != NULL && m < st->cfg->n_mels; ++m) {
+    if (!is_finite(band_mean[m]) || !is_finite(band_std[m]) || band_std[m] == 0.0f) return SER_FE_ERR_CONFIG;
+  }
+  st->band_mean = band_mean;
+  st->band_std = band_std;
+  st->collect = collect;
+  if (collect != NULL) ser_sn_clear(collect);
+  return SER_FE_OK;
 }
 
 /* One push, to the int8 tensor (q) or to float features (f): exactly one of them is non-NULL. */
@@ -360,13 +374,16 @@ static int push(ser_fe_state *st, const int16_t *pcm, size_t n, int8_t *q, float
       frame_power(st);
       const uint32_t frames = cfg->num_frames, t = st->frame;
       for (uint32_t m = 0; m < cfg->n_mels; ++m) {
-        const float v = band_value(cfg, st->power, m);
+        const float raw = band_log(cfg, st->power, m);
+        if (st->collect != NULL) ser_sn_add_value(st->collect, (uint16_t)m, raw);
+        const float v = st->band_std != NULL ? (raw - st->band_mean[m]) / st->band_std[m] : (raw - cfg->mean) / cfg->std;
         if (f != NULL) {
           f[m * frames + t] = v;
         } else {
           q[m * frames + t] = quantize(v, cfg->input_scale, cfg->input_zero_point);
         }
       }
+      if (st->collect != NULL) ser_sn_end_frame(st->collect);
       st->frame += 1u;
       st->next_frame_end += cfg->hop;
     }

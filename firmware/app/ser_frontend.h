@@ -8,6 +8,7 @@
  *   log-mel:  frame t covers samples [t*hop, t*hop + n_fft); P[k] = |rfft(x_t * window)[k]|^2,
  *             M[m] = sum_i mel_weights[mel_offset[m] + i] * P[mel_start[m] + i], i < mel_count[m],
  *             S = (ser_logf(M[m] + log_offset) - mean) / std, output index m * num_frames + t
+ *             (mean, std: the config's, or band m's of a speaker's statistics, see ser_fe_normalise)
  *   int8:     q = clamp(round_half_even(value / input_scale) + input_zero_point, -128, 127)
  *
  * No libm call is made (their results differ between glibc and newlib): the logarithm is
@@ -33,6 +34,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "ser_speaker_norm.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -72,7 +75,9 @@ typedef struct {
   uint32_t received;
   uint32_t next_frame_end; /* absolute sample count that completes the next frame */
   uint32_t frame;          /* frames written so far */
-  uint32_t magic;          /* set by ser_fe_init */
+  const float *band_mean, *band_std; /* per-band statistics (ser_fe_normalise), or NULL: cfg->mean, cfg->std */
+  ser_sn_sums *collect;              /* where this clip's unstandardised values are summed, or NULL */
+  uint32_t magic;                    /* set by ser_fe_init */
 } ser_fe_state;
 
 /* Floats of workspace the caller must provide for this config (0 for waveform). */
@@ -80,6 +85,12 @@ size_t ser_fe_workspace_floats(const ser_fe_config *cfg);
 
 /* Checks the config and starts a new clip. Returns SER_FE_OK or a negative error. */
 int ser_fe_init(ser_fe_state *st, const ser_fe_config *cfg, float *workspace, size_t workspace_floats);
+
+/* Per-speaker normalisation (ser_speaker_norm.h), log-mel only, after ser_fe_init and before the first
+   frame: standardise band m by band_mean[m] and band_std[m] (n_mels each, NULL: the config's mean and
+   std) and sum the clip's unstandardised values into `collect` (cleared here; NULL: none). The arrays
+   must outlive the clip. */
+int ser_fe_normalise(ser_fe_state *st, const float *band_mean, const float *band_std, ser_sn_sums *collect);
 
 /* Push n samples; writes finished values straight into the int8 model input tensor
    (num_frames * n_mels values for log-mel, clip_samples for waveform).

@@ -447,6 +447,63 @@ int ser_layer_data_decode(const uint8_t *payload, size_t len, ser_layer_data *m)
   return SER_ERR_NONE;
 }
 
+static void put_u64(uint8_t *p, uint64_t v) {
+  put_u32(p, (uint32_t)v);
+  put_u32(p + 4, (uint32_t)(v >> 32));
+}
+
+static uint64_t get_u64(const uint8_t *p) { return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32; }
+
+size_t ser_norm_state_encode(const ser_norm_state *m, const int64_t *sum, const int64_t *squares, uint8_t *out,
+                             size_t cap) {
+  const size_t n = SER_NORM_STATE_SIZE((size_t)m->n_bins);
+  if (m->n_bins > SER_NORM_MAX_BINS || cap < n) return 0;
+  out[0] = m->mode;
+  put_u16(out + 1, m->n_bins);
+  put_u32(out + 3, m->clips);
+  put_u32(out + 7, m->frames);
+  uint8_t *p = out + SER_NORM_STATE_HEADER_SIZE;
+  for (uint16_t i = 0; i < m->n_bins; i++) put_u64(p + 8u * i, (uint64_t)sum[i]);
+  p += 8u * m->n_bins;
+  for (uint16_t i = 0; i < m->n_bins; i++) put_u64(p + 8u * i, (uint64_t)squares[i]);
+  return n;
+}
+
+int ser_norm_state_decode(const uint8_t *payload, size_t len, ser_norm_state *m) {
+  if (len < SER_NORM_STATE_HEADER_SIZE) return SER_ERR_BAD_LENGTH;
+  m->mode = payload[0];
+  m->n_bins = get_u16(payload + 1);
+  m->clips = get_u32(payload + 3);
+  m->frames = get_u32(payload + 7);
+  m->sums = payload + SER_NORM_STATE_HEADER_SIZE;
+  if (m->n_bins > SER_NORM_MAX_BINS || len != SER_NORM_STATE_SIZE((size_t)m->n_bins)) return SER_ERR_BAD_LENGTH;
+  return SER_ERR_NONE;
+}
+
+int64_t ser_norm_sum(const ser_norm_state *m, uint16_t bin) { return (int64_t)get_u64(m->sums + 8u * bin); }
+
+int64_t ser_norm_square(const ser_norm_state *m, uint16_t bin) {
+  return (int64_t)get_u64(m->sums + 8u * ((size_t)m->n_bins + bin));
+}
+
+int ser_norm_decode(const uint8_t *payload, size_t len, uint8_t *op, ser_norm_state *state) {
+  if (len < 1) return SER_ERR_BAD_LENGTH;
+  *op = payload[0];
+  memset(state, 0, sizeof *state);
+  if (*op == SER_NORM_READ || *op == SER_NORM_RESET) return len == 1 ? SER_ERR_NONE : SER_ERR_BAD_LENGTH;
+  if (*op != SER_NORM_LOAD) return SER_ERR_BAD_NORM;
+  return ser_norm_state_decode(payload + 1, len - 1, state);
+}
+
+size_t ser_norm_encode(uint8_t op, const ser_norm_state *state, const int64_t *sum, const int64_t *squares, uint8_t *out,
+                       size_t cap) {
+  if (cap < 1) return 0;
+  out[0] = op;
+  if (op != SER_NORM_LOAD) return 1;
+  size_t n = ser_norm_state_encode(state, sum, squares, out + 1, cap - 1);
+  return n ? n + 1 : 0;
+}
+
 static size_t put_tensor_spec(uint8_t *v, const ser_tensor_spec *t) {
   uint8_t n = t->n_dims > SER_INFO_MAX_DIMS ? SER_INFO_MAX_DIMS : t->n_dims;
   v[0] = t->dtype;
@@ -527,6 +584,11 @@ size_t ser_info_encode(const ser_info *info, uint8_t *out, size_t cap) {
     put_u16(v, info->n_tensors);
     SER_APPEND(SER_TAG_LAYERS, v, 2);
   }
+  if (has & SER_INFO_HAS(SER_TAG_SPEAKER_NORM)) {
+    v[0] = info->sn_mode;
+    put_u16(v + 1, info->sn_bins);
+    SER_APPEND(SER_TAG_SPEAKER_NORM, v, 3);
+  }
 #undef SER_APPEND
   return len;
 }
@@ -560,6 +622,7 @@ int ser_info_decode(const uint8_t *payload, size_t len, ser_info *info) {
       case SER_TAG_RX_PATHS: need = 1; break;
       case SER_TAG_TENSOR_IO: need = 4; break;
       case SER_TAG_LAYERS: need = 2; break;
+      case SER_TAG_SPEAKER_NORM: need = 3; break;
       default: break;
     }
     if (n < need) return SER_ERR_BAD_LENGTH;
@@ -602,6 +665,10 @@ int ser_info_decode(const uint8_t *payload, size_t len, ser_info *info) {
         info->max_tensor_chunk = get_u16(v + 2);
         break;
       case SER_TAG_LAYERS: info->n_tensors = get_u16(v); break;
+      case SER_TAG_SPEAKER_NORM:
+        info->sn_mode = v[0];
+        info->sn_bins = get_u16(v + 1);
+        break;
       default: continue; /* unknown tag: skipped */
     }
     info->present |= (uint32_t)SER_INFO_HAS(tag);

@@ -38,6 +38,7 @@ enum {
   SER_MSG_INVOKE = 0x09,
   SER_MSG_TENSOR_READ = 0x0A,
   SER_MSG_LAYER_READ = 0x0B, /* every tensor of the graph (section 13), only to a board whose INFO has LAYERS */
+  SER_MSG_NORM = 0x0C,       /* per-speaker statistics (section 14), only to a board whose INFO has SPEAKER_NORM */
   SER_MSG_BOOT = 0x80,
   SER_MSG_INFO = 0x81,
   SER_MSG_NEXT = 0x82,
@@ -48,6 +49,7 @@ enum {
   SER_MSG_INVOKED = 0x87,
   SER_MSG_TENSOR_DATA = 0x88,
   SER_MSG_LAYER_DATA = 0x89,
+  SER_MSG_NORM_STATE = 0x8A,
   SER_MSG_ERROR = 0xEE
 };
 
@@ -67,7 +69,8 @@ enum {
   SER_ERR_TRUNCATED = 9,
   SER_ERR_BUSY = 10,
   SER_ERR_BAD_PATH = 11,
-  SER_ERR_BAD_TENSOR = 12
+  SER_ERR_BAD_TENSOR = 12,
+  SER_ERR_BAD_NORM = 13
 };
 
 /* PCM chunk encodings (CHUNK.encoding; bit n of INFO's PCM_ENCODINGS = encoding n supported). */
@@ -265,6 +268,32 @@ typedef struct {
 size_t ser_layer_data_encode(const ser_layer_data *m, uint8_t *out, size_t cap);
 int ser_layer_data_decode(const uint8_t *payload, size_t len, ser_layer_data *m);
 
+/* ---- per-speaker statistics (PROTOCOL.md section 14) ----
+ * NORM(op) with op READ or RESET, or NORM(LOAD, state) -> NORM_STATE(state): the statistics' sums the
+ * board holds afterwards. A state: mode u8, n_bins u16, clips u32, frames u32, then sum i64[n_bins]
+ * and squares i64[n_bins] (little-endian), ser_speaker_norm.h's ser_sn_sums on the wire. */
+#define SER_NORM_READ 0
+#define SER_NORM_RESET 1
+#define SER_NORM_LOAD 2
+#define SER_NORM_STATE_HEADER_SIZE 11
+#define SER_NORM_STATE_SIZE(n_bins) (SER_NORM_STATE_HEADER_SIZE + 16u * (n_bins))
+#define SER_NORM_MAX_BINS 127 /* 1 + SER_NORM_STATE_SIZE(127) = 2044 bytes: a LOAD fits one frame */
+typedef struct {
+  uint8_t mode;
+  uint16_t n_bins;
+  uint32_t clips, frames;
+  const uint8_t *sums; /* decode: 16 * n_bins bytes in the payload; read them with ser_norm_sum/ser_norm_square */
+} ser_norm_state;
+size_t ser_norm_state_encode(const ser_norm_state *m, const int64_t *sum, const int64_t *squares, uint8_t *out,
+                             size_t cap);
+int ser_norm_state_decode(const uint8_t *payload, size_t len, ser_norm_state *m);
+int64_t ser_norm_sum(const ser_norm_state *m, uint16_t bin);
+int64_t ser_norm_square(const ser_norm_state *m, uint16_t bin);
+/* NORM: op u8, then for LOAD the state. SER_ERR_BAD_NORM for an unknown op, BAD_LENGTH for a wrong size. */
+int ser_norm_decode(const uint8_t *payload, size_t len, uint8_t *op, ser_norm_state *state);
+size_t ser_norm_encode(uint8_t op, const ser_norm_state *state, const int64_t *sum, const int64_t *squares, uint8_t *out,
+                       size_t cap);
+
 /* ---- INFO / BOOT: a TLV list (tag u8, len u8, value[len]) ----
  * Decoders skip unknown tags. A known tag's value may grow at its end in later versions: decoders
  * read the fields they know and ignore the rest; a value shorter than its fields is BAD_LENGTH. */
@@ -285,12 +314,13 @@ enum {
   SER_TAG_PCM_ENCODINGS = 0x0E,     /* bitmask u8: bit n = encoding n */
   SER_TAG_RX_PATHS = 0x0F,          /* u8: ways in for the host's stream, path 0 the UART (section 8) */
   SER_TAG_TENSOR_IO = 0x10,         /* n_inputs u8, n_outputs u8, max_chunk_bytes u16: raw tensors (section 12) */
-  SER_TAG_LAYERS = 0x11             /* n_tensors u16: every tensor is kept and readable (section 13) */
+  SER_TAG_LAYERS = 0x11,            /* n_tensors u16: every tensor is kept and readable (section 13) */
+  SER_TAG_SPEAKER_NORM = 0x12       /* mode u8 (ser_speaker_norm.h SER_SN_*), n_bins u16 (section 14) */
 };
 
 /* ser_info.present: one bit per tag above (1 << tag); the LABEL bit stands for all n_labels labels. */
 #define SER_INFO_HAS(tag) (1ul << (tag))
-#define SER_INFO_ALL 0xFFFEul /* the tags of version 1's first table; TENSOR_IO and LAYERS are added on their own */
+#define SER_INFO_ALL 0xFFFEul /* the tags of version 1's first table; the later ones are added on their own */
 
 /* Tensor dtypes: TfLiteType codes. */
 enum { SER_DTYPE_FLOAT32 = 1, SER_DTYPE_UINT8 = 3, SER_DTYPE_INT16 = 7, SER_DTYPE_INT8 = 9 };
@@ -329,6 +359,8 @@ typedef struct {
   uint8_t n_inputs, n_outputs; /* TENSOR_IO */
   uint16_t max_tensor_chunk;
   uint16_t n_tensors; /* LAYERS */
+  uint8_t sn_mode;    /* SPEAKER_NORM */
+  uint16_t sn_bins;
 } ser_info;
 
 size_t ser_info_encode(const ser_info *info, uint8_t *out, size_t cap);
