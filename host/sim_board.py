@@ -50,6 +50,7 @@ from host.protocol import (
     LayerRead,
     MsgType,
     Next,
+    Norm,
     Parser,
     PayloadError,
     Profile,
@@ -65,7 +66,8 @@ from host.protocol import (
     TensorStart,
     encode_frame,
 )
-from train.frontend_c import KINDS, NativeFrontEnd
+from host.reference import from_wire, to_wire
+from train.frontend_c import KINDS, SPEAKER_NORM_MODES, NativeFrontEnd, SpeakerStream
 
 INTER_BYTE_TIMEOUT = 0.2  # seconds, as ser_app.c
 MAX_CHUNK_SAMPLES = CHUNK_MAX_RAW_SAMPLES  # as ser_app.c
@@ -129,6 +131,8 @@ class SimulatedBoard:
         if self.frontend is not None and tuple(in_spec.shape[1:]) != self.frontend.input_shape:
             raise ValueError(f"model input {in_spec.shape} does not match its front end's {self.frontend.input_shape}")
         self.in_spec, self.out_spec = in_spec, out_spec
+        # per-speaker statistics (PROTOCOL.md 14), in the board's own C arithmetic; lost at every boot, as on the board
+        self._norm = SpeakerStream(self.frontend) if self.frontend and self.frontend.speaker_norm != "off" else None
         self.input_elements = int(np.prod(in_spec.shape))
         self.output_elements = int(np.prod(out_spec.shape))
         self.labels = tuple(board_labels(tflite, self.edge_in, self.edge_out))  # as ser-emit gives the firmware
@@ -206,6 +210,8 @@ class SimulatedBoard:
         self._reason = reason
         self._boots += 1
         self._invoked = False  # PROFILE_DATA describes the last Invoke since boot
+        if self._norm is not None:
+            self._norm.total.clear()
         self._send(MsgType.BOOT, 0, self._info(Boot).encode())
 
     def _serve(self) -> None:
@@ -251,6 +257,7 @@ class SimulatedBoard:
             MsgType.INVOKE: (Invoke, lambda m: self._handle_invoke(f, m)),
             MsgType.TENSOR_READ: (TensorRead, lambda m: self._handle_tensor_read(f, m)),
             MsgType.LAYER_READ: (LayerRead, lambda m: self._handle_layer_read(f, m)),
+            MsgType.NORM: (Norm, lambda m: self._handle_norm(f, m)),
         }
         if f.type not in handlers:
             self._error(ErrorCode.UNKNOWN_TYPE, f.type, f.seq, "unknown message type")
@@ -290,6 +297,8 @@ class SimulatedBoard:
             NativeFrontEnd(fe, self.in_spec.scale, self.in_spec.zero_point) if fe else None,
             None if fe else np.zeros(self.input_elements, np.int8),
         )
+        if self._norm is not None:  # the statistics of the clips before this one (the prior before any)
+            self._clip.frontend.normalise((*self._norm.current(), self._norm.clip))
         self._last = _Last(f.type, f.seq, m.clip_id, 0)
         self._send_next(f)
 
@@ -329,6 +338,8 @@ class SimulatedBoard:
 
     def _finish_clip(self, f: Frame, clip: _Clip) -> None:
         self._clip = None
+        if self._norm is not None:  # the whole clip is heard: it joins the voice's statistics
+            self._norm.total.commit(self._norm.clip)
         model_input = clip.frontend.out if clip.frontend is not None else clip.raw_input
         start = time.perf_counter_ns()
         try:
@@ -466,6 +477,29 @@ class SimulatedBoard:
         part = data[m.offset : m.offset + min(m.max_bytes, LAYER_DATA_MAX_DATA)]
         self._send(MsgType.LAYER_DATA, f.seq, LayerData(m.req_id, m.tensor, m.offset, part).encode())
 
+    def _handle_norm(self, f: Frame, m: Norm) -> None:
+        if self._norm is None:
+            why = "this firmware has no speaker normalisation (INFO has no SPEAKER_NORM)"
+            self._error(ErrorCode.BAD_NORM, f.type, f.seq, why)
+            return
+        total = self._norm.total
+        if m.op == Norm.LOAD:  # refused as ser_app.c refuses it, with its words
+            state = from_wire(m.state)
+            if state.mode != total.mode or len(state.sum) != len(total.sum):
+                why = "NORM load of another mode or bin count (see INFO SPEAKER_NORM)"
+                self._error(ErrorCode.BAD_NORM, f.type, f.seq, why)
+                return
+            try:
+                total.load(state)
+            except ValueError:
+                self._error(ErrorCode.BAD_NORM, f.type, f.seq, "NORM load of sums no voice can have")
+                return
+        if m.op != Norm.READ:
+            self._clip = None  # RESET and LOAD end a clip in progress
+        if m.op == Norm.RESET:
+            total.clear()
+        self._send(MsgType.NORM_STATE, f.seq, to_wire(total.state()).encode())
+
     def _handle_profile(self, f: Frame) -> None:
         entries, size = [], 2
         for tag in self.profile_tags if self._invoked else ():
@@ -502,6 +536,7 @@ class SimulatedBoard:
             pcm_encodings=(1 << pcm_codec.RAW) | (1 << pcm_codec.RICE),
             tensor_io=(len(self.edge_in), len(self.edge_out), TENSOR_CHUNK_MAX_DATA) if self._tflm else (0, 0, 0),
             layers=self._n_tensors if self.layers and self._tflm else None,
+            speaker_norm=(SPEAKER_NORM_MODES[fe.speaker_norm], len(fe.prior_mean)) if self._norm else None,
         )
 
     @staticmethod

@@ -100,3 +100,14 @@ def _firmware(tflite: bytes) -> Path:
     from host.firmware import build
 
     return build(QEMU_BOARD, tflite, DEPS)
+
+
+@functools.cache
+def norm_model(mode: str) -> bytes:
+    """The same network behind a front end with per-speaker normalisation (``mode`` scalar or bins), its prior
+    pooled from other clips, as ser-convert writes a ``--speaker-norm`` run's model."""
+    from train.speaker_norm import pooled
+
+    prior = pooled([features(pcm, CFG.raw) for pcm in clips(6, first=30)], mode)
+    cfg = CFG.raw.with_speaker_norm(mode, prior.mean, prior.std)
+    return with_metadata(_bare_model(), {"format": 1, "frontend": cfg.__dict__, "labels": list(EMOTIONS)})

@@ -235,10 +235,12 @@ class SpeakerSums:
         """Take over a state (a board's, or a saved one); refused if it cannot be sums of real values."""
         if state.mode != self.mode or len(state.sum) != len(self.sum) or len(state.squares) != len(self.squares):
             raise ValueError(f"a {state.mode} state of {len(state.sum)} bins does not fit {self.mode} over {len(self.sum)}")
+        kept = self.state()
         self.sum[:], self.squares[:] = state.sum, state.squares
         self._struct.clips, self._struct.frames = state.clips, state.frames
         if not self._lib.ser_sn_plausible(self.address):
-            self.clear()
+            self.sum[:], self.squares[:] = kept.sum, kept.squares  # refused: the sums stay as they were
+            self._struct.clips, self._struct.frames = kept.clips, kept.frames
             raise ValueError("these sums cannot come from real audio (negative squares, or more frames than the limit)")
 
 
@@ -255,7 +257,7 @@ class SpeakerStream:
             raise ValueError("this front end has no per-speaker normalisation")
         self.cfg = cfg
         self.total = SpeakerSums(cfg.speaker_norm, cfg.n_mels)
-        self._clip = SpeakerSums(cfg.speaker_norm, cfg.n_mels)
+        self.clip = SpeakerSums(cfg.speaker_norm, cfg.n_mels)  # the clip being heard
         self.prior = (np.array(cfg.prior_mean, np.float32), np.array(cfg.prior_std, np.float32))
 
     def current(self) -> tuple[np.ndarray, np.ndarray]:
@@ -263,8 +265,8 @@ class SpeakerStream:
         return self.total.stats(self.prior)
 
     def run(self, board_pcm: np.ndarray, input_scale: float | None = None, input_zero_point: int = 0) -> np.ndarray:
-        out = run(board_pcm, self.cfg, input_scale, input_zero_point, norm=(*self.current(), self._clip))
-        self.total.commit(self._clip)
+        out = run(board_pcm, self.cfg, input_scale, input_zero_point, norm=(*self.current(), self.clip))
+        self.total.commit(self.clip)
         return out
 
     def reset(self) -> None:

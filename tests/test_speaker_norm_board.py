@@ -1,0 +1,137 @@
+"""Per-speaker normalisation on the board: the board's running statistics and the host's agree bit for bit.
+
+The board standardises each clip by the statistics of the clips it heard before (PROTOCOL.md 14);
+the host's reference (``HostReference``) keeps the same statistics with the same C code. Every test
+streams clips to a real board (the simulated one, and the emulated Cortex-M4 when TFLM sources are
+given) through ``BoardSession``, as ser-eval does, and compares scores and statistics with the host.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from host.board import BoardError
+from host.fault_relay import ByteFaults, FaultPlan, FaultRelay
+from host.protocol import Norm, NormState
+from host.reference import HostReference
+from host.session import BoardSession
+from tests.boards_under_test import KINDS, clips, norm_model, running_board, small_model
+
+REPLY_TIMEOUT = 0.6  # as tests/test_fault_relay.py: above the board's inter-byte timeout plus a frame
+
+
+def _stream(session: BoardSession, reference: HostReference, pcms: list[np.ndarray]) -> list[bool]:
+    """Each clip on the board with the statistics the host expects before it; whether each answer is the host's."""
+    same = []
+    for pcm in pcms:
+        before = reference.norm_state()
+        want = reference(pcm)
+        got = np.array(session.classify(pcm, norm=before).result.scores, np.int8)
+        same.append(bool(np.array_equal(got, want)))
+    return same
+
+
+def _empty(info_norm: tuple[int, int]) -> NormState:
+    mode, bins = info_norm
+    return NormState(mode, 0, 0, (0,) * bins, (0,) * bins)
+
+
+def test_the_statistics_change_what_the_model_sees() -> None:
+    """The same clip, standardised by the prior and by four clips of the voice, is another model input."""
+    model, pcms = norm_model("bins"), clips(5)
+    fresh, heard = HostReference(model), HostReference(model)
+    for pcm in pcms[1:]:
+        heard.model_input(pcm)
+    assert not np.array_equal(fresh.model_input(pcms[0]), heard.model_input(pcms[0]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("mode", ["scalar", "bins"])
+def test_board_keeps_the_voice_statistics_itself_bit_exact_with_the_host_across_reset_and_load(kind: str, mode: str) -> None:
+    model = norm_model(mode)
+    reference = HostReference(model)
+    pcms = clips(6)
+    with running_board(kind, model) as board:
+        session = BoardSession(board.url, model, timeout=REPLY_TIMEOUT)
+        info = session.connect()
+        assert info.speaker_norm == ((1, 1) if mode == "scalar" else (2, 64))
+        assert session.read_norm() == _empty(info.speaker_norm)
+
+        assert _stream(session, reference, pcms[:4]) == [True] * 4
+        assert session.stats.norm_loads == 1  # at first contact only: from then on the board kept them up itself
+        held = session.read_norm()
+        assert held == reference.norm_state() and held.clips == 4 and held.frames == 4 * 30
+
+        assert session.link.norm(Norm.RESET) == _empty(info.speaker_norm)
+        reference.reset_norm()
+        session.norm_unsure = False  # both sides hold the empty state: the board must answer from it unaided
+        assert _stream(session, reference, pcms[:1]) == [True]
+        assert session.read_norm() == reference.norm_state()
+
+        # A saved state loaded into the board continues exactly where it stood.
+        assert session.link.norm(Norm.LOAD, held) == held
+        reference.load_norm(held)
+        session.norm_unsure = False
+        assert _stream(session, reference, pcms[4:]) == [True, True]
+        assert session.read_norm() == reference.norm_state()
+        session.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_statistics_survive_a_noisy_link_and_board_resets(kind: str) -> None:
+    """Through the fault relay (bytes dropped, flipped, doubled; the board reset now and then) every clip is
+    still standardised as the host expects: after a reset or a failed attempt the session loads the host's state."""
+    model = norm_model("bins")
+    reference = HostReference(model)
+    pcms = clips(5, first=2)
+    plan = FaultPlan(seed=5, to_board=ByteFaults(flip=2e-5), to_tool=ByteFaults(drop=3e-4, flip=3e-4), reset_every=47)
+    with running_board(kind, model) as board, FaultRelay(board.url, plan) as relay:
+        session = BoardSession(relay.url, model, attempts=8, timeout=REPLY_TIMEOUT)
+        session.connect()
+        assert _stream(session, reference, pcms) == [True] * len(pcms)
+        assert session.read_norm() == reference.norm_state()
+        session.close()
+    assert relay.counts["reset"] >= 1 and session.resets >= 1
+    assert session.stats.norm_loads >= 2  # first contact, and again after the board lost its statistics
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_norm_refusals_say_what_is_wrong(kind: str) -> None:
+    model = norm_model("scalar")
+    with running_board(kind, model) as board:
+        session = BoardSession(board.url, model, timeout=REPLY_TIMEOUT)
+        session.connect()
+        session.classify(clips(1)[0])
+        held = session.read_norm()
+        assert held.clips == 1
+        with pytest.raises(BoardError, match=r"BAD_NORM.*no voice"):
+            session.link.norm(Norm.LOAD, NormState(1, 3, 90, (0,), (-1,)))  # negative squares
+        with pytest.raises(BoardError, match=r"BAD_NORM.*another mode"):
+            session.link.norm(Norm.LOAD, NormState(2, 0, 0, (0,) * 64, (0,) * 64))
+        with pytest.raises(BoardError, match=r"BAD_NORM.*NORM op"):
+            session.link.request(_RawNorm(b"\x07"), (NormState,))
+        assert session.read_norm() == held  # nothing refused changed the state
+        session.close()
+    plain = small_model()
+    with running_board(kind, plain) as board:
+        session = BoardSession(board.url, plain, timeout=REPLY_TIMEOUT)
+        session.connect()
+        assert session.info.speaker_norm is None
+        with pytest.raises(BoardError, match="no per-speaker normalisation"):
+            session.link.norm(Norm.READ)
+        with pytest.raises(BoardError, match=r"BAD_NORM.*no speaker normalisation"):
+            session.link.request(_RawNorm(b"\x00"), (NormState,))
+        session.close()
+
+
+class _RawNorm:
+    """A NORM frame with any payload (a wrong op, a command to firmware without statistics)."""
+
+    TYPE = Norm.TYPE
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def encode(self) -> bytes:
+        return self.payload
