@@ -39,6 +39,7 @@ from host.eval_report import RESULTS, RUN_INFO, ResultsLog, current_summary, for
 from host.reference import HostReference, audio_frontend
 from host.session import BoardSession, ClipFailed, FatalBoardError
 from train.corpus import CorpusError
+from train.speaker_norm import scoring_order
 
 EMULATED_DEFAULT = "qemu-mps2-an386"
 
@@ -221,15 +222,22 @@ def _record(clip: EvalClip, url: str) -> dict:
 
 
 def evaluate_clip(session: BoardSession, reference: HostReference, root: Path, clip: EvalClip) -> dict:
-    """One clip: its record for results.jsonl, ``status`` ok or failed (never a guess)."""
+    """One clip: its record for results.jsonl, ``status`` ok or failed (never a guess).
+
+    With per-speaker normalisation the reference and the board both standardise the clip by the
+    statistics of the voice's clips before it; the record says how many (``norm_clips``).
+    """
     record = _record(clip, session.url)
     try:
         pcm = board_pcm(root, clip, reference.cfg)
     except (CorpusError, OSError, ValueError) as exc:  # missing or corrupt audio: the clip fails, the run goes on
         return record | {"status": "failed", "error": f"audio: {exc}", "attempts": 0}
+    norm = reference.norm_state() if reference.speaker_norm else None
+    if norm is not None:
+        record["norm_clips"] = norm.clips
     host_scores = reference(pcm)
     try:
-        outcome = session.classify(pcm)
+        outcome = session.classify(pcm, norm=norm)
     except ClipFailed as exc:
         return record | {
             "status": "failed",
@@ -263,21 +271,57 @@ def evaluate_clip(session: BoardSession, reference: HostReference, root: Path, c
     }
 
 
+Stream = list[tuple[EvalClip, bool]]  # clips one board takes in this order; True: done already (host only)
+
+
+def streams(clips: list[EvalClip], done: set[str], speaker_norm: bool) -> list[Stream]:
+    """What each board takes at a time: one clip, or with per-speaker normalisation one voice's clips in the
+    order its statistics grow (``train.speaker_norm.scoring_order``, as training scored it); its clips done
+    already are replayed on the host only, to rebuild the statistics the next clip needs."""
+    if not speaker_norm:
+        return [[(c, False)] for c in clips if c.path not in done]
+    out = []
+    for speaker in dict.fromkeys(speaker_of(c) for c in clips):
+        mine = [c for c in clips if speaker_of(c) == speaker]
+        stream = [(mine[i], mine[i].path in done) for i in scoring_order(len(mine))]
+        if not all(d for _, d in stream):
+            out.append(stream)
+    return out
+
+
+def speaker_of(clip: EvalClip) -> str:
+    return clip.path.split("/", 1)[0]  # <speaker>/<emotion>/<n>.wav
+
+
+def check_statistics(session: BoardSession, reference: HostReference, speaker: str) -> dict:
+    """After a voice's clips: the board's statistics against the host's (they must be the same bits)."""
+    board, host = session.read_norm(), reference.norm_state()
+    return {
+        "clip": f"statistics:{speaker}",
+        "status": "statistics",
+        "speaker": speaker,
+        "board": session.url,
+        "bit_exact": board == host,
+        "clips": host.clips,
+        "board_clips": board.clips,
+    }
+
+
 def run_boards(
     urls: list[str],
     tflite: bytes,
     root: Path,
-    todo: list[EvalClip],
+    todo: list[Stream],
     log: ResultsLog,
     meta: dict,
     args: argparse.Namespace,
 ) -> None:
     """Share ``todo`` among the boards; every answer is logged as it comes, with this session's number in
     ``meta["sessions"]`` and the time since it started (the report's throughput figures)."""
-    work: queue.Queue[EvalClip] = queue.Queue()
-    for clip in todo:
-        work.put(clip)
-    progress = Progress(len(todo), args.quiet)
+    work: queue.Queue[Stream] = queue.Queue()
+    for stream in todo:
+        work.put(stream)
+    progress = Progress(sum(not d for stream in todo for _, d in stream), args.quiet)
     fatal: list[BaseException] = []
     sessions = [BoardSession(url, tflite, args.baud, args.attempts, args.timeout, fast_path=not args.uart_only) for url in urls]
     stop = threading.Event()
@@ -302,12 +346,25 @@ def run_boards(
             reference = HostReference(tflite)
             while not stop.is_set():
                 try:
-                    clip = work.get_nowait()
+                    stream = work.get_nowait()
                 except queue.Empty:
                     return
-                record = evaluate_clip(session, reference, root, clip)
-                log.append(record | {"session": number, "elapsed_s": round(time.monotonic() - start, 4)})
-                progress.add(record)
+                if reference.speaker_norm:
+                    reference.reset_norm()  # a new voice
+                    session.norm_unsure = True  # the board still holds the last one's
+                for clip, done in stream:
+                    if stop.is_set():
+                        return
+                    if done:  # heard before this evaluation was cut off: only its statistics are needed
+                        with contextlib.suppress(CorpusError, OSError, ValueError):
+                            reference.model_input(board_pcm(root, clip, reference.cfg))
+                        continue
+                    record = evaluate_clip(session, reference, root, clip)
+                    log.append(record | {"session": number, "elapsed_s": round(time.monotonic() - start, 4)})
+                    progress.add(record)
+                if reference.speaker_norm:
+                    check = check_statistics(session, reference, speaker_of(stream[0][0]))
+                    log.append(check | {"session": number, "elapsed_s": round(time.monotonic() - start, 4)})
         except BaseException as exc:
             fatal.append(exc)
             stop.set()
@@ -362,8 +419,10 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, dict]:
     tflite = (run / MODEL_FILE).read_bytes()
     root = resolve_root(args.data)
     done = {k for k, r in read_results(out_dir / RESULTS).items() if r.get("status") == "ok"}
-    todo = [EvalClip(c, meta["clip_emotions"][c]) for c in meta["clips"] if c not in done]
-    print(f"{len(meta['clips'])} clips, {len(done)} already done, {len(todo)} to go; reports in {out_dir}")
+    clips = [EvalClip(c, meta["clip_emotions"][c]) for c in meta["clips"]]
+    todo = streams(clips, done, audio_frontend(tflite).speaker_norm != "off")
+    left = sum(not d for stream in todo for _, d in stream)
+    print(f"{len(meta['clips'])} clips, {len(meta['clips']) - left} already done, {left} to go; reports in {out_dir}")
     if not todo and (summary := current_summary(out_dir, meta)):  # no board needed: the report stands as it is
         if args.board:  # but a report of other firmware than today's is refused all the same
             emulated_firmware(args, tflite, meta)
@@ -407,6 +466,13 @@ def print_summary(s: dict, out_dir: Path) -> None:
             f"board accuracy {s['board']['accuracy']:.2%} (host TFLM {s['host_tflm']['accuracy']:.2%}) on {c['ok']} clips; "
             f"bit-exact with host {a['bit_exact_clips']}/{a['clips']}, max {a['max_lsb_diff']} LSB; "
             f"front end {fe['cycles']['mean'] / 1e6:.2f} M, Invoke {inv['cycles']['mean'] / 1e6:.2f} M cycles per clip"
+        )
+    if norm := s.get("speaker_norm"):
+        exact = norm["statistics_bit_exact"]
+        print(
+            f"per-speaker statistics bit-exact with host on {sum(exact.values())}/{len(exact)} voices; accuracy by clips "
+            "of the voice heard before: "
+            + ", ".join(f"{k}: {v['accuracy']:.1%}" for k, v in norm["accuracy_by_clips_heard"].items())
         )
     if c["failed"]:
         print(f"{c['failed']} clips failed (listed in summary.md); rerun them with --resume {out_dir}")

@@ -172,9 +172,43 @@ def summarise(log: list[dict], meta: dict) -> dict:
         latency[key.replace("_cycles", "")] = {"cycles": _stats(cycles), "ms": _stats(ms)}
     summary["latency"] = latency
     summary["retries"] = {"clips_needing_more_than_one_attempt": sum(r["attempts"] > 1 for r in ok)}
+    summary["speakers"] = by_speaker(ok)
+    checks = [r for r in records.values() if r.get("status") == "statistics"]
+    if checks or any("norm_clips" in r for r in ok):
+        summary["speaker_norm"] = speaker_norm_summary(ok, checks)
     if t := throughput(log, records, meta):
         summary["throughput"] = t
     return summary
+
+
+# How many clips of a voice the statistics had heard before a clip: the board's enrolment curve.
+HEARD_BUCKETS = ((0, 0), (1, 4), (5, 19), (20, 49), (50, None))
+
+
+def by_speaker(ok: list[dict]) -> dict[str, dict]:
+    """Scores per speaker (``<speaker>/<emotion>/<n>.wav``): on a voice the model never heard, the figure a user meets."""
+    out = {}
+    for speaker in sorted({r["clip"].split("/", 1)[0] for r in ok}):
+        mine = [r for r in ok if r["clip"].split("/", 1)[0] == speaker]
+        s = scores(np.array([r["label"] for r in mine]), np.array([r["predicted"] for r in mine]))
+        out[speaker] = {"clips": len(mine), **{k: s[k] for k in ("accuracy", "unweighted_accuracy", "macro_f1")}}
+    return out
+
+
+def speaker_norm_summary(ok: list[dict], checks: list[dict]) -> dict:
+    """Per-speaker normalisation: whether each voice's statistics on the board were the host's bit for bit,
+    and accuracy by how many of the voice's clips the statistics had heard before each clip."""
+    curve = {}
+    for low, high in HEARD_BUCKETS:
+        mine = [r for r in ok if r.get("norm_clips", -1) >= low and (high is None or r["norm_clips"] <= high)]
+        if mine:
+            label = f"{low}" if low == high else f"{low}+" if high is None else f"{low}-{high}"
+            hits = sum(r["predicted"] == r["label"] for r in mine)
+            curve[label] = {"clips": len(mine), "accuracy": hits / len(mine)}
+    return {
+        "statistics_bit_exact": {r["speaker"]: bool(r["bit_exact"]) for r in checks},
+        "accuracy_by_clips_heard": curve,
+    }
 
 
 def _pct(x: float) -> str:
@@ -213,6 +247,7 @@ def summary_md(s: dict) -> str:
         + ", ".join(f"{e} {_pct(b['per_class_recall'][e])}" for e in EMOTIONS)
         + ". Confusion matrix: `confusion.png`.",
         "",
+        *_speaker_lines(s),
         "## Board vs host TFLM reference",
         "",
         f"- bit-exact int8 scores: {a['bit_exact_clips']}/{a['clips']} clips; max difference {a['max_lsb_diff']} LSB; "
@@ -256,6 +291,31 @@ def summary_md(s: dict) -> str:
         lines += ["", "## Failed clips (not counted as predictions)", ""]
         lines += [f"- `{clip}`: {err}" for clip, err in s["failed_clips"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _speaker_lines(s: dict) -> list[str]:
+    lines = [
+        "## Per speaker (on a voice the model never heard, this is what a user meets)",
+        "",
+        "| speaker | clips | accuracy | unweighted accuracy | macro-F1 |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for speaker, v in s.get("speakers", {}).items():
+        cells = " | ".join(_pct(v[k]) for k in ("accuracy", "unweighted_accuracy", "macro_f1"))
+        lines.append(f"| {speaker} | {v['clips']} | {cells} |")
+    norm = s.get("speaker_norm")
+    if norm:
+        exact = norm["statistics_bit_exact"]
+        lines += [
+            "",
+            "Per-speaker normalisation: each clip standardised by the statistics of the voice's clips before it. "
+            "Statistics on the board equal to the host's bit for bit: "
+            + (", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in exact.items()) or "not checked yet")
+            + ". Accuracy by clips of the voice heard before: "
+            + ", ".join(f"{k}: {_pct(v['accuracy'])} ({v['clips']})" for k, v in norm["accuracy_by_clips_heard"].items())
+            + ".",
+        ]
+    return [*lines, ""]
 
 
 def plot_latency(records: dict[str, dict], boards: dict, path: Path) -> None:

@@ -8,15 +8,24 @@ given) through ``BoardSession``, as ser-eval does, and compares scores and stati
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from convert.tflite_file import MODEL_FILE
+from host import eval_on_device
 from host.board import BoardError
+from host.eval_report import RESULTS, read_results
 from host.fault_relay import ByteFaults, FaultPlan, FaultRelay
 from host.protocol import Norm, NormState
 from host.reference import HostReference
 from host.session import BoardSession
 from tests.boards_under_test import KINDS, clips, norm_model, running_board, small_model
+from train.corpus import discover
+from train.splits import make_manifest, save_manifest
 
 REPLY_TIMEOUT = 0.6  # as tests/test_fault_relay.py: above the board's inter-byte timeout plus a frame
 
@@ -135,3 +144,44 @@ class _RawNorm:
 
     def encode(self) -> bytes:
         return self.payload
+
+
+def _norm_run(folder: Path, corpus: Path, model: bytes) -> Path:
+    folder.mkdir(parents=True)
+    save_manifest(make_manifest(discover(corpus), "loso", 1), folder / "manifest.json")
+    (folder / MODEL_FILE).write_bytes(model)
+    return folder
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ser_eval_streams_each_voice_in_order_and_a_resumed_run_rebuilds_its_statistics(
+    kind: str, tmp_path: Path, synthetic_corpus: Path
+) -> None:
+    model = norm_model("bins")
+    run = _norm_run(tmp_path / "run", synthetic_corpus, model)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    argv = ["--run", str(run), "--data", str(synthetic_corpus), "--quiet", "--split", "all", "--limit", "24"]
+    with running_board(kind, model) as one, running_board(kind, model) as two:
+        ports = ["--port", one.url, "--port", two.url]
+        assert eval_on_device.main([*argv, "--out", str(whole), *ports]) == 0
+        summary = json.loads((whole / "summary.json").read_text())
+        assert summary["agreement"]["bit_exact_clips"] == summary["clips"]["ok"] == 24
+        assert summary["speaker_norm"]["statistics_bit_exact"] == {s: True for s in summary["speakers"]}
+        assert sum(v["clips"] for v in summary["speaker_norm"]["accuracy_by_clips_heard"].values()) == 24
+        records = [json.loads(line) for line in (whole / RESULTS).read_text().splitlines()]
+        heard = [r["norm_clips"] for r in records if r["status"] == "ok" and r["clip"].startswith(records[0]["clip"][:3])]
+        assert sorted(heard) == list(range(len(heard)))  # one voice's clips, each after the ones before it
+
+        # Cut off after 14 clips: the resumed run replays them on the host, and every later answer is the same.
+        shutil.copytree(whole, cut)
+        kept = [r for r in records if r["status"] == "ok"][:14]
+        (cut / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in kept))
+        assert eval_on_device.main(["--resume", str(cut), "--data", str(synthetic_corpus), "--quiet", *ports]) == 0
+    again = read_results(cut / RESULTS)
+    for clip, record in read_results(whole / RESULTS).items():
+        if record["status"] == "ok":
+            assert again[clip]["scores"] == record["scores"] and again[clip]["norm_clips"] == record["norm_clips"], clip
+    resumed = json.loads((cut / "summary.json").read_text())
+    kept_clips = {r["clip"] for r in kept}
+    streamed_again = {r["clip"].split("/", 1)[0] for r in records if r["status"] == "ok" and r["clip"] not in kept_clips}
+    assert resumed["speaker_norm"]["statistics_bit_exact"] == dict.fromkeys(streamed_again, True)
