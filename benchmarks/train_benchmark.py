@@ -4,6 +4,7 @@
                                          [--splits paper kfold loso] [--out runs/bench] [--epochs N]
                                          [--distill audio_resnet:spectrogram_resnet ...] [--jobs 2]
                                          [--seeds 0 1 2] [--speaker-norm scalar|bins]
+                                         [--speed-perturb 0.9,1.0,1.1] [--on-board]
 
 Each (model, split) trains through ``ser-train`` in its own process; finished runs (and finished
 folds) are reused, so a cut-off benchmark continues where it stopped.
@@ -21,6 +22,12 @@ over seeds.
 training of its own, so one 10-fold run alone keeps every core busy. Timings on a shared machine
 are noisy, so the load average before and after each training is printed with it. Results also go
 to ``<out>/benchmark.md``.
+
+``--on-board`` then converts every run (each fold) to int8 (``ser-convert``) and evaluates it on the
+emulated board (``ser-eval --board qemu``, the firmware built from ``$SER_DEPS_DIR``), and adds a
+second table: int8 accuracy, unweighted accuracy and macro-F1 on the board over the folds, per test
+speaker, bit-exact clips and (with ``--speaker-norm``) whether the board's statistics were the
+host's, front end and Invoke instructions per clip. Finished conversions and evaluations are reused.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from train.corpus import SPEAKERS
 from train.splits import KFOLD_FOLDS
 
 FOLDS = {"kfold": KFOLD_FOLDS, "loso": len(SPEAKERS)}  # test folds of the multi-fold protocols
+EVAL = Path(__file__).resolve().parents[1] / "host" / "eval_on_device.py"
 
 
 @dataclass(frozen=True)
@@ -50,11 +58,13 @@ class Training:
     teachers: tuple[str, ...] = ()  # model names of the plain teacher runs (same split)
     seed: int = 0  # initialisation and augmentation; the split is always drawn with seed 0
     speaker_norm: str | None = None  # ser-train --speaker-norm
+    speed_perturb: str | None = None  # ser-train --speed-perturb
 
     @property
     def name(self) -> str:
         base = f"{self.model}-from-{'+'.join(self.teachers)}-{self.split}" if self.teachers else f"{self.model}-{self.split}"
         base = f"{base}-speaker-norm-{self.speaker_norm}" if self.speaker_norm else base
+        base = f"{base}-speed-{self.speed_perturb.replace(',', '-')}" if self.speed_perturb else base
         return f"{base}-seed{self.seed}" if self.seed else base
 
 
@@ -68,6 +78,7 @@ def _ser_train(t: Training, args: argparse.Namespace, out: Path, fold: int | Non
     cmd += ["--fold", str(fold)] if fold is not None else []
     cmd += ["--epochs", str(args.epochs)] if args.epochs else []
     cmd += ["--speaker-norm", t.speaker_norm] if t.speaker_norm else []
+    cmd += ["--speed-perturb", t.speed_perturb] if t.speed_perturb else []
     cmd += ["--data", args.data] if args.data else []
     for teacher in t.teachers:
         cmd += ["--teacher", str(args.out / Training(teacher, t.split, seed=t.seed).name)]
@@ -145,10 +156,57 @@ def seeds_row(group: list[Training], out: Path) -> str:
     )
 
 
+def fold_runs(run: Path) -> list[Path]:
+    """The run folders a training wrote: one per fold for k-fold and LOSO, else the run itself."""
+    return sorted(p.parent for p in run.glob("fold-*/manifest.json")) or [run]
+
+
+def on_board(run: Path, args: argparse.Namespace) -> list[dict]:
+    """Each fold converted to int8 and evaluated on the emulated board (both reused when done): its summaries."""
+    summaries = []
+    for fold in fold_runs(run):
+        data = ["--data", args.data] if args.data else []
+        if not (fold / "model_int8.tflite").exists():
+            subprocess.run([sys.executable, "-m", "convert", str(fold), *data, "--no-report"], check=True)
+        report = fold / "board-eval"
+        if not (report / "summary.json").exists():
+            where = (
+                ["--resume", str(report)] if (report / "evaluation.json").exists() else ["--run", str(fold), "--out", str(report)]
+            )
+            subprocess.run([sys.executable, str(EVAL), *where, "--board", "qemu", "--boards", "1", *data, "--quiet"], check=True)
+        summaries.append(json.loads((report / "summary.json").read_text()))
+    return summaries
+
+
+def board_row(t: Training, summaries: list[dict]) -> str:
+    """int8 on the board over the folds: mean +- std of accuracy, UA and macro-F1, each speaker, agreement, cost."""
+
+    def stat(key: str) -> str:
+        values = [s["board"][key] for s in summaries]
+        return f"{np.mean(values):.2%} +- {np.std(values):.2%}" if len(values) > 1 else f"{values[0]:.2%}"
+
+    speakers = {k: v for s in summaries for k, v in s["speakers"].items()} if len(summaries) > 1 else {}
+    each = ", ".join(f"{k} {v['accuracy']:.1%}/{v['macro_f1']:.1%}" for k, v in speakers.items()) or "-"
+    exact = sum(s["agreement"]["bit_exact_clips"] for s in summaries)
+    clips = sum(s["agreement"]["clips"] for s in summaries)
+    norms = [v for s in summaries for v in s.get("speaker_norm", {}).get("statistics_bit_exact", {}).values()]
+    stats = f"{sum(norms)}/{len(norms)}" if norms else "-"
+    fe, inv = (np.mean([s["latency"][k]["cycles"]["mean"] for s in summaries]) / 1e6 for k in ("frontend", "invoke"))
+    return (
+        f"| {t.model} | {t.split} | {stat('accuracy')} | {stat('unweighted_accuracy')} | {stat('macro_f1')} | {each} | "
+        f"{exact}/{clips} | {stats} | {fe:.2f} M / {inv:.2f} M |"
+    )
+
+
 def plan(args: argparse.Namespace) -> list[Training]:
     """Plain trainings first, then distilled ones (each after its teacher's run)."""
     norm = args.speaker_norm
-    trainings = [Training(m, s, seed=n, speaker_norm=norm) for n in args.seeds for m in args.models for s in args.splits]
+    trainings = [
+        Training(m, s, seed=n, speaker_norm=norm, speed_perturb=args.speed_perturb)
+        for n in args.seeds
+        for m in args.models
+        for s in args.splits
+    ]
     for pair in args.distill:
         student, _, joined = pair.partition(":")
         if not joined:
@@ -172,6 +230,8 @@ def main() -> int:
     p.add_argument(
         "--speaker-norm", choices=("scalar", "bins"), help="ser-train --speaker-norm for every run (log-mel models only)"
     )
+    p.add_argument("--speed-perturb", metavar="SPEEDS", help="ser-train --speed-perturb for every run, e.g. 0.9,1.0,1.1")
+    p.add_argument("--on-board", action="store_true", help="also convert every run and evaluate it on the emulated board")
     p.add_argument("--jobs", type=int, default=1, help="trainings (or folds) at once, one core and one thread each (when > 1)")
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = p.parse_args()
@@ -205,6 +265,16 @@ def main() -> int:
     for group in groups.values():
         rows += [result_row(t, args.out / t.name) for t in group]
         rows += [seeds_row(group, args.out)] if len(group) > 1 else []
+    if args.on_board:
+        rows += [
+            "",
+            "int8 on the emulated board (accuracy / macro-F1 per test speaker; cycles are QEMU instructions per clip):",
+            "",
+            "| model | split | accuracy | UA | macro-F1 | per speaker | bit-exact clips | statistics bit-exact "
+            "| front end / Invoke |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        rows += [board_row(t, on_board(args.out / t.name, args)) for t in trainings]
     table = "\n".join(rows)
     print("\n" + table)
     args.out.mkdir(parents=True, exist_ok=True)

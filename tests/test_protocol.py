@@ -137,7 +137,13 @@ class SerInfo(Structure):
         ("n_outputs", c_uint8),
         ("max_tensor_chunk", c_uint16),
         ("n_tensors", c_uint16),
+        ("sn_mode", c_uint8),
+        ("sn_bins", c_uint16),
     ]
+
+
+class SerNormState(Structure):
+    _fields_ = [("mode", c_uint8), ("n_bins", c_uint16), ("clips", c_uint32), ("frames", c_uint32), ("sums", c_ptr)]
 
 
 class SerTensorStart(Structure):
@@ -198,6 +204,13 @@ def lib() -> ctypes.CDLL:
         _sig(lib, f"ser_{name}_encode", c_size_t, POINTER(cls), c_ptr, c_size_t)
         _sig(lib, f"ser_{name}_decode", c_int, c_ptr, c_size_t, POINTER(cls))
     _sig(lib, "ser_profile_begin", c_bool, POINTER(SerProfileWriter), c_ptr, c_size_t)
+    i64s = POINTER(ctypes.c_int64)
+    _sig(lib, "ser_norm_state_encode", c_size_t, POINTER(SerNormState), i64s, i64s, c_ptr, c_size_t)
+    _sig(lib, "ser_norm_state_decode", c_int, c_ptr, c_size_t, POINTER(SerNormState))
+    _sig(lib, "ser_norm_encode", c_size_t, c_uint8, POINTER(SerNormState), i64s, i64s, c_ptr, c_size_t)
+    _sig(lib, "ser_norm_decode", c_int, c_ptr, c_size_t, POINTER(c_uint8), POINTER(SerNormState))
+    _sig(lib, "ser_norm_sum", ctypes.c_int64, POINTER(SerNormState), c_uint16)
+    _sig(lib, "ser_norm_square", ctypes.c_int64, POINTER(SerNormState), c_uint16)
     _sig(lib, "ser_profile_add", c_bool, POINTER(SerProfileWriter), c_char_p, c_uint32)
     _sig(lib, "ser_profile_decode", c_int, c_ptr, c_size_t, POINTER(SerProfileEntry), c_size_t, POINTER(c_uint16))
     _sig(lib, "ser_info_encode", c_size_t, POINTER(SerInfo), c_ptr, c_size_t)
@@ -293,6 +306,18 @@ def c_encode(lib: ctypes.CDLL, msg: P.Message) -> bytes:
         n = lib.ser_layer_data_encode(
             SerLayerData(msg.req_id, msg.tensor, msg.offset, ctypes.cast(data, c_ptr), len(msg.data)), out, cap
         )
+    elif isinstance(msg, (P.Norm, P.NormState)):
+        state = msg if isinstance(msg, P.NormState) else msg.state
+        bins = len(state.sum) if state else 0
+        sums, squares = (
+            (ctypes.c_int64 * max(1, bins))(*(state.sum if state else ())),
+            (ctypes.c_int64 * max(1, bins))(*(state.squares if state else ())),
+        )
+        m = SerNormState(state.mode, bins, state.clips, state.frames, None) if state else SerNormState()
+        if isinstance(msg, P.NormState):
+            n = lib.ser_norm_state_encode(m, sums, squares, out, cap)
+        else:
+            n = lib.ser_norm_encode(msg.op, m, sums, squares, out, cap)
     elif isinstance(msg, P.Invoke):
         n = 4
         out[:4] = list(struct.pack("<I", msg.req_id))  # no C encoder: the board only receives INVOKE
@@ -369,6 +394,8 @@ def c_encode(lib: ctypes.CDLL, msg: P.Message) -> bytes:
             has |= 1 << P.Tag.TENSOR_IO
         if msg.layers is not None:
             info.n_tensors, has = msg.layers, has | 1 << P.Tag.LAYERS
+        if msg.speaker_norm is not None:
+            (info.sn_mode, info.sn_bins), has = msg.speaker_norm, has | 1 << P.Tag.SPEAKER_NORM
         info.present = has
         n = lib.ser_info_encode(ctypes.byref(info), out, cap)
         for tag, value in msg.extra:  # tags this decoder does not know, appended as a newer board would
@@ -405,6 +432,19 @@ def c_decode(lib: ctypes.CDLL, msg_type: int, payload: bytes) -> P.Message | int
         m = SerLayerData()
         err = lib.ser_layer_data_decode(buf, n, m)
         return err or cls(m.req_id, m.tensor, m.offset, ctypes.string_at(m.data, m.data_len))
+    if cls in (P.Norm, P.NormState):
+        m, op = SerNormState(), c_uint8()
+        err = lib.ser_norm_state_decode(buf, n, m) if cls is P.NormState else lib.ser_norm_decode(buf, n, ctypes.byref(op), m)
+        if err:
+            return err
+        state = P.NormState(
+            m.mode,
+            m.clips,
+            m.frames,
+            tuple(lib.ser_norm_sum(m, i) for i in range(m.n_bins)),
+            tuple(lib.ser_norm_square(m, i) for i in range(m.n_bins)),
+        )
+        return state if cls is P.NormState else P.Norm(op.value, state if op.value == P.Norm.LOAD else None)
     if cls is P.Invoke:  # the board decodes INVOKE inline (ser_app.c handle_invoke): 4 bytes
         return cls(struct.unpack("<I", payload)[0]) if n == 4 else P.ErrorCode.BAD_LENGTH
     if cls is P.Invoked:
@@ -466,6 +506,7 @@ def c_decode(lib: ctypes.CDLL, msg_type: int, payload: bytes) -> P.Message | int
         rx_paths=opt(P.Tag.RX_PATHS, info.rx_paths),
         tensor_io=opt(P.Tag.TENSOR_IO, (info.n_inputs, info.n_outputs, info.max_tensor_chunk)),
         layers=opt(P.Tag.LAYERS, info.n_tensors),
+        speaker_norm=opt(P.Tag.SPEAKER_NORM, (info.sn_mode, info.sn_bins)),
     )
 
 
@@ -491,7 +532,13 @@ def message_of(kind: str, fields: dict) -> P.Message:
         f["extra"] = tuple((tag, bytes.fromhex(v)) for tag, v in f.get("extra", ()))
         if "tensor_io" in f:
             f["tensor_io"] = tuple(f["tensor_io"])
+        if "speaker_norm" in f:
+            f["speaker_norm"] = tuple(f["speaker_norm"])
         return (P.Boot if kind == "BOOT" else P.Info)(**f)
+    if kind == "NORM_STATE":
+        return P.NormState(f["mode"], f["clips"], f["frames"], tuple(f["sum"]), tuple(f["squares"]))
+    if kind == "NORM":
+        return P.Norm(f["op"], message_of("NORM_STATE", f["state"]) if "state" in f else None)
     if kind == "CHUNK":
         f["data"] = bytes.fromhex(f["data"])
         f.pop("samples")
@@ -725,7 +772,8 @@ def _random_info(rng: random.Random, cls: type = P.Info) -> P.Info:
         rx_paths=maybe(rng.randrange(256)),
         tensor_io=maybe((rng.randrange(256), rng.randrange(256), rng.randrange(2**16))),
         layers=maybe(rng.randrange(2**16)),
-        extra=tuple((rng.randrange(0x12, 256), rng.randbytes(rng.randrange(20))) for _ in range(rng.randrange(4))),
+        speaker_norm=maybe((rng.randrange(256), rng.randrange(2**16))),
+        extra=tuple((rng.randrange(0x13, 256), rng.randbytes(rng.randrange(20))) for _ in range(rng.randrange(4))),
     )
 
 
@@ -764,7 +812,22 @@ def _random_messages(rng: random.Random) -> list[P.Message]:
         P.Invoked(u32(), u32(), tuple(u32() for _ in range(rng.randrange(P.MAX_TENSORS + 1)))),
         P.LayerRead(u32(), u16(), u32(), u16()),
         P.LayerData(u32(), u16(), u32(), rng.randbytes(rng.randrange(1, P.LAYER_DATA_MAX_DATA + 1))),
+        norm_state := _random_norm_state(rng),
+        P.Norm(P.Norm.LOAD, norm_state),
+        P.Norm(rng.choice([P.Norm.READ, P.Norm.RESET])),
     ]
+
+
+def _random_norm_state(rng: random.Random) -> P.NormState:
+    bins = rng.choice([1, 64, rng.randrange(1, P.NORM_MAX_BINS + 1)])
+    i64 = lambda: rng.randrange(-(2**63), 2**63)  # noqa: E731
+    return P.NormState(
+        rng.randrange(256),
+        rng.randrange(2**32),
+        rng.randrange(2**32),
+        tuple(i64() for _ in range(bins)),
+        tuple(i64() for _ in range(bins)),
+    )
 
 
 def test_every_message_round_trips_between_c_and_python(lib: ctypes.CDLL) -> None:

@@ -37,6 +37,8 @@ static int spec_eq(const ser_tensor_spec *a, const ser_tensor_spec *b) {
          a->n_dims == b->n_dims && memcmp(a->dims, b->dims, a->n_dims * sizeof a->dims[0]) == 0;
 }
 
+static int64_t g_sums[SER_NORM_MAX_BINS], g_squares[SER_NORM_MAX_BINS];
+
 /* What INFO decoding kept must survive encode + decode. */
 static void check_info_roundtrip(const ser_info *a) {
   size_t n = ser_info_encode(a, g_out, SER_MAX_PAYLOAD);
@@ -52,6 +54,7 @@ static void check_info_roundtrip(const ser_info *a) {
   for (size_t i = 0; i < a->n_labels; i++) check(text_eq(a->labels[i], b->labels[i]));
   check(a->arena_size == b->arena_size && a->arena_used == b->arena_used && a->max_chunk_samples == b->max_chunk_samples);
   check(text_eq(a->build_id, b->build_id) && a->pcm_encodings == b->pcm_encodings);
+  check(a->n_tensors == b->n_tensors && a->sn_mode == b->sn_mode && a->sn_bins == b->sn_bins);
 }
 
 static void check_profile_roundtrip(const uint8_t *p, size_t n, uint16_t count) {
@@ -115,6 +118,21 @@ static void decode_payload(uint8_t type, const uint8_t *p, size_t n) {
         check(count <= MAX_ENTRIES);
         check_profile_roundtrip(p, n, count);
       }
+      break;
+    }
+    case SER_MSG_NORM:
+    case SER_MSG_NORM_STATE: { /* the state's sums survive decode + encode byte for byte */
+      ser_norm_state m;
+      uint8_t op = SER_NORM_LOAD;
+      int err = type == SER_MSG_NORM ? ser_norm_decode(p, n, &op, &m) : ser_norm_state_decode(p, n, &m);
+      if (err != SER_ERR_NONE) break;
+      for (uint16_t i = 0; i < m.n_bins; i++) {
+        g_sums[i] = ser_norm_sum(&m, i);
+        g_squares[i] = ser_norm_square(&m, i);
+      }
+      size_t out = type == SER_MSG_NORM ? ser_norm_encode(op, &m, g_sums, g_squares, g_out, sizeof g_out)
+                                        : ser_norm_state_encode(&m, g_sums, g_squares, g_out, sizeof g_out);
+      check(out == n && !memcmp(g_out, p, n));
       break;
     }
     case SER_MSG_BOOT:
