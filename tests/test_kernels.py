@@ -9,8 +9,12 @@ in 90 values so that a wrong value anywhere upstream shows:
   requantization: K % 4 of 2 and 3 (the zero-padded last group), 1, 2 and 3 pixels past a whole
   block, odd input channel counts, and a layer whose tiny channel (a right shift past 22) takes the
   exact, slow requantization beside layers on the fast one (with and without ReLU);
+- a chain whose every layer takes the channel loop written in assembly (K whole groups of 4, a
+  bias, the whole int8 range): 1, 4, 6, 7, 8 and 18 groups, so the unrolled loop is entered at each
+  of its four points, with and without ReLU, odd channel counts and pixel counts past a block;
 - 1-channel convolutions beside each other (the 1-channel path of ser_conv_s8.c, K <= 10): dilation
-  with 'same' padding and no activation, K = 4 with ReLU, odd channel counts, added together;
+  with 'same' padding and no activation, K = 4 with ReLU, a 3x3 'same' layer whose rows are runs of
+  inside windows between padded edges, odd channel counts, added together;
 - the other kernels' less common cases: MEAN over height and width kept as dims and MEAN over
   channels (the reference walk), ADD broadcasting a vector and a single channel.
 The real models (tests/test_firmware.py) cover FULLY_CONNECTED, SOFTMAX and same-shape ADD.
@@ -26,6 +30,7 @@ import functools
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +100,31 @@ def conv_zoo_blocks() -> bytes:
 
 
 @functools.cache
+def conv_zoo_whole_groups() -> bytes:
+    import keras
+
+    keras.utils.set_random_seed(7)
+    layers = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input((7, 8, 4)),
+            layers.Conv2D(8, 1, activation="relu"),  # K = 4: one group, 7x8 = 56 pixels
+            layers.Conv2D(7, 3, padding="same"),  # K = 72: 18 groups (18 % 4 = 2), 7 channels
+            layers.Conv2D(6, 2, activation="relu"),  # K = 28: 7 groups (% 4 = 3), 6x7 = 42 pixels
+            layers.Conv2D(8, (2, 4), padding="same"),  # K = 48: 12 groups (% 4 = 0)
+            layers.Conv2D(3, 2),  # K = 32: 8 groups, 5x6 = 30 pixels
+            layers.Reshape((30, 3)),
+        ]
+    )
+    rng = np.random.default_rng(2)
+    for layer in model.layers[:-1]:  # biases that are not zero, so adding them shows
+        kernel, bias = layer.get_weights()
+        layer.set_weights([kernel, rng.normal(0, 0.2, bias.shape).astype(np.float32)])
+    rep = [rng.uniform(-1, 1, (7, 8, 4)).astype(np.float32) for _ in range(16)]
+    return align(quantize_int8(model, rep))
+
+
+@functools.cache
 def conv_zoo_one_channel() -> bytes:
     import keras
 
@@ -103,10 +133,11 @@ def conv_zoo_one_channel() -> bytes:
     x = keras.Input((9, 14, 1))
     a = layers.Conv2D(5, 3, dilation_rate=2, padding="same")(x)  # 1 channel, K = 9, dilation, padding all round
     b = layers.Conv2D(5, 2, padding="same", activation="relu")(x)  # 1 channel, K = 4, ReLU
-    y = layers.Conv2D(6, (3, 2), strides=3)(layers.Add()([a, b]))  # 3x5 pixels
+    c = layers.Conv2D(5, 3, padding="same")(x)  # 3x3 windows: runs of inside pixels between padded edges
+    y = layers.Conv2D(6, (3, 2), strides=3)(layers.Add()([layers.Add()([a, b]), c]))  # 3x5 pixels
     model = keras.Model(x, layers.Reshape((15, 6))(y))
     rng = np.random.default_rng(0)
-    rep = [rng.uniform(-1, 1, (9, 14, 1)).astype(np.float32) for _ in range(16)]
+    rep = [rng.uniform(-0.5, 1.5, (9, 14, 1)).astype(np.float32) for _ in range(16)]  # input zero point far from 0
     return align(quantize_int8(model, rep))
 
 
@@ -172,6 +203,13 @@ def test_convolution_blocks_and_requantization_paths_bit_exact() -> None:
 
 
 @needs_deps
+def test_whole_group_channel_loop_bit_exact() -> None:
+    tflite = conv_zoo_whole_groups()
+    assert [name for name, _ in op_versions(tflite)] == ["CONV_2D", "RESHAPE"]
+    _runs_bit_exact(tflite, ["ser_conv_s8"])
+
+
+@needs_deps
 def test_one_channel_convolutions_bit_exact() -> None:
     tflite = conv_zoo_one_channel()
     assert sorted(name for name, _ in op_versions(tflite)) == ["ADD", "CONV_2D", "RESHAPE"]
@@ -186,13 +224,15 @@ def test_broadcast_add_and_means_run_our_kernels_bit_exact() -> None:
 
 
 @needs_deps
-def test_a_broken_rounding_step_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first convolution chain on a firmware whose kernel truncates instead of rounding (in a
-    build folder of its own): the comparison with TFLM must fail."""
+@pytest.mark.parametrize("zoo", [conv_zoo, conv_zoo_whole_groups], ids=["first-chain", "assembly-channel-loop"])
+def test_a_broken_rounding_step_is_caught(monkeypatch: pytest.MonkeyPatch, zoo: Callable[[], bytes]) -> None:
+    """A convolution chain on a firmware whose kernels truncate instead of rounding (in a build
+    folder of its own): the comparison with TFLM must fail. The first chain starts on the 1-channel
+    path; the whole-group chain runs only the assembly channel loop."""
     from host.firmware import BUILD, build
 
     monkeypatch.setenv("SER_KERNEL_DEFINES", "SER_BREAK_ROUNDING")
-    tflite = conv_zoo()
+    tflite = zoo()
     elf = build(BOARD, tflite, DEPS, out_dir=BUILD / "firmware" / f"{BOARD}-broken-rounding")
     assert not any(_board_matches_tflm(elf, tflite))
 

@@ -15,13 +15,19 @@
  * in_c is not a multiple of 4 (a first layer on 1-channel features), a pixel's receptive field is
  * first copied as bytes (K, after the column buffer) so that it converts 4 values at a time.
  *
+ * Where K is whole groups of 4, every channel has a bias, the fast requantization is exact and the
+ * activation range is the whole of int8, the loop over output channels of a 4-pixel block is one
+ * assembly function (conv_block): the unrolled group loop entered Duff-style, the requantization
+ * and the stores, with nothing spilled around it.
+ *
  * One input channel with K <= 10 (a 3x3 first layer on 1-channel features) has a path of its own
  * (conv_c1 below): the filters, widened once per call, and the per-channel constants go into
  * scratch as one record per output channel; per output pixel, its K values (5 int16 pairs) stay in
  * registers while a loop over the channels loads each record with two LDMs and runs 5 SMLADs and
- * the requantization and SSAT: 15 instructions per output. It takes layers whose activation range
- * is the whole of int8 (no activation, or ReLU with the output zero point at -128, as the
- * converter makes it); others go the general way.
+ * the requantization and SSAT: 15 instructions per output. A run of 3x3 windows inside the image
+ * is gathered in the same assembly function (c1_row), pixel after pixel. It takes layers whose
+ * activation range is the whole of int8 (no activation, or ReLU with the output zero point at
+ * -128, as the converter makes it); others go the general way.
  */
 #include "ser_conv_s8.h"
 
@@ -193,6 +199,114 @@ static inline void dot_1x4(const int8_t *w, const int16_t *col, int k, int32_t a
   acc[3] = a3;
 }
 
+#if SER_SIMD
+/* The general path's channel loop in one assembly function, for layers where K is whole groups of
+ * 4, every channel has a bias, the fast requantization is exact and the activation range is the
+ * whole of int8 (SSAT is the clamp): in C, the groups % 4 single groups ran one asm statement each
+ * and the pointers and counters were spilled around the assembly, about 140 instructions per
+ * channel and 4-pixel block; here about 50. The group loop is unrolled SER_UNROLL deep and entered
+ * Duff-style, groups % SER_UNROLL groups before its end, through an address computed once per call
+ * (each group is 13 32-bit instructions, 52 bytes). Per channel and block: the bias into the four
+ * sums, the groups, then the requantization as ser_requantize_fast (SMMULR of 2 x sum, the fold,
+ * the sign, the shift) with fold = (2 x offset + 1) << (r - 1), which is half + offset << r, and
+ * SSAT and four byte stores. The state lives in a frame on the stack (the group loop takes every
+ * register but lr), laid out as struct block_ctx. */
+#define SER_UNROLL 4
+#define SER_GROUP_BYTES 52
+
+typedef struct {
+  const int32_t *multiplier; /* sp + 0: advancing, one per channel */
+  const int32_t *shift;      /* sp + 4 */
+  int32_t fold_base;         /* sp + 8: 2 x output offset + 1 (without the 1: SER_BREAK_ROUNDING) */
+  int8_t *out;               /* sp + 12: pixel 0's output, at the current channel */
+  int32_t d1, d2, d3;        /* sp + 16..24: pixels 1-3's outputs less pixel 0's */
+  const int32_t *bias;       /* sp + 28: advancing */
+  int8_t *out_end;           /* sp + 32: pixel 0's output past the last channel */
+  const int16_t *columns;    /* sp + 36 */
+  int32_t passes;            /* sp + 40: (groups + SER_UNROLL - 1) / SER_UNROLL */
+  int32_t skip;              /* sp + 44: bytes of the unrolled loop to skip on entry; then the entry */
+} block_ctx;
+
+#define SER_STR_(x) #x
+#define SER_STR(x) SER_STR_(x)
+/* w in r0, columns in r1, the filter word t0/t1 in r2/r3, the four sums in r4-r7, columns loaded
+ * into r8-r11, the pass counter in r12. The .w forms keep every instruction 32 bits wide, so that
+ * a group is SER_GROUP_BYTES long. */
+#define SER_BLOCK_GROUP                  \
+  "ldr.w   r2, [r0], #4            \n\t" \
+  "sxtb16  r3, r2                  \n\t" \
+  "sxtb16  r2, r2, ror #8          \n\t" \
+  "ldmia.w r1!, {r8, r9, r10, r11} \n\t" \
+  "smlad   r4, r3, r8, r4          \n\t" \
+  "smlad   r4, r2, r9, r4          \n\t" \
+  "smlad   r5, r3, r10, r5         \n\t" \
+  "smlad   r5, r2, r11, r5         \n\t" \
+  "ldmia.w r1!, {r8, r9, r10, r11} \n\t" \
+  "smlad   r6, r3, r8, r6          \n\t" \
+  "smlad   r6, r2, r9, r6          \n\t" \
+  "smlad   r7, r3, r10, r7         \n\t" \
+  "smlad   r7, r2, r11, r7         \n\t"
+/* One output: sum in `a`, multiplier in r12, fold in r3, shift in lr, r1 a temporary. */
+#define SER_BLOCK_REQUANTIZE(a)                  \
+  "add     " a ", " a ", " a "             \n\t" \
+  "smmulr  " a ", " a ", r12               \n\t" \
+  "add     r1, " a ", r3                   \n\t" \
+  "add     " a ", r1, " a ", asr #31       \n\t" \
+  "asr     " a ", " a ", lr                \n\t" \
+  "ssat    " a ", #8, " a "                \n\t"
+
+__attribute__((naked, noinline)) static void conv_block(const block_ctx *ctx, const int8_t *w) {
+  (void)ctx, (void)w;
+  __asm__ volatile(
+      "push    {r4-r11, lr}                 \n\t"
+      "sub     sp, sp, #48                  \n\t"
+      "ldm     r0, {r2-r12, lr}             \n\t" /* the context onto the stack */
+      "stm     sp, {r2-r12, lr}             \n\t"
+      "mov     r0, r1                       \n\t" /* w: rows follow each other, K bytes apart */
+      "adr     r2, 3f                       \n\t" /* the entry: past `skip` bytes, Thumb bit set */
+      "add     r2, r2, lr                   \n\t"
+      "orr     r2, r2, #1                   \n\t"
+      "str     r2, [sp, #44]                \n\t"
+      "b       4f                           \n\t"
+      ".p2align 2                           \n\t"
+      "3:                                   \n\t"
+      ".rept " SER_STR(SER_UNROLL) "        \n\t" SER_BLOCK_GROUP ".endr \n\t"
+      "subs    r12, r12, #1                 \n\t"
+      "bne     3b                           \n\t"
+      /* The channel's constants: multiplier, shift (-r), fold. */
+      "ldm     sp, {r1, r2, r3}             \n\t"
+      "ldr     r12, [r1], #4                \n\t"
+      "ldr     lr, [r2], #4                 \n\t"
+      "stm     sp, {r1, r2}                 \n\t"
+      "mvn     r1, lr                       \n\t" /* r - 1 */
+      "lsl     r3, r3, r1                   \n\t"
+      "rsb     lr, lr, #0                   \n\t" SER_BLOCK_REQUANTIZE("r4") SER_BLOCK_REQUANTIZE("r5")
+          SER_BLOCK_REQUANTIZE("r6") SER_BLOCK_REQUANTIZE("r7")
+      "ldrd    r8, r9, [sp, #12]            \n\t" /* out, d1 */
+      "ldrd    r10, r11, [sp, #20]          \n\t" /* d2, d3 */
+      "strb    r5, [r8, r9]                 \n\t"
+      "strb    r6, [r8, r10]                \n\t"
+      "strb    r7, [r8, r11]                \n\t"
+      "strb    r4, [r8], #1                 \n\t"
+      "ldr     r9, [sp, #32]                \n\t"
+      "str     r8, [sp, #12]                \n\t"
+      "cmp     r8, r9                       \n\t"
+      "beq     5f                           \n\t"
+      "4:                                   \n\t" /* the next channel: bias into the sums */
+      "ldr     r12, [sp, #28]               \n\t"
+      "ldr     r4, [r12], #4                \n\t"
+      "str     r12, [sp, #28]               \n\t"
+      "mov     r5, r4                       \n\t"
+      "mov     r6, r4                       \n\t"
+      "mov     r7, r4                       \n\t"
+      "ldrd    r1, r12, [sp, #36]           \n\t" /* columns, passes */
+      "ldr     pc, [sp, #44]                \n\t"
+      "5:                                   \n\t"
+      "add     sp, sp, #48                  \n\t"
+      "pop     {r4-r11, pc}                 \n\t");
+}
+#endif
+
 static inline int8_t clamp(int32_t v, int32_t lo, int32_t hi) { return (int8_t)(v < lo ? lo : (v > hi ? hi : v)); }
 
 /* The rounding constant of a right shift by r. SER_BREAK_ROUNDING drops it (truncation instead of
@@ -311,45 +425,138 @@ static void c1_pixel(const int32_t *rec, const uint32_t *px, int8_t *out, int8_t
 }
 #endif
 
-/* Two int16 lanes: lo16 at the bottom, hi16 at the top. */
-static inline uint32_t lanes(int32_t lo16, int32_t hi16) { return ((uint32_t)lo16 & 0xFFFFu) | (uint32_t)hi16 << 16; }
+/* A run of output pixels whose 3x3 windows lie inside the image (no dilation), for c1_row: `src` is
+ * the first window's top-left input byte, the windows `stride` bytes apart, `in_w` bytes a row. */
+typedef struct {
+  const int8_t *src;  /* sp + 0: advancing by stride per pixel */
+  int32_t in_w;       /* sp + 4 */
+  int32_t stride;     /* sp + 8 */
+  int32_t pixels;     /* sp + 12: counting down */
+  uint32_t off2;      /* sp + 16: the input offset in both int16 lanes */
+  const int32_t *rec; /* sp + 20: the records (c1_records) */
+  int8_t *out;        /* sp + 24: the first pixel's outputs; a pixel's out_c outputs follow the last's */
+  int32_t out_c;      /* sp + 28 */
+} c1_run;
+
+#if SER_SIMD
+/* c1_run's pixels, all channels: per pixel, its 9 values are loaded (LDRSB), paired (PKHBT) and
+ * offset (SADD16) into r4-r8, then c1_pixel's channel loop runs; about 30 instructions a pixel
+ * against about 90 for the gather in C, its spills and the call. */
+__attribute__((naked, noinline)) static void c1_row(const c1_run *run) {
+  (void)run;
+  __asm__ volatile(
+      "push   {r4-r11, lr}                     \n\t"
+      "sub    sp, sp, #32                      \n\t"
+      "ldm    r0, {r1-r8}                      \n\t" /* the run onto the stack */
+      "stm    sp, {r1-r8}                      \n\t"
+      "mov    r2, r7                           \n\t" /* out: each pixel's outputs follow the last's */
+      "2:                                      \n\t"
+      "ldrd   r0, r1, [sp]                     \n\t" /* src, in_w */
+      "ldrsb  r4, [r0]                         \n\t"
+      "ldrsb  r9, [r0, #1]                     \n\t"
+      "ldrsb  r5, [r0, #2]                     \n\t"
+      "add    r3, r0, r1                       \n\t"
+      "ldrsb  r10, [r3]                        \n\t"
+      "ldrsb  r6, [r3, #1]                     \n\t"
+      "ldrsb  r11, [r3, #2]                    \n\t"
+      "add    r3, r3, r1                       \n\t"
+      "ldrsb  r7, [r3]                         \n\t"
+      "ldrsb  r12, [r3, #1]                    \n\t"
+      "ldrsb  r8, [r3, #2]                     \n\t"
+      "pkhbt  r4, r4, r9, lsl #16              \n\t" /* (x0, x1) */
+      "pkhbt  r5, r5, r10, lsl #16             \n\t" /* (x2, x3) */
+      "pkhbt  r6, r6, r11, lsl #16             \n\t" /* (x4, x5) */
+      "pkhbt  r7, r7, r12, lsl #16             \n\t" /* (x6, x7) */
+      "ldr    r9, [sp, #16]                    \n\t" /* off2 */
+      "sadd16 r4, r4, r9                       \n\t"
+      "sadd16 r5, r5, r9                       \n\t"
+      "sadd16 r6, r6, r9                       \n\t"
+      "sadd16 r7, r7, r9                       \n\t"
+      "sadd16 r8, r8, r9                       \n\t"
+      "uxth   r8, r8                           \n\t" /* (x8, 0) */
+      "ldr    r1, [sp, #8]                     \n\t" /* the next window */
+      "add    r0, r0, r1                       \n\t"
+      "str    r0, [sp]                         \n\t"
+      "ldr    r0, [sp, #20]                    \n\t" /* rec */
+      "ldr    r3, [sp, #28]                    \n\t"
+      "add    r3, r2, r3                       \n\t" /* out_end */
+      "1:                                      \n\t" /* c1_pixel's channel loop */
+      "ldmia  r0!, {r1, r9, r10, r11, r12, lr} \n\t"
+      "smlad  r1, r4, r9, r1                   \n\t"
+      "smlad  r1, r5, r10, r1                  \n\t"
+      "smlad  r1, r6, r11, r1                  \n\t"
+      "smlad  r1, r7, r12, r1                  \n\t"
+      "smlad  r1, r8, lr, r1                   \n\t"
+      "ldmia  r0!, {r9, r10, r11}              \n\t"
+      "smmulr r1, r1, r9                       \n\t"
+      "add    r10, r10, r1                     \n\t"
+      "add    r1, r10, r1, asr #31             \n\t"
+      "asr    r1, r1, r11                      \n\t"
+      "ssat   r1, #8, r1                       \n\t"
+      "strb   r1, [r2], #1                     \n\t"
+      "cmp    r2, r3                           \n\t"
+      "bne    1b                               \n\t"
+      "ldr    r1, [sp, #12]                    \n\t"
+      "subs   r1, r1, #1                       \n\t"
+      "str    r1, [sp, #12]                    \n\t"
+      "bne    2b                               \n\t"
+      "add    sp, sp, #32                      \n\t"
+      "pop    {r4-r11, pc}                     \n\t");
+}
+#else
+/* The same in C (hosts without the DSP extension). */
+static void c1_row(const c1_run *run) {
+  const int8_t *src = run->src;
+  int8_t *out = run->out;
+  const int32_t off = (int16_t)(run->off2 & 0xFFFFu), w = run->in_w;
+  for (int i = 0; i < run->pixels; i++, src += run->stride, out += run->out_c) {
+    const int8_t *r0 = src, *r1 = r0 + w, *r2 = r1 + w;
+    const uint32_t px[SER_C1_PAIRS] = {pack16(r0[0] + off, r0[1] + off), pack16(r0[2] + off, r1[0] + off),
+                                       pack16(r1[1] + off, r1[2] + off), pack16(r2[0] + off, r2[1] + off),
+                                       pack16(r2[2] + off, 0)};
+    c1_pixel(run->rec, px, out, out + run->out_c);
+  }
+}
+#endif
+
+/* The output columns [*lo, *hi) whose windows of k_w columns, dilation 1, lie inside the image. */
+static void inside_columns(const ser_conv_s8_params *p, int k_w, int *lo, int *hi) {
+  const int first = (p->pad_w + p->stride_w - 1) / p->stride_w;
+  const int room = p->in_w - k_w + p->pad_w; /* x0 = ox * stride - pad <= in_w - k_w */
+  const int last = room >= 0 ? room / p->stride_w + 1 : 0;
+  *lo = first < p->out_w ? first : p->out_w;
+  *hi = last < p->out_w ? last : p->out_w;
+  if (*hi < *lo) *hi = *lo;
+}
 
 static void conv_c1(const ser_conv_s8_params *p, const int32_t *multiplier, const int32_t *shift, const int8_t *input,
                     const int8_t *filter, const int32_t *bias, int8_t *output, int32_t *rec) {
   c1_records(p, multiplier, shift, filter, bias, rec);
-  /* The shape in locals: the assembly call would otherwise have them reloaded on every pixel. */
   const int out_c = p->out_c, out_h = p->out_h, out_w = p->out_w, in_h = p->in_h, in_w = p->in_w;
-  const int stride_h = p->stride_h, stride_w = p->stride_w, pad_h = p->pad_h, pad_w = p->pad_w;
   const int window3 = p->k_h == 3 && p->k_w == 3 && p->dilation_h == 1 && p->dilation_w == 1;
-#if SER_SIMD
-  const uint32_t off2 = ((uint32_t)p->input_offset & 0xFFFFu) * 0x10001u;
-#endif
+  int lo = 0, hi = 0; /* the columns c1_row takes, in rows whose windows are inside too */
+  if (window3) inside_columns(p, 3, &lo, &hi);
+  c1_run run = {.in_w = in_w, .stride = p->stride_w, .off2 = ((uint32_t)p->input_offset & 0xFFFFu) * 0x10001u,
+                .rec = rec, .out_c = out_c};
   for (int b = 0; b < p->batches; b++) {
     const int8_t *image = input + (size_t)b * in_h * in_w;
     int8_t *out = output + (size_t)b * out_h * out_w * out_c;
-    for (int oy = 0; oy < out_h; oy++) {
-      const int y0 = oy * stride_h - pad_h;
+    for (int oy = 0; oy < out_h; oy++, out += (size_t)out_w * out_c) {
+      const int y0 = oy * p->stride_h - p->pad_h;
       const int rows_inside = window3 && y0 >= 0 && y0 + 3 <= in_h;
-      const int8_t *rows = image + (size_t)(rows_inside ? y0 : 0) * in_w;
-      for (int ox = 0; ox < out_w; ox++, out += out_c) {
-        uint32_t px[SER_C1_PAIRS];
-        const int x0 = ox * stride_w - pad_w;
-#if SER_SIMD
-        if (rows_inside && x0 >= 0 && x0 + 3 <= in_w) { /* the common case: 9 loads, 5 SADD16 */
-          const int8_t *r0 = rows + x0, *r1 = r0 + in_w, *r2 = r1 + in_w;
-          px[0] = __sadd16(lanes(r0[0], r0[1]), off2);
-          px[1] = __sadd16(lanes(r0[2], r1[0]), off2);
-          px[2] = __sadd16(lanes(r1[1], r1[2]), off2);
-          px[3] = __sadd16(lanes(r2[0], r2[1]), off2);
-          px[4] = __sadd16(lanes(r2[2], 0), off2 & 0xFFFFu);
-        } else {
-          c1_gather(p, image, oy, ox, px);
+      const int run_lo = rows_inside ? lo : out_w, run_hi = rows_inside ? hi : out_w;
+      for (int ox = 0; ox < out_w; ox++) {
+        if (ox == run_lo && run_hi > run_lo) {
+          run.src = image + (size_t)y0 * in_w + (ox * p->stride_w - p->pad_w);
+          run.pixels = run_hi - run_lo;
+          run.out = out + (size_t)ox * out_c;
+          c1_row(&run);
+          ox = run_hi - 1;
+          continue;
         }
-#else
-        (void)x0, (void)rows;
+        uint32_t px[SER_C1_PAIRS];
         c1_gather(p, image, oy, ox, px);
-#endif
-        c1_pixel(rec, px, out, out + out_c);
+        c1_pixel(rec, px, out + (size_t)ox * out_c, out + (size_t)(ox + 1) * out_c);
       }
     }
   }
@@ -366,6 +573,22 @@ void ser_conv_s8(const ser_conv_s8_params *p, const int32_t *multiplier, const i
     conv_c1(p, multiplier, shift, input, filter, bias, output, (int32_t *)(void *)scratch);
     return;
   }
+#if SER_SIMD
+  /* conv_block's conditions (see there). */
+  const int whole = fast && lo == -128 && hi == 127 && bias != NULL && k >= 4 && k % 4 == 0 && out_c > 0;
+  block_ctx ctx;
+  if (whole) {
+    const int groups = k / 4;
+#ifdef SER_BREAK_ROUNDING
+    ctx.fold_base = (int32_t)(2u * (uint32_t)offset);
+#else
+    ctx.fold_base = (int32_t)(2u * (uint32_t)offset + 1u);
+#endif
+    ctx.columns = scratch;
+    ctx.passes = (groups + SER_UNROLL - 1) / SER_UNROLL;
+    ctx.skip = (SER_UNROLL - groups % SER_UNROLL) % SER_UNROLL * SER_GROUP_BYTES;
+  }
+#endif
   int8_t *bytes = (int8_t *)scratch + pair_bytes(k);
   /* The padded tail of a partial last group is never gathered: zero it once. */
   if (k % 4 != 0) memset(scratch + SER_PIXELS * (k & ~3), 0, 4 * SER_PIXELS * sizeof(int16_t));
@@ -381,6 +604,20 @@ void ser_conv_s8(const ser_conv_s8_params *p, const int32_t *multiplier, const i
         o[s] = out + (size_t)q * out_c;
       }
       int8_t *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3];
+#if SER_SIMD
+      if (whole) {
+        ctx.multiplier = multiplier;
+        ctx.shift = shift;
+        ctx.bias = bias;
+        ctx.out = o0;
+        ctx.out_end = o0 + out_c;
+        ctx.d1 = (int32_t)(o1 - o0);
+        ctx.d2 = (int32_t)(o2 - o0);
+        ctx.d3 = (int32_t)(o3 - o0);
+        conv_block(&ctx, filter);
+        continue;
+      }
+#endif
       const int8_t *w = filter;
       for (int oc = 0; oc < out_c; oc++, w += k) {
         const int32_t b0 = bias ? bias[oc] : 0;
