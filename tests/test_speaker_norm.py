@@ -25,9 +25,7 @@ N_MELS = 8
 def _raws(count: int, seed: int = 0) -> list[np.ndarray]:
     """Unstandardised (n_mels, frames, 1) inputs of different lengths and levels."""
     rng = np.random.default_rng(seed)
-    return [
-        (rng.normal(-6 + 0.1 * i, 2 + 0.05 * i, size=(N_MELS, 5 + i % 4, 1))).astype(np.float32) for i in range(count)
-    ]
+    return [(rng.normal(-6 + 0.1 * i, 2 + 0.05 * i, size=(N_MELS, 5 + i % 4, 1))).astype(np.float32) for i in range(count)]
 
 
 @pytest.mark.parametrize("mode", ["scalar", "bins"])
@@ -200,3 +198,35 @@ def test_default_run_keeps_the_global_standardisation(synthetic_corpus: Path, tm
     assert frontend["mean"] != 0.0 and frontend["std"] != 1.0
     assert not (tmp_path / "plain" / "speaker_norm.json").exists()
     assert "speaker_norm" not in json.loads((tmp_path / "plain" / "metrics.json").read_text())
+
+
+def test_a_held_out_validation_speaker_gets_its_own_statistics_and_is_never_fitted(
+    synthetic_corpus: Path, tmp_path: Path
+) -> None:
+    """Nested LOSO with speaker normalisation: the validation speaker is standardised by its own audio
+    (as a new voice would be) and takes no part in the fit; the test speaker stays unseen."""
+    clips = discover(synthetic_corpus)
+    pcm = load_corpus(synthetic_corpus, clips)
+    out = tmp_path / "nested"
+    tcfg = TrainConfig(
+        model="spectrogram_resnet", epochs=1, batch_size=16, warmup_epochs=1, speaker_norm="bins", validation_by_speaker=True
+    )
+    train_one(out, clips, pcm, "loso", 0, tcfg, default_frontend("spectrogram_resnet"), mcu_probe=False, show_progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    speakers = sorted({c.speaker for c in clips})
+    roles = {r: {c["speaker"] for c in manifest["clips"] if c["role"] == r} for r in ("train", "val", "test")}
+    assert roles == {"test": {speakers[0]}, "val": {speakers[1]}, "train": set(speakers[2:])}
+    saved = json.loads((out / "speaker_norm.json").read_text())
+    assert sorted(saved["speakers"]) == speakers[1:]
+    val = [pcm[i] for i, c in enumerate(clips) if c.speaker == speakers[1]]
+    expected = pooled([clip_features(p, default_frontend("spectrogram_resnet").raw) for p in val], "bins")
+    np.testing.assert_array_equal(np.float32(saved["speakers"][speakers[1]]["mean"]), expected.mean)
+    prior = pooled(
+        [
+            clip_features(pcm[i], default_frontend("spectrogram_resnet").raw)
+            for i, c in enumerate(clips)
+            if c.speaker in speakers[2:]
+        ],
+        "bins",
+    )
+    np.testing.assert_array_equal(np.float32(saved["training_part"]["mean"]), prior.mean)  # the prior: fitted speakers only

@@ -78,6 +78,22 @@ def test_manifest_round_trip_and_rejects_other_json(clips: list[Clip], tmp_path:
         load_manifest(tmp_path / "bad.json")
 
 
+def test_a_held_out_validation_speaker_is_neither_fitted_nor_tested(clips: list[Clip]) -> None:
+    speakers = sorted(SPEAKERS)
+    for fold in range(len(speakers)):
+        manifest = make_manifest(clips, "loso", fold, validation_by_speaker=True)
+        by_role = {r: {c["speaker"] for c in clips_with_role(manifest, r)} for r in ("train", "val", "test")}
+        held_out = speakers[(fold + 1) % len(speakers)]
+        assert by_role["val"] == {held_out} and manifest["validation_speaker"] == held_out
+        assert by_role["test"] == {speakers[fold]}
+        assert by_role["train"] == set(speakers) - {held_out, speakers[fold]}
+        assert len(clips_with_role(manifest, "val")) == 300  # the whole speaker
+    assert make_manifest(clips, "loso", 0)["validation_speaker"] is None
+    for split, validation in (("kfold", True), ("paper", True), ("loso", False)):
+        with pytest.raises(ValueError, match="held-out validation speaker goes with the loso split"):
+            make_manifest(clips, split, 0, validation=validation, validation_by_speaker=True)
+
+
 def test_bad_fold_is_refused(clips: list[Clip]) -> None:
     with pytest.raises(ValueError, match=r"folds 0\.\.3"):
         make_manifest(clips, "loso", 4)

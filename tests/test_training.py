@@ -86,6 +86,8 @@ def test_cli_writes_every_artifact(synthetic_corpus: Path, tmp_path: Path) -> No
         (["--model", "spectrogram_resnet", "--hop", "0"], "--hop must be"),
         (["--model", "spectrogram_resnet", "--n-fft", "256", "--hop", "128", "--n-mels", "80"], "--n-mels must be 1..64"),
         (["--no-augment", "--speed-perturb", "0.9,1.1"], "drop it or --no-augment"),
+        (["--split", "kfold", "--validation-speaker"], "needs --split loso"),
+        (["--split", "loso", "--refit", "--validation-speaker"], "needs --split loso and no --refit"),
     ],
 )
 def test_cli_refuses_a_front_end_or_augmentation_it_cannot_honour(

@@ -420,5 +420,5 @@ def test_svdf_keyword_model_int16_in_int32_out_with_a_crashing_second_opinion(
     assert code == 0, err
     s = _report(out)["summary"]
     assert [(o["dtype"], o["bit_exact"]) for o in s["outputs"]] == [("int32", 3)]
-    assert ("crashed" in s["litert_refused"] or "hung" in s["litert_refused"])  # a corrupted heap does either
+    assert "crashed" in s["litert_refused"] or "hung" in s["litert_refused"]  # a corrupted heap does either
     assert "no second opinion" in (out / validate.REPORT_MD).read_text()

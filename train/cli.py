@@ -98,6 +98,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="train on the whole training part, validation part included, and keep the last epoch (no selection); "
         "default: TrainConfig.refit",
     )
+    p.add_argument(
+        "--validation-speaker",
+        action="store_true",
+        help="loso only: the validation part is one whole training speaker (the one after the test speaker), held out "
+        "of the fit, so the epoch kept is chosen on a voice the model never fitted; default: 10 %% of the training "
+        "speakers' clips",
+    )
     p.add_argument("--no-augment", action="store_true", help="train on clean clips only")
     p.add_argument(
         "--speaker-norm",
@@ -127,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.speaker_norm and FRONT_END_KIND[args.model] != "logmel":
         print(f"ser-train: --speaker-norm normalises the log-mel; {args.model} takes the raw waveform", file=sys.stderr)
+        return 2
+    if args.validation_speaker and (args.split != "loso" or args.refit):
+        print(
+            "ser-train: --validation-speaker holds out a training speaker: it needs --split loso and no --refit", file=sys.stderr
+        )
         return 2
     if args.no_augment and args.speed_perturb:
         print("ser-train: --speed-perturb is an augmentation; drop it or --no-augment", file=sys.stderr)
@@ -169,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "average_decay": args.average_decay,
         "refit": args.refit,
         "speaker_norm": args.speaker_norm,
+        "validation_by_speaker": args.validation_speaker or None,
     }
     tcfg = TrainConfig(model=args.model, seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     if args.no_augment:

@@ -44,6 +44,9 @@ class TrainConfig:
     # fixed in advance, so nothing is selected). Compared with keeping the best validation epoch by a nested
     # split of the validation clips (README: Results).
     refit: bool = False
+    # LOSO only: the validation part is one whole training speaker, held out of the fit (train.splits.make_manifest),
+    # instead of a 10 % sample of the training speakers' clips.
+    validation_by_speaker: bool = False
 
 
 def make_deterministic(seed: int) -> None:

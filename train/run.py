@@ -52,7 +52,12 @@ def train_one(
     """
     out.mkdir(parents=True, exist_ok=True)
     manifest = make_manifest(
-        clips, split, test_fold, seed=tcfg.seed if split_seed is None else split_seed, validation=not tcfg.refit
+        clips,
+        split,
+        test_fold,
+        seed=tcfg.seed if split_seed is None else split_seed,
+        validation=not tcfg.refit,
+        validation_by_speaker=tcfg.validation_by_speaker,
     )
     save_manifest(manifest, out / "manifest.json")
     roles = np.array([c["role"] for c in manifest["clips"]])
@@ -70,6 +75,11 @@ def train_one(
         frontend = frontend.raw  # each speaker's statistics replace the global ones
         raw_train = [clip_features(pcm[i], frontend) for i in part["train"]]
         speaker_stats = by_speaker(list(speakers[part["train"]]), raw_train, tcfg.speaker_norm)
+        held_out = sorted(set(speakers[part["val"]]) - set(speaker_stats))  # a validation speaker outside the fit
+        if held_out:
+            raw_val = [clip_features(pcm[i], frontend) for i in part["val"]]
+            val_stats = by_speaker(list(speakers[part["val"]]), raw_val, tcfg.speaker_norm)
+            speaker_stats.update({s: val_stats[s] for s in held_out})
         prior = pooled(raw_train, tcfg.speaker_norm)  # training part pooled: a test speaker's first clip
         norms = {role: [speaker_stats[speakers[i]] for i in part[role]] for role in ("train", "val")}
         _write_json(

@@ -58,16 +58,39 @@ def assign_folds(clips: Sequence[Clip], split: SplitName, seed: int = 0) -> tupl
     raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
 
 
-def make_manifest(clips: Sequence[Clip], split: SplitName, test_fold: int, seed: int = 0, validation: bool = True) -> dict:
+def validation_speaker(clips: Sequence[Clip], test_fold: int) -> str:
+    """LOSO with a held-out validation speaker: the speaker after the test speaker (in sorted order, cyclically)."""
+    speakers = sorted({c.speaker for c in clips})
+    if len(speakers) < 3:
+        raise ValueError(f"a held-out validation speaker needs 3 or more speakers, the corpus has {len(speakers)}")
+    return speakers[(test_fold + 1) % len(speakers)]
+
+
+def make_manifest(
+    clips: Sequence[Clip],
+    split: SplitName,
+    test_fold: int,
+    seed: int = 0,
+    validation: bool = True,
+    validation_by_speaker: bool = False,
+) -> dict:
     """The manifest of one run: every clip with its fold and its role (train, val or test).
 
     ``validation=False`` (a refit run) leaves every non-test clip in training: no validation part.
+    ``validation_by_speaker`` (LOSO only) makes the validation part one whole training speaker, held
+    out of the fit, so the epoch kept is the one that does best on a voice the model never fitted
+    (nested LOSO) rather than on more clips of the voices it fits.
     """
     folds, num_folds = assign_folds(clips, split, seed)
     if not 0 <= test_fold < num_folds:
         raise ValueError(f"split {split} has folds 0..{num_folds - 1}, not {test_fold}")
     roles = np.where(folds == test_fold, "test", "train").astype(object)
-    if validation:
+    if validation_by_speaker:
+        if split != "loso" or not validation:
+            raise ValueError("a held-out validation speaker goes with the loso split and a validation part (not --refit)")
+        held_out = validation_speaker(clips, test_fold)
+        roles[[i for i, c in enumerate(clips) if c.speaker == held_out]] = "val"
+    elif validation:
         train_idx = np.flatnonzero(roles == "train")
         rng = np.random.default_rng(seed + 1000 + test_fold)
         train_emotions = [clips[i].emotion for i in train_idx]
@@ -79,7 +102,8 @@ def make_manifest(clips: Sequence[Clip], split: SplitName, test_fold: int, seed:
         "seed": seed,
         "num_folds": num_folds,
         "test_fold": test_fold,
-        "validation_fraction": VALIDATION_FRACTION if validation else 0.0,
+        "validation_fraction": VALIDATION_FRACTION if validation and not validation_by_speaker else 0.0,
+        "validation_speaker": validation_speaker(clips, test_fold) if validation_by_speaker else None,
         "clips": entries,
     }
 
