@@ -381,31 +381,35 @@ static void c1_gather(const ser_conv_s8_params *p, const int8_t *image, int oy, 
 }
 
 #if SER_SIMD
-/* One pixel, all channels: out[0 .. out_end - out) from the records, the pixel's pairs in r4-r8.
- * Per channel: LDM of bias and filter, 5 SMLAD, LDM of the constants, SMMULR, the rounding
- * (fold, then the sign), the shift, SSAT to int8, store: 15 instructions. */
+/* The channel loop over the records for one pixel whose pairs are in r4-r8: out[r2 .. r3) from the
+ * records at r0. Per channel: LDM of bias and filter, 5 SMLAD, LDM of the constants, SMMULR, the
+ * rounding (fold, then the sign), the shift, SSAT to int8, store: 15 instructions. */
+#define SER_C1_CHANNELS                            \
+  "1:                                      \n\t" \
+  "ldmia  r0!, {r1, r9, r10, r11, r12, lr} \n\t" \
+  "smlad  r1, r4, r9, r1                   \n\t" \
+  "smlad  r1, r5, r10, r1                  \n\t" \
+  "smlad  r1, r6, r11, r1                  \n\t" \
+  "smlad  r1, r7, r12, r1                  \n\t" \
+  "smlad  r1, r8, lr, r1                   \n\t" \
+  "ldmia  r0!, {r9, r10, r11}              \n\t" \
+  "smmulr r1, r1, r9                       \n\t" \
+  "add    r10, r10, r1                     \n\t" \
+  "add    r1, r10, r1, asr #31             \n\t" \
+  "asr    r1, r1, r11                      \n\t" \
+  "ssat   r1, #8, r1                       \n\t" \
+  "strb   r1, [r2], #1                     \n\t" \
+  "cmp    r2, r3                           \n\t" \
+  "bne    1b                               \n\t"
+
+/* One pixel, all channels: out[0 .. out_end - out) from the records, the pixel's pairs in r4-r8. */
 __attribute__((naked, noinline)) static void c1_pixel(const int32_t *rec, const uint32_t *px, int8_t *out,
                                                       int8_t *out_end) {
   (void)rec, (void)px, (void)out, (void)out_end;
   __asm__ volatile(
       "push   {r4-r11, lr}                     \n\t"
       "ldm    r1, {r4, r5, r6, r7, r8}         \n\t" /* the pixel's 5 pairs */
-      "1:                                      \n\t"
-      "ldmia  r0!, {r1, r9, r10, r11, r12, lr} \n\t" /* 2 bias, 5 filter pairs */
-      "smlad  r1, r4, r9, r1                   \n\t"
-      "smlad  r1, r5, r10, r1                  \n\t"
-      "smlad  r1, r6, r11, r1                  \n\t"
-      "smlad  r1, r7, r12, r1                  \n\t"
-      "smlad  r1, r8, lr, r1                   \n\t"
-      "ldmia  r0!, {r9, r10, r11}              \n\t" /* multiplier, rounding constant, shift */
-      "smmulr r1, r1, r9                       \n\t"
-      "add    r10, r10, r1                     \n\t"
-      "add    r1, r10, r1, asr #31             \n\t"
-      "asr    r1, r1, r11                      \n\t"
-      "ssat   r1, #8, r1                       \n\t"
-      "strb   r1, [r2], #1                     \n\t"
-      "cmp    r2, r3                           \n\t"
-      "bne    1b                               \n\t"
+      SER_C1_CHANNELS
       "pop    {r4-r11, pc}                     \n\t");
 }
 #else
@@ -480,22 +484,7 @@ __attribute__((naked, noinline)) static void c1_row(const c1_run *run) {
       "ldr    r0, [sp, #20]                    \n\t" /* rec */
       "ldr    r3, [sp, #28]                    \n\t"
       "add    r3, r2, r3                       \n\t" /* out_end */
-      "1:                                      \n\t" /* c1_pixel's channel loop */
-      "ldmia  r0!, {r1, r9, r10, r11, r12, lr} \n\t"
-      "smlad  r1, r4, r9, r1                   \n\t"
-      "smlad  r1, r5, r10, r1                  \n\t"
-      "smlad  r1, r6, r11, r1                  \n\t"
-      "smlad  r1, r7, r12, r1                  \n\t"
-      "smlad  r1, r8, lr, r1                   \n\t"
-      "ldmia  r0!, {r9, r10, r11}              \n\t"
-      "smmulr r1, r1, r9                       \n\t"
-      "add    r10, r10, r1                     \n\t"
-      "add    r1, r10, r1, asr #31             \n\t"
-      "asr    r1, r1, r11                      \n\t"
-      "ssat   r1, #8, r1                       \n\t"
-      "strb   r1, [r2], #1                     \n\t"
-      "cmp    r2, r3                           \n\t"
-      "bne    1b                               \n\t"
+      SER_C1_CHANNELS
       "ldr    r1, [sp, #12]                    \n\t"
       "subs   r1, r1, #1                       \n\t"
       "str    r1, [sp, #12]                    \n\t"
