@@ -203,8 +203,9 @@ static inline void dot_1x4(const int8_t *w, const int16_t *col, int k, int32_t a
 /* The general path's channel loop in one assembly function, for layers where K is whole groups of
  * 4, every channel has a bias, the fast requantization is exact and the activation range is the
  * whole of int8 (SSAT is the clamp): in C, the groups % 4 single groups ran one asm statement each
- * and the pointers and counters were spilled around the assembly, about 140 instructions per
- * channel and 4-pixel block; here about 50. The group loop is unrolled SER_UNROLL deep and entered
+ * and the pointers and counters were spilled around the assembly; here the work per channel and
+ * 4-pixel block outside the groups is about 50 instructions (docs/kernels.md has the measured
+ * saving). The group loop is unrolled SER_UNROLL deep and entered
  * Duff-style, groups % SER_UNROLL groups before its end, through an address computed once per call
  * (each group is 13 32-bit instructions, 52 bytes). Per channel and block: the bias into the four
  * sums, the groups, then the requantization as ser_requantize_fast (SMMULR of 2 x sum, the fold,
@@ -445,7 +446,7 @@ typedef struct {
 #if SER_SIMD
 /* c1_run's pixels, all channels: per pixel, its 9 values are loaded (LDRSB), paired (PKHBT) and
  * offset (SADD16) into r4-r8, then c1_pixel's channel loop runs; about 30 instructions a pixel
- * against about 90 for the gather in C, its spills and the call. */
+ * besides the channel loop, with no call and no spills per pixel (docs/kernels.md: measured). */
 __attribute__((naked, noinline)) static void c1_row(const c1_run *run) {
   (void)run;
   __asm__ volatile(
