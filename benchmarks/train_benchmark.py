@@ -4,7 +4,7 @@
                                          [--splits paper kfold loso] [--out runs/bench] [--epochs N]
                                          [--distill audio_resnet:spectrogram_resnet ...] [--jobs 2]
                                          [--seeds 0 1 2] [--speaker-norm scalar|bins]
-                                         [--speed-perturb 0.9,1.0,1.1] [--validation-speaker] [--on-board]
+                                         [--speed-perturb 0.9,1.0,1.1] [--vtlp 0.1] [--validation-speaker] [--on-board]
 
 Each (model, split) trains through ``ser-train`` in its own process; finished runs (and finished
 folds) are reused, so a cut-off benchmark continues where it stopped.
@@ -59,6 +59,7 @@ class Training:
     seed: int = 0  # initialisation and augmentation; the split is always drawn with seed 0
     speaker_norm: str | None = None  # ser-train --speaker-norm
     speed_perturb: str | None = None  # ser-train --speed-perturb
+    vtlp: str | None = None  # ser-train --vtlp
     validation_speaker: bool = False  # ser-train --validation-speaker (LOSO)
 
     @property
@@ -66,6 +67,7 @@ class Training:
         base = f"{self.model}-from-{'+'.join(self.teachers)}-{self.split}" if self.teachers else f"{self.model}-{self.split}"
         base = f"{base}-speaker-norm-{self.speaker_norm}" if self.speaker_norm else base
         base = f"{base}-speed-{self.speed_perturb.replace(',', '-')}" if self.speed_perturb else base
+        base = f"{base}-vtlp-{self.vtlp}" if self.vtlp else base
         base = f"{base}-val-speaker" if self.validation_speaker else base
         return f"{base}-seed{self.seed}" if self.seed else base
 
@@ -81,6 +83,7 @@ def _ser_train(t: Training, args: argparse.Namespace, out: Path, fold: int | Non
     cmd += ["--epochs", str(args.epochs)] if args.epochs else []
     cmd += ["--speaker-norm", t.speaker_norm] if t.speaker_norm else []
     cmd += ["--speed-perturb", t.speed_perturb] if t.speed_perturb else []
+    cmd += ["--vtlp", t.vtlp] if t.vtlp else []
     cmd += ["--validation-speaker"] if t.validation_speaker else []
     cmd += ["--data", args.data] if args.data else []
     for teacher in t.teachers:
@@ -205,7 +208,15 @@ def plan(args: argparse.Namespace) -> list[Training]:
     """Plain trainings first, then distilled ones (each after its teacher's run)."""
     norm = args.speaker_norm
     trainings = [
-        Training(m, s, seed=n, speaker_norm=norm, speed_perturb=args.speed_perturb, validation_speaker=args.validation_speaker)
+        Training(
+            m,
+            s,
+            seed=n,
+            speaker_norm=norm,
+            speed_perturb=args.speed_perturb,
+            vtlp=args.vtlp,
+            validation_speaker=args.validation_speaker,
+        )
         for n in args.seeds
         for m in args.models
         for s in args.splits
@@ -234,6 +245,7 @@ def main() -> int:
         "--speaker-norm", choices=("scalar", "bins"), help="ser-train --speaker-norm for every run (log-mel models only)"
     )
     p.add_argument("--speed-perturb", metavar="SPEEDS", help="ser-train --speed-perturb for every run, e.g. 0.9,1.0,1.1")
+    p.add_argument("--vtlp", metavar="W", help="ser-train --vtlp for every run (log-mel models only), e.g. 0.1")
     p.add_argument(
         "--validation-speaker", action="store_true", help="ser-train --validation-speaker for every run (loso splits only)"
     )

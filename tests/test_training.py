@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train.augment import AugmentConfig, augment_pcm, change_speed
+from train.augment import AugmentConfig, augment_pcm, change_speed, vtlp, warp_log_mel
 from train.cli import main
 from train.corpus import discover, load_corpus
 from train.fit import AugmentedClips, TrainConfig, WeightAverage, mixup
-from train.frontend import clip_features
+from train.frontend import clip_features, features
 from train.labels import label_index
 from train.run import default_frontend, train_one
 from train.teacher import TeacherError, distilled_targets, soft_targets, teacher_run
@@ -62,6 +62,8 @@ def test_cli_writes_every_artifact(synthetic_corpus: Path, tmp_path: Path) -> No
             "32",
             "--speed-perturb",
             "0.9,1.0,1.1",
+            "--vtlp",
+            "0.1",
         ]
     )
     assert code == 0
@@ -75,7 +77,8 @@ def test_cli_writes_every_artifact(synthetic_corpus: Path, tmp_path: Path) -> No
     frontend = json.loads((out / "frontend.json").read_text())
     assert frontend["kind"] == "logmel" and frontend["std"] != 1.0  # standardised on the training part
     assert frontend["n_mels"] == 32  # the override reaches the run's front end, which later stages read
-    assert json.loads((out / "train_config.json").read_text())["augment"]["speeds"] == [0.9, 1.0, 1.1]
+    augment = json.loads((out / "train_config.json").read_text())["augment"]
+    assert augment["speeds"] == [0.9, 1.0, 1.1] and augment["vtlp"] == 0.1
 
 
 @pytest.mark.parametrize(
@@ -86,6 +89,8 @@ def test_cli_writes_every_artifact(synthetic_corpus: Path, tmp_path: Path) -> No
         (["--model", "spectrogram_resnet", "--hop", "0"], "--hop must be"),
         (["--model", "spectrogram_resnet", "--n-fft", "256", "--hop", "128", "--n-mels", "80"], "--n-mels must be 1..64"),
         (["--no-augment", "--speed-perturb", "0.9,1.1"], "drop it or --no-augment"),
+        (["--model", "spectrogram_resnet", "--no-augment", "--vtlp", "0.1"], "drop it or --no-augment"),
+        (["--model", "audio_resnet", "--vtlp", "0.1"], "--vtlp warps the log-mel"),
         (["--split", "kfold", "--validation-speaker"], "needs --split loso"),
         (["--split", "loso", "--refit", "--validation-speaker"], "needs --split loso and no --refit"),
     ],
@@ -282,6 +287,25 @@ def test_speed_perturbation_moves_tempo_and_pitch_together() -> None:
     slowed = augment_pcm(tone, cfg, quiet, np.random.default_rng(0))
     assert len(slowed) == cfg.clip_samples and _peak_hz(slowed) == pytest.approx(100, abs=1)
     assert _peak_hz(augment_pcm(tone, cfg, replace(quiet, speeds=(1.0,)), np.random.default_rng(0))) == pytest.approx(200, abs=1)
+
+
+def test_vtlp_moves_the_log_mel_as_a_shorter_or_longer_vocal_tract_would() -> None:
+    cfg = default_frontend("spectrogram_resnet").raw
+    t = np.arange(cfg.clip_samples) / cfg.sample_rate
+
+    def tone_log_mel(hz: float) -> np.ndarray:
+        return features((8000 * np.sin(2 * np.pi * hz * t)).astype(np.int16), cfg)
+
+    def peak_band(feat: np.ndarray) -> int:
+        return int(feat[:, feat.shape[1] // 2, 0].argmax())
+
+    base = tone_log_mel(1000.0)
+    for alpha in (0.9, 1.1):  # below the warp's bend, frequencies scale by alpha: as if the tone were alpha x 1000 Hz
+        assert peak_band(warp_log_mel(base, cfg, alpha)) == peak_band(tone_log_mel(1000.0 * alpha)) != peak_band(base)
+    np.testing.assert_allclose(warp_log_mel(base, cfg, 1.0), base, rtol=1e-6, atol=1e-5)
+    # Off, it draws nothing: every other augmentation keeps its random draws.
+    rng = np.random.default_rng(0)
+    assert vtlp(base, cfg, AugmentConfig(), rng) is base and rng.random() == np.random.default_rng(0).random()
 
 
 def test_mixup_blends_each_clip_with_a_partner_by_its_dominant_share() -> None:

@@ -12,7 +12,7 @@ from fractions import Fraction
 import numpy as np
 from scipy.signal import resample_poly
 
-from train.frontend import FrontEndConfig, fit_clip
+from train.frontend import FrontEndConfig, fit_clip, mel_band_position, mel_centres_hz
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,14 @@ class AugmentConfig:
     # Speed perturbation (Ko et al. 2015): one factor drawn per clip and epoch; tempo and pitch change together.
     # (1.0,) is off and draws nothing, so the other augmentations stay bit for bit as without it.
     speeds: tuple[float, ...] = (1.0,)
+    # Vocal tract length perturbation (Jaitly & Hinton 2013) of the log-mel: one warp factor per clip and epoch,
+    # uniform in 1 +- vtlp; formants move, tempo does not. 0.0 is off and draws nothing.
+    vtlp: float = 0.0
+
+
+# Jaitly & Hinton's boundary for 16 kHz audio: frequencies up to it scale by the warp factor, the rest
+# are stretched or squeezed linearly so that the top of the band stays where it is.
+VTLP_BOUNDARY_HZ = 4800.0
 
 
 def change_speed(pcm: np.ndarray, factor: float) -> np.ndarray:
@@ -53,6 +61,36 @@ def augment_pcm(pcm: np.ndarray, cfg: FrontEndConfig, aug: AugmentConfig, rng: n
         snr = rng.uniform(*aug.noise_snr_db)
         x = x + rng.standard_normal(len(x)).astype(np.float32) * np.float32(np.sqrt(power / 10 ** (snr / 10)))
     return np.clip(np.round(x), -32768, 32767).astype(np.int16)
+
+
+def vtlp_warp(hz: np.ndarray, alpha: float, fmax: float) -> np.ndarray:
+    """Where VTLP sends each frequency: ``alpha * f`` up to the boundary, then a line ending at ``fmax``."""
+    bend = VTLP_BOUNDARY_HZ * min(alpha, 1.0) / alpha
+    top = fmax - (fmax - alpha * bend) / (fmax - bend) * (fmax - hz)
+    return np.where(hz <= bend, alpha * hz, top)
+
+
+def warp_log_mel(feat: np.ndarray, cfg: FrontEndConfig, alpha: float) -> np.ndarray:
+    """The (mels, frames, 1) log-mel as a vocal tract ``1 / alpha`` times as long would say it.
+
+    Band j takes the value the clip has at the frequency the warp sends to band j's centre,
+    interpolated linearly between neighbouring bands (held at the ends).
+    """
+    centres = mel_centres_hz(cfg)
+    grid = np.linspace(0.0, cfg.fmax, 4097)
+    source = np.interp(centres, vtlp_warp(grid, alpha, cfg.fmax), grid)  # the warp is increasing: invert by table
+    pos = np.clip(mel_band_position(cfg, source), 0.0, cfg.n_mels - 1.0)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, cfg.n_mels - 1)
+    w = (pos - lo).astype(feat.dtype)[:, None, None]
+    return feat[lo] * (1 - w) + feat[hi] * w
+
+
+def vtlp(feat: np.ndarray, cfg: FrontEndConfig, aug: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """A random VTLP warp of an unstandardised log-mel (no draw when ``aug.vtlp`` is 0)."""
+    if aug.vtlp == 0.0:
+        return feat
+    return warp_log_mel(feat, cfg, float(rng.uniform(1.0 - aug.vtlp, 1.0 + aug.vtlp)))
 
 
 def spec_augment(feat: np.ndarray, aug: AugmentConfig, rng: np.random.Generator) -> np.ndarray:

@@ -17,6 +17,16 @@ from train.tf_env import quiet_tensorflow
 quiet_tensorflow()
 
 
+def _vtlp(text: str) -> float:
+    try:
+        width = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a warp width like 0.1, got {text!r}") from None
+    if not 0.0 < width <= 0.3:
+        raise argparse.ArgumentTypeError(f"the warp width must lie in (0, 0.3], got {text!r}")
+    return width
+
+
 def _speeds(text: str) -> tuple[float, ...]:
     try:
         speeds = tuple(float(v) for v in text.split(","))
@@ -93,6 +103,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also play each training clip at one of these speeds, e.g. 0.9,1.0,1.1 (pitch moves with it); default: off",
     )
     p.add_argument(
+        "--vtlp",
+        type=_vtlp,
+        metavar="W",
+        help="log-mel models: warp each training clip's frequency axis by a factor drawn from 1 +- W, e.g. 0.1 "
+        "(vocal tract length perturbation: formants move, tempo does not); default: off",
+    )
+    p.add_argument(
         "--refit",
         action=argparse.BooleanOptionalAction,
         help="train on the whole training part, validation part included, and keep the last epoch (no selection); "
@@ -140,8 +157,12 @@ def main(argv: list[str] | None = None) -> int:
             "ser-train: --validation-speaker holds out a training speaker: it needs --split loso and no --refit", file=sys.stderr
         )
         return 2
-    if args.no_augment and args.speed_perturb:
-        print("ser-train: --speed-perturb is an augmentation; drop it or --no-augment", file=sys.stderr)
+    for flag, given in (("--speed-perturb", args.speed_perturb), ("--vtlp", args.vtlp)):
+        if args.no_augment and given:
+            print(f"ser-train: {flag} is an augmentation; drop it or --no-augment", file=sys.stderr)
+            return 2
+    if args.vtlp and FRONT_END_KIND[args.model] != "logmel":
+        print(f"ser-train: --vtlp warps the log-mel; {args.model} takes the raw waveform", file=sys.stderr)
         return 2
     try:
         root = resolve_root(args.data)
@@ -186,8 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     tcfg = TrainConfig(model=args.model, seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     if args.no_augment:
         tcfg = replace(tcfg, augment=None)
-    elif args.speed_perturb:
-        tcfg = replace(tcfg, augment=replace(tcfg.augment, speeds=args.speed_perturb))
+    else:
+        if args.speed_perturb:
+            tcfg = replace(tcfg, augment=replace(tcfg.augment, speeds=args.speed_perturb))
+        if args.vtlp:
+            tcfg = replace(tcfg, augment=replace(tcfg.augment, vtlp=args.vtlp))
     out = args.out or Path("runs") / f"{args.model}-{args.split}"
     split_seed = args.seed if args.split_seed is None else args.split_seed
     _, num_folds = assign_folds(clips, args.split, split_seed)

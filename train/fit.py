@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from train.augment import AugmentConfig, augment_pcm, spec_augment
+from train.augment import AugmentConfig, augment_pcm, spec_augment, vtlp
 from train.frontend import FrontEndConfig, clip_features, clip_log_mel, features
 from train.labels import NUM_CLASSES
 from train.models import BUILDERS
@@ -105,6 +105,8 @@ class AugmentedClips:
                 xs.append(feat if self.norms is None else apply(feat, self.norms[i]))
                 continue
             feat = features(augment_pcm(self.pcms[i], self.cfg, aug, rng), self.cfg)
+            if self.cfg.kind == "logmel":
+                feat = vtlp(feat, self.cfg, aug, rng)
             if self.norms is not None:
                 feat = apply(feat, self.norms[i])
             xs.append(spec_augment(feat, aug, rng) if self.cfg.kind == "logmel" else feat)

@@ -177,10 +177,10 @@ _MEL_LOG_HZ = 1000.0
 _MEL_LOG_STEP = np.log(6.4) / 27.0
 
 
-def _hz_to_mel(hz: float) -> float:
-    if hz < _MEL_LOG_HZ:
-        return hz / _MEL_HZ_PER_MEL
-    return _MEL_LOG_HZ / _MEL_HZ_PER_MEL + np.log(hz / _MEL_LOG_HZ) / _MEL_LOG_STEP
+def _hz_to_mel(hz: float | np.ndarray) -> np.ndarray:
+    hz = np.asarray(hz, dtype=np.float64)
+    logs = _MEL_LOG_HZ / _MEL_HZ_PER_MEL + np.log(np.maximum(hz, _MEL_LOG_HZ) / _MEL_LOG_HZ) / _MEL_LOG_STEP
+    return np.where(hz < _MEL_LOG_HZ, hz / _MEL_HZ_PER_MEL, logs)
 
 
 def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
@@ -188,6 +188,17 @@ def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
     log = mels >= _MEL_LOG_HZ / _MEL_HZ_PER_MEL
     hz[log] = _MEL_LOG_HZ * np.exp(_MEL_LOG_STEP * (mels[log] - _MEL_LOG_HZ / _MEL_HZ_PER_MEL))
     return hz
+
+
+def mel_centres_hz(cfg: FrontEndConfig) -> np.ndarray:
+    """Each mel band's centre frequency (Hz): the filter bank's triangle peaks, evenly spaced in mel."""
+    return _mel_to_hz(np.linspace(_hz_to_mel(cfg.fmin), _hz_to_mel(cfg.fmax), cfg.n_mels + 2))[1:-1]
+
+
+def mel_band_position(cfg: FrontEndConfig, hz: np.ndarray) -> np.ndarray:
+    """Fractional band index of each frequency: 0 at the first band's centre, 1 at the second's, ..."""
+    lo, hi = _hz_to_mel(cfg.fmin), _hz_to_mel(cfg.fmax)
+    return (_hz_to_mel(hz) - lo) / ((hi - lo) / (cfg.n_mels + 1)) - 1.0
 
 
 def mel_filterbank(cfg: FrontEndConfig) -> np.ndarray:
