@@ -304,14 +304,23 @@ def loads_per_mac(conv: dict) -> float:
     statically from its loops (an LDM of n words counts n; a byte load counts 1):
     - 1-channel path (in_c == 1, K <= 10): per output, one 6-word LDM (bias and 5 filter pairs) and
       one 3-word LDM (multiplier, rounding constant, shift) over K MACs; per pixel, K input bytes.
-    - general path: per output channel and 4-pixel block, per group of 4 K values one filter word and
-      two 4-word LDMs of columns (16 MACs), and bias, multiplier and shift; per pixel, the gather's
-      K / 4 words (K bytes when in_c % 4 != 0)."""
+    - K whole groups of 4 (the assembly channel loop, conv_block; taken when the layer has a bias and
+      the whole int8 range, as every such layer of our models): per output channel and 6-pixel block,
+      per group one filter word and three 4-word LDMs of columns (24 MACs), one word per pass of the
+      8-deep unrolled loop (the columns' end), and 16 words of constants and bookkeeping (bias,
+      multiplier, shift, output pointers, loop entry); per pixel, the gather's K / 4 words (K bytes
+      when in_c % 4 != 0).
+    - otherwise (the C path): per output channel and 4-pixel block, per group one filter word and two
+      4-word LDMs (16 MACs), and bias, multiplier and shift; per pixel, the gather as above."""
     k, in_c, out_c = conv["k"], conv["in_c"], conv["out_c"]
     if in_c == 1 and k <= 10:
         return (9 * out_c + k) / (k * out_c)
     groups = -(-k // 4)
-    per_block = out_c * (9 * groups + 3) + 4 * (groups if in_c % 4 == 0 else k)
+    gathered = groups if in_c % 4 == 0 else k
+    if k % 4 == 0:
+        per_block = out_c * (13 * groups + -(-groups // 8) + 16) + 6 * gathered
+        return per_block / (6 * k * out_c)
+    per_block = out_c * (9 * groups + 3) + 4 * gathered
     return per_block / (4 * k * out_c)
 
 

@@ -298,7 +298,7 @@ def test_small_workspace_and_bad_state_are_refused() -> None:
     cfg = CONFIGS["small"]
     raw = Raw(cfg, True)
     need_floats = raw.lib.ser_fe_workspace_floats(ctypes.addressof(raw.struct))
-    assert need_floats == frontend_c.workspace_floats(cfg) == 2 * 256 + 129
+    assert need_floats == frontend_c.workspace_floats(cfg) == 2 * 256 + 1
     assert raw.init(need_floats - 1) == -3
     pcm = np.zeros(10, np.int16)
     assert raw.push(pcm) == -1  # the failed init left no usable state

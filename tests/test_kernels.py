@@ -10,8 +10,10 @@ in 90 values so that a wrong value anywhere upstream shows:
   block, odd input channel counts, and a layer whose tiny channel (a right shift past 22) takes the
   exact, slow requantization beside layers on the fast one (with and without ReLU);
 - a chain whose every layer takes the channel loop written in assembly (K whole groups of 4, a
-  bias, the whole int8 range): 1, 4, 6, 7, 8 and 18 groups, so the unrolled loop is entered at each
-  of its four points, with and without ReLU, odd channel counts and pixel counts past a block;
+  bias, the whole int8 range; six pixels a block): 7, 27, 9, 5 and 30 groups, so the 8-deep
+  unrolled loop is entered at five of its eight points (the real models of tests/test_firmware.py
+  enter at 0, 2, 4 and 6), with and without ReLU, odd channel counts, padding, and pixel counts 1,
+  3 and 4 past a whole 6-pixel block;
 - 1-channel convolutions beside each other (the 1-channel path of ser_conv_s8.c, K <= 10): dilation
   with 'same' padding and no activation, K = 4 with ReLU, a 3x3 'same' layer whose rows are runs of
   inside windows between padded edges, odd channel counts, added together;
@@ -107,20 +109,21 @@ def conv_zoo_whole_groups() -> bytes:
     layers = keras.layers
     model = keras.Sequential(
         [
-            keras.Input((7, 8, 4)),
-            layers.Conv2D(8, 1, activation="relu"),  # K = 4: one group, 7x8 = 56 pixels
-            layers.Conv2D(7, 3, padding="same"),  # K = 72: 18 groups (18 % 4 = 2), 7 channels
-            layers.Conv2D(6, 2, activation="relu"),  # K = 28: 7 groups (% 4 = 3), 6x7 = 42 pixels
-            layers.Conv2D(8, (2, 4), padding="same"),  # K = 48: 12 groups (% 4 = 0)
-            layers.Conv2D(3, 2),  # K = 32: 8 groups, 5x6 = 30 pixels
-            layers.Reshape((30, 3)),
+            keras.Input((8, 8, 4)),
+            # K = 28: 7 groups; 8x8 = 64 pixels (64 % 6 = 4)
+            layers.Conv2D(12, (1, 7), padding="same", activation="relu"),
+            layers.Conv2D(9, 3, padding="same"),  # K = 108: 27 groups (27 % 8 = 3), 9 channels
+            layers.Conv2D(20, 2, activation="relu"),  # K = 36: 9 groups (% 8 = 1); 7x7 = 49 pixels (% 6 = 1)
+            layers.Conv2D(8, 1),  # K = 20: 5 groups
+            layers.Conv2D(6, (3, 5)),  # K = 120: 30 groups (% 8 = 6); 5x3 = 15 pixels (% 6 = 3)
+            layers.Reshape((15, 6)),
         ]
     )
     rng = np.random.default_rng(2)
     for layer in model.layers[:-1]:  # biases that are not zero, so adding them shows
         kernel, bias = layer.get_weights()
         layer.set_weights([kernel, rng.normal(0, 0.2, bias.shape).astype(np.float32)])
-    rep = [rng.uniform(-1, 1, (7, 8, 4)).astype(np.float32) for _ in range(16)]
+    rep = [rng.uniform(-1, 1, (8, 8, 4)).astype(np.float32) for _ in range(16)]
     return align(quantize_int8(model, rep))
 
 

@@ -107,7 +107,7 @@ def library() -> ctypes.CDLL:
 
 def workspace_floats(cfg: FrontEndConfig) -> int:
     """Floats of workspace the C front end needs (``ser_fe_workspace_floats``; emitted for the firmware)."""
-    return 2 * cfg.n_fft + cfg.n_fft // 2 + 1 if cfg.kind == "logmel" else 0
+    return 2 * cfg.n_fft + 1 if cfg.kind == "logmel" else 0
 
 
 @dataclass(frozen=True, eq=False)

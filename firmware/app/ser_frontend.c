@@ -91,7 +91,7 @@ size_t ser_fe_state_size(void) { return sizeof(ser_fe_state); }
 
 size_t ser_fe_workspace_floats(const ser_fe_config *cfg) {
   if (cfg == NULL || cfg->kind != SER_FE_LOGMEL) return 0;
-  return 2u * (size_t)cfg->n_fft + (size_t)cfg->n_fft / 2u + 1u;
+  return 2u * (size_t)cfg->n_fft + 1u;
 }
 
 static int is_finite(float x) { return x == x && x - x == 0.0f; }
@@ -125,7 +125,6 @@ int ser_fe_init(ser_fe_state *st, const ser_fe_config *cfg, float *workspace, si
   if (cfg->kind == SER_FE_LOGMEL) {
     st->ring = workspace;
     st->fft = workspace + cfg->n_fft;
-    st->power = workspace + 2u * cfg->n_fft;
     memset(st->ring, 0, cfg->n_fft * sizeof *st->ring);
     st->next_frame_end = cfg->n_fft;
   }
@@ -283,38 +282,45 @@ static uint32_t window_frame(const ser_fe_state *st, float *z) {
   return fuse ? 2u : 1u;
 }
 
-/* Power spectrum of the frame ending at st->next_frame_end: window, n_fft/2-point complex FFT, split. */
+/* 4 |X[k]|^2 of bin k from Z[k] = (ar, ai) and Z[half-k] = (br, bi) and bin k's twiddle (c, s).
+ * X[k] = E[k] + e^(-2 pi i k / n_fft) O[k], with E, O the DFTs of the even and odd samples:
+ * E[k] = (Z[k] + conj Z[half-k]) / 2, O[k] = (Z[k] - conj Z[half-k]) / 2i. The halvings are left
+ * out and the power is scaled by 1/4 instead: scaling by a power of two is exact, so every bit is
+ * the same (barring values below 2^-126, which the log offset hides). */
+static inline float split_power(float ar, float ai, float br, float bi, float c, float s) {
+  const float er = ar + br, ei = ai - bi;  /* 2 E[k] */
+  const float orr = ai + bi, oi = br - ar; /* 2 O[k] */
+  const float xr = er + (orr * c + oi * s);
+  const float xi = ei + (oi * c - orr * s);
+  return 0.25f * (xr * xr + xi * xi);
+}
+
+/* Power spectrum of the frame ending at st->next_frame_end: window, n_fft/2-point complex FFT, split.
+ * Bins k and half - k come from the same two points, so both are computed together and written
+ * over those points' real parts: bin k ends at fft[2k] (bin half at fft[n_fft]), and the power
+ * bins need no buffer of their own. */
 static void frame_power(ser_fe_state *st) {
   const ser_fe_config *cfg = st->cfg;
   const uint32_t n_fft = cfg->n_fft, half = n_fft / 2u;
   float *z = st->fft;
   const uint32_t h_done = window_frame(st, z);
   complex_fft_reversed(z, half, h_done, cfg->fft_cos, cfg->fft_sin);
-  /* X[k] = E[k] + e^(-2 pi i k / n_fft) O[k], with E, O the DFTs of the even and odd samples:
-     E[k] = (Z[k] + conj Z[half-k]) / 2, O[k] = (Z[k] - conj Z[half-k]) / 2i. The halvings are left
-     out and the power is scaled by 1/4 instead: scaling by a power of two is exact, so every bit is
-     the same (barring values below 2^-126, which the log offset hides). */
-  float *p = st->power;
   const float dc = z[0] + z[1], nyquist = z[0] - z[1];
-  p[0] = dc * dc;
-  p[half] = nyquist * nyquist;
-  for (uint32_t k = 1; k < half; ++k) {
-    const float ar = z[2 * k], ai = z[2 * k + 1], br = z[2 * (half - k)], bi = z[2 * (half - k) + 1];
-    const float er = ar + br, ei = ai - bi; /* 2 E[k] */
-    const float orr = ai + bi, oi = br - ar; /* 2 O[k] */
-    const float c = cfg->fft_cos[k], s = cfg->fft_sin[k];
-    const float xr = er + (orr * c + oi * s);
-    const float xi = ei + (oi * c - orr * s);
-    p[k] = 0.25f * (xr * xr + xi * xi);
+  for (uint32_t k = 1, j = half - 1u; k <= j; ++k, --j) {
+    const float ar = z[2 * k], ai = z[2 * k + 1], br = z[2 * j], bi = z[2 * j + 1];
+    z[2 * k] = split_power(ar, ai, br, bi, cfg->fft_cos[k], cfg->fft_sin[k]);
+    z[2 * j] = split_power(br, bi, ar, ai, cfg->fft_cos[j], cfg->fft_sin[j]);
   }
+  z[0] = dc * dc;
+  z[n_fft] = nyquist * nyquist;
 }
 
-/* Unstandardised log-mel of mel band m from the current power spectrum. */
+/* Unstandardised log-mel of mel band m from the current power spectrum (bin k at power[2k]). */
 static float band_log(const ser_fe_config *cfg, const float *power, uint32_t m) {
   const float *w = cfg->mel_weights + cfg->mel_offset[m];
-  const float *p = power + cfg->mel_start[m];
+  const float *p = power + 2u * cfg->mel_start[m];
   float sum = 0.0f;
-  for (uint32_t i = 0; i < cfg->mel_count[m]; ++i) sum += w[i] * p[i];
+  for (uint32_t i = 0; i < cfg->mel_count[m]; ++i) sum += w[i] * p[2u * i];
   return log_f32(sum + cfg->log_offset);
 }
 
@@ -374,7 +380,7 @@ static int push(ser_fe_state *st, const int16_t *pcm, size_t n, int8_t *q, float
       frame_power(st);
       const uint32_t frames = cfg->num_frames, t = st->frame;
       for (uint32_t m = 0; m < cfg->n_mels; ++m) {
-        const float raw = band_log(cfg, st->power, m);
+        const float raw = band_log(cfg, st->fft, m);
         if (st->collect != NULL) ser_sn_add_value(st->collect, (uint16_t)m, raw);
         const float v = st->band_std != NULL ? (raw - st->band_mean[m]) / st->band_std[m] : (raw - cfg->mean) / cfg->std;
         if (f != NULL) {

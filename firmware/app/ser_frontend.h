@@ -25,8 +25,9 @@
  * windowing writes the frame straight into bit-reversed order, so there is no permutation pass.
  *
  * Memory: no allocation. The state lives in the caller's ser_fe_state and a float workspace of
- * ser_fe_workspace_floats(cfg) values: the last n_fft samples (a ring), the n_fft/2-point complex
- * FFT buffer and the n_fft/2 + 1 power bins. The whole clip is never held.
+ * ser_fe_workspace_floats(cfg) = 2 n_fft + 1 values: the last n_fft samples (a ring) and the
+ * n_fft/2-point complex FFT buffer plus one float, which the split step overwrites with the
+ * n_fft/2 + 1 power bins (bin k at float 2k). The whole clip is never held.
  * Not reentrant per state; separate states may run concurrently.
  */
 #ifndef SER_FRONTEND_H_
@@ -70,8 +71,7 @@ typedef struct {
 typedef struct {
   const ser_fe_config *cfg;
   float *ring;  /* n_fft: sample j is at ring[j % n_fft] */
-  float *fft;   /* n_fft: n_fft/2 complex values, interleaved (re, im) */
-  float *power; /* n_fft/2 + 1 */
+  float *fft;   /* n_fft + 1: n_fft/2 complex values, interleaved (re, im); then power bin k at fft[2k] */
   uint32_t received;
   uint32_t next_frame_end; /* absolute sample count that completes the next frame */
   uint32_t frame;          /* frames written so far */

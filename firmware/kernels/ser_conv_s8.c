@@ -1,24 +1,24 @@
-/* int8 convolution as im2col + a 1x4 register-blocked matrix multiply on the DSP extension.
+/* int8 convolution as im2col + a register-blocked matrix multiply on the DSP extension.
  *
- * Four output pixels are processed together: their receptive fields are gathered ("im2col") into
- * a scratch buffer as int16 values with the input offset already added (padding becomes 0, which
- * is what TFLM's reference does by skipping it). Then, for one output channel at a time, four dot
- * products over K = k_h * k_w * in_c run with SMLAD, which multiplies and adds two int16 pairs in
- * one instruction. Filter bytes are widened with SXTB16, which yields bytes 0 and 2 (or, rotated by
- * 8, bytes 1 and 3) of a word; the columns are stored in that same order, so no reordering happens
- * in the inner loop. One widened filter word serves four pixels (two channels x two pixels would
- * need more registers than there are).
+ * A block of output pixels is processed together: their receptive fields are gathered ("im2col")
+ * into a scratch buffer as int16 values with the input offset already added (padding becomes 0,
+ * which is what TFLM's reference does by skipping it). Then, for one output channel at a time, a
+ * dot product over K = k_h * k_w * in_c per pixel runs with SMLAD, which multiplies and adds two
+ * int16 pairs in one instruction. Filter bytes are widened with SXTB16, which yields bytes 0 and 2
+ * (or, rotated by 8, bytes 1 and 3) of a word; the columns are stored in that same order, so no
+ * reordering happens in the inner loop. One widened filter word serves every pixel of the block
+ * (two channels x two pixels would need more registers than there are).
  *
- * Column layout (int16): for each group g of 4 values, 16 entries
- *   [pixel0: x0 x2 x1 x3][pixel1: ...][pixel2: ...][pixel3: ...]
+ * Column layout (int16), for a block of P pixels: for each group g of 4 values, 4 x P entries
+ *   [pixel0: x0 x2 x1 x3][pixel1: ...] ... [pixel P-1: ...]
  * and when K % 4 != 0 the last group is zero-padded (the padding is zeroed once per call). When
  * in_c is not a multiple of 4 (a first layer on 1-channel features), a pixel's receptive field is
  * first copied as bytes (K, after the column buffer) so that it converts 4 values at a time.
  *
  * Where K is whole groups of 4, every channel has a bias, the fast requantization is exact and the
- * activation range is the whole of int8, the loop over output channels of a 4-pixel block is one
+ * activation range is the whole of int8, the loop over output channels of a 6-pixel block is one
  * assembly function (conv_block): the unrolled group loop entered Duff-style, the requantization
- * and the stores, with nothing spilled around it.
+ * and the stores, with nothing spilled around it. Other layers take 4-pixel blocks in C (dot_1x4).
  *
  * One input channel with K <= 10 (a 3x3 first layer on 1-channel features) has a path of its own
  * (conv_c1 below): the filters, widened once per call, and the per-channel constants go into
@@ -38,17 +38,29 @@
 #if defined(__ARM_FEATURE_SIMD32) && __ARM_FEATURE_SIMD32
 #include <arm_acle.h>
 #define SER_SIMD 1
-/* Rotate right by 8: brings bytes 1 and 3 where SXTB16 takes its two bytes from. */
-static inline uint32_t ror8(uint32_t x) { return (x >> 8) | (x << 24); }
+/* SXTB16 of x rotated right by 8 (bytes 1 and 3), one instruction: GCC does not fuse the rotation. */
+static inline uint32_t sxtb16_ror8(uint32_t x) {
+  uint32_t r;
+  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+  return r;
+}
 #else
 #define SER_SIMD 0
 #endif
 
-/* Pixels computed together: each filter word, once widened, feeds this many columns. */
+/* Pixels computed together: each filter word, once widened, feeds this many columns. The C path
+ * (dot_1x4) takes 4; the assembly channel loop (conv_block) takes 6, which fills every register. */
 #define SER_PIXELS 4
+#define SER_WIDE 6
 
 /* Groups of 4 K values, the last one zero-padded when K % 4 != 0; each holds 4 values per pixel. */
-static size_t pair_bytes(int k) { return (size_t)((k + 3) / 4) * 4 * SER_PIXELS * sizeof(int16_t); }
+static size_t pair_bytes(int k, int pixels) { return (size_t)((k + 3) / 4) * 4 * (size_t)pixels * sizeof(int16_t); }
+
+/* True if conv_block may take the layer (it needs the bias and the fast requantization too):
+ * whole groups of 4 and the whole int8 range. */
+static int wide_shape(const ser_conv_s8_params *p, int k) {
+  return SER_SIMD && k >= 4 && k % 4 == 0 && p->act_min == -128 && p->act_max == 127;
+}
 
 /* The 1-channel path: K <= 2 * SER_C1_PAIRS values per pixel, one record per output channel of
  * {2 bias, 5 pairs of 2 filter values, multiplier, rounding constant, right shift}. */
@@ -59,44 +71,46 @@ static int c1_shape(const ser_conv_s8_params *p) { return p->in_c == 1 && p->k_h
 
 size_t ser_conv_s8_scratch_bytes(const ser_conv_s8_params *p) {
   const int k = p->k_h * p->k_w * p->in_c;
-  const size_t general = pair_bytes(k) + (p->in_c % 4 != 0 ? (size_t)k : 0u);
+  const size_t general = pair_bytes(k, wide_shape(p, k) ? SER_WIDE : SER_PIXELS) + (p->in_c % 4 != 0 ? (size_t)k : 0u);
   const size_t c1 = c1_shape(p) ? (size_t)p->out_c * SER_C1_RECORD * sizeof(int32_t) : 0u;
   return general > c1 ? general : c1;
 }
 
-/* Where natural index k of the receptive field lives in the column buffer, for pixel `slot`. */
-static inline int16_t *column_entry(int16_t *pair, int slot, int k) {
+/* Where natural index k of the receptive field lives in a column buffer of `pixels` pixels, for
+ * pixel `slot`. */
+static inline int16_t *column_entry(int16_t *pair, int pixels, int slot, int k) {
   static const uint8_t kOrder[4] = {0, 2, 1, 3}; /* SXTB16 order: bytes 0, 2, then 1, 3 */
-  return pair + SER_PIXELS * (k & ~3) + 4 * slot + kOrder[k & 3];
+  return pair + pixels * (k & ~3) + 4 * slot + kOrder[k & 3];
 }
 
 /* Stores n input values (plus offset) at natural indices k.. of pixel `slot`'s column. */
-static void put_values(int16_t *pair, int slot, int k, const int8_t *src, int n, int32_t offset) {
-  for (; n > 0 && (k & 3) != 0; k++, src++, n--) *column_entry(pair, slot, k) = (int16_t)(*src + offset);
+static void put_values(int16_t *pair, int pixels, int slot, int k, const int8_t *src, int n, int32_t offset) {
+  for (; n > 0 && (k & 3) != 0; k++, src++, n--) *column_entry(pair, pixels, slot, k) = (int16_t)(*src + offset);
 #if SER_SIMD
   const uint32_t offset2 = ((uint32_t)offset & 0xFFFFu) * 0x10001u;
-  for (; n >= 4; k += 4, src += 4, n -= 4) {
+  uint32_t *dst = (uint32_t *)(void *)(pair + pixels * k + 4 * slot);
+  const int step = 2 * pixels; /* words from a group's two words to the next group's */
+#pragma GCC unroll 2
+  for (; n >= 4; k += 4, src += 4, n -= 4, dst += step) {
     uint32_t word;
     memcpy(&word, src, 4); /* one unaligned LDR */
-    const uint32_t even = __sadd16(__sxtb16(word), offset2);
-    const uint32_t odd = __sadd16(__sxtb16(ror8(word)), offset2);
-    uint32_t *dst = (uint32_t *)(void *)(pair + SER_PIXELS * k + 4 * slot);
-    dst[0] = even;
-    dst[1] = odd;
+    dst[0] = __sadd16(__sxtb16(word), offset2);
+    dst[1] = __sadd16(sxtb16_ror8(word), offset2);
   }
 #endif
-  for (; n > 0; k++, src++, n--) *column_entry(pair, slot, k) = (int16_t)(*src + offset);
+  for (; n > 0; k++, src++, n--) *column_entry(pair, pixels, slot, k) = (int16_t)(*src + offset);
 }
 
 /* Stores n zeros (padding) at natural indices k.. of pixel `slot`'s column. */
-static void put_zeros(int16_t *pair, int slot, int k, int n) {
-  for (; n > 0; k++, n--) *column_entry(pair, slot, k) = 0;
+static void put_zeros(int16_t *pair, int pixels, int slot, int k, int n) {
+  for (; n > 0; k++, n--) *column_entry(pair, pixels, slot, k) = 0;
 }
 
-/* Gathers output pixel (oy, ox)'s receptive field into `slot` of the pair buffer; in_c % 4 != 0
- * goes through `bytes` (padding there is the input zero point, which the offset turns into 0). */
-static void gather(const ser_conv_s8_params *p, const int8_t *image, int oy, int ox, int16_t *pair, int slot,
-                   int8_t *bytes) {
+/* Gathers output pixel (oy, ox)'s receptive field into `slot` of a pair buffer of `pixels` pixels;
+ * in_c % 4 != 0 goes through `bytes` (padding there is the input zero point, which the offset
+ * turns into 0). */
+static void gather(const ser_conv_s8_params *p, const int8_t *image, int oy, int ox, int16_t *pair, int pixels,
+                   int slot, int8_t *bytes) {
   const int c = p->in_c;
   const int row = p->k_w * c;
   const int y0 = oy * p->stride_h - p->pad_h;
@@ -111,7 +125,7 @@ static void gather(const ser_conv_s8_params *p, const int8_t *image, int oy, int
       if (staged) {
         memcpy(bytes + k, line + (size_t)x0 * c, (size_t)row);
       } else {
-        put_values(pair, slot, k, line + (size_t)x0 * c, row, p->input_offset);
+        put_values(pair, pixels, slot, k, line + (size_t)x0 * c, row, p->input_offset);
       }
       continue;
     }
@@ -125,13 +139,13 @@ static void gather(const ser_conv_s8_params *p, const int8_t *image, int oy, int
           memset(bytes + k + kx * c, zero_point, (size_t)c);
         }
       } else if (inside) {
-        put_values(pair, slot, k + kx * c, line + (size_t)x * c, c, p->input_offset);
+        put_values(pair, pixels, slot, k + kx * c, line + (size_t)x * c, c, p->input_offset);
       } else {
-        put_zeros(pair, slot, k + kx * c, c);
+        put_zeros(pair, pixels, slot, k + kx * c, c);
       }
     }
   }
-  if (staged) put_values(pair, slot, 0, bytes, p->k_h * row, p->input_offset);
+  if (staged) put_values(pair, pixels, slot, 0, bytes, p->k_h * row, p->input_offset);
 }
 
 #if SER_SIMD
@@ -202,37 +216,39 @@ static inline void dot_1x4(const int8_t *w, const int16_t *col, int k, int32_t a
 #if SER_SIMD
 /* The general path's channel loop in one assembly function, for layers where K is whole groups of
  * 4, every channel has a bias, the fast requantization is exact and the activation range is the
- * whole of int8 (SSAT is the clamp): in C, the groups % 4 single groups ran one asm statement each
- * and the pointers and counters were spilled around the assembly; here the work per channel and
- * 4-pixel block outside the groups is about 50 instructions (docs/kernels.md has the measured
- * saving). The group loop is unrolled SER_UNROLL deep and entered
- * Duff-style, groups % SER_UNROLL groups before its end, through an address computed once per call
- * (each group is 13 32-bit instructions, 52 bytes). Per channel and block: the bias into the four
- * sums, the groups, then the requantization as ser_requantize_fast (SMMULR of 2 x sum, the fold,
- * the sign, the shift) with fold = (2 x offset + 1) << (r - 1), which is half + offset << r, and
- * SSAT and four byte stores. The state lives in a frame on the stack (the group loop takes every
- * register but lr), laid out as struct block_ctx. */
-#define SER_UNROLL 4
-#define SER_GROUP_BYTES 52
+ * whole of int8 (SSAT is the clamp). It computes SER_WIDE = 6 pixels at once: the six sums, the
+ * widened filter word and one LDM's four column words take every register but sp and pc, so one
+ * filter word feeds 24 MACs for 3 instructions (LDR, two SXTB16) and three LDMs: 24 MACs in 18
+ * instructions, against 16 in 13 with four pixels, and the work per channel outside the groups
+ * (bias, requantization, stores, about 70 instructions) is shared by six pixels instead of four.
+ * The group loop is unrolled SER_UNROLL deep and entered Duff-style, groups % SER_UNROLL groups
+ * before its end, through an address computed once per call (each group is 18 32-bit
+ * instructions, 72 bytes); no register is left for a counter, so a pass ends by comparing the
+ * column pointer with the columns' end. Per channel and block: the bias into the six sums, the
+ * groups, then the requantization as ser_requantize_fast (SMMULR of 2 x sum, the fold, the sign,
+ * the shift) with fold = (2 x offset + 1) << (r - 1), which is half + offset << r, and SSAT and
+ * six byte stores. The state lives in a frame on the stack, laid out as struct block_ctx. */
+#define SER_UNROLL 8
+#define SER_GROUP_BYTES 72
 
 typedef struct {
-  const int32_t *multiplier; /* sp + 0: advancing, one per channel */
-  const int32_t *shift;      /* sp + 4 */
-  int32_t fold_base;         /* sp + 8: 2 x output offset + 1 (without the 1: SER_BREAK_ROUNDING) */
-  int8_t *out;               /* sp + 12: pixel 0's output, at the current channel */
-  int32_t d1, d2, d3;        /* sp + 16..24: pixels 1-3's outputs less pixel 0's */
-  const int32_t *bias;       /* sp + 28: advancing */
-  int8_t *out_end;           /* sp + 32: pixel 0's output past the last channel */
-  const int16_t *columns;    /* sp + 36 */
-  int32_t passes;            /* sp + 40: (groups + SER_UNROLL - 1) / SER_UNROLL */
-  int32_t skip;              /* sp + 44: bytes of the unrolled loop to skip on entry; then the entry */
+  const int32_t *multiplier;   /* sp + 0: advancing, one per channel */
+  const int32_t *shift;        /* sp + 4 */
+  int32_t fold_base;           /* sp + 8: 2 x output offset + 1 (without the 1: SER_BREAK_ROUNDING) */
+  const int32_t *bias;         /* sp + 12: advancing */
+  int8_t *out;                 /* sp + 16: pixel 0's output, at the current channel */
+  int32_t d[SER_WIDE - 1];     /* sp + 20..36: pixels 1-5's outputs less pixel 0's */
+  int8_t *out_end;             /* sp + 40: pixel 0's output past the last channel */
+  const int16_t *columns;      /* sp + 44 */
+  const int16_t *columns_end;  /* sp + 48 */
+  int32_t skip;                /* sp + 52: bytes of the unrolled loop to skip on entry; then the entry */
 } block_ctx;
 
 #define SER_STR_(x) #x
 #define SER_STR(x) SER_STR_(x)
-/* w in r0, columns in r1, the filter word t0/t1 in r2/r3, the four sums in r4-r7, columns loaded
- * into r8-r11, the pass counter in r12. The .w forms keep every instruction 32 bits wide, so that
- * a group is SER_GROUP_BYTES long. */
+/* w in r0, columns in r1, the filter word t0/t1 in r2/r3, the six sums in r4-r7, r12 and lr,
+ * columns loaded into r8-r11. The .w forms keep every instruction 32 bits wide, so that a group is
+ * SER_GROUP_BYTES long. */
 #define SER_BLOCK_GROUP                  \
   "ldr.w   r2, [r0], #4            \n\t" \
   "sxtb16  r3, r2                  \n\t" \
@@ -246,64 +262,75 @@ typedef struct {
   "smlad   r6, r3, r8, r6          \n\t" \
   "smlad   r6, r2, r9, r6          \n\t" \
   "smlad   r7, r3, r10, r7         \n\t" \
-  "smlad   r7, r2, r11, r7         \n\t"
-/* One output: sum in `a`, multiplier in r12, fold in r3, shift in lr, r1 a temporary. */
+  "smlad   r7, r2, r11, r7         \n\t" \
+  "ldmia.w r1!, {r8, r9, r10, r11} \n\t" \
+  "smlad   r12, r3, r8, r12        \n\t" \
+  "smlad   r12, r2, r9, r12        \n\t" \
+  "smlad   lr, r3, r10, lr         \n\t" \
+  "smlad   lr, r2, r11, lr         \n\t"
+/* One output: sum in `a`, multiplier in r8, fold in r3, shift in r9, r1 a temporary. */
 #define SER_BLOCK_REQUANTIZE(a)                  \
   "add     " a ", " a ", " a "             \n\t" \
-  "smmulr  " a ", " a ", r12               \n\t" \
+  "smmulr  " a ", " a ", r8                \n\t" \
   "add     r1, " a ", r3                   \n\t" \
   "add     " a ", r1, " a ", asr #31       \n\t" \
-  "asr     " a ", " a ", lr                \n\t" \
+  "asr     " a ", " a ", r9                \n\t" \
   "ssat    " a ", #8, " a "                \n\t"
 
 __attribute__((naked, noinline)) static void conv_block(const block_ctx *ctx, const int8_t *w) {
   (void)ctx, (void)w;
   __asm__ volatile(
       "push    {r4-r11, lr}                 \n\t"
-      "sub     sp, sp, #48                  \n\t"
-      "ldm     r0, {r2-r12, lr}             \n\t" /* the context onto the stack */
+      "sub     sp, sp, #56                  \n\t"
+      "ldm     r0!, {r2-r12, lr}            \n\t" /* the context onto the stack: 12 words, */
       "stm     sp, {r2-r12, lr}             \n\t"
+      "ldm     r0, {r2, r3}                 \n\t" /* then columns_end and skip */
+      "adr     r12, 3f                      \n\t" /* the entry: past `skip` bytes, Thumb bit set */
+      "add     r3, r12, r3                  \n\t"
+      "orr     r3, r3, #1                   \n\t"
+      "strd    r2, r3, [sp, #48]            \n\t"
       "mov     r0, r1                       \n\t" /* w: rows follow each other, K bytes apart */
-      "adr     r2, 3f                       \n\t" /* the entry: past `skip` bytes, Thumb bit set */
-      "add     r2, r2, lr                   \n\t"
-      "orr     r2, r2, #1                   \n\t"
-      "str     r2, [sp, #44]                \n\t"
       "b       4f                           \n\t"
       ".p2align 2                           \n\t"
       "3:                                   \n\t"
       ".rept " SER_STR(SER_UNROLL) "        \n\t" SER_BLOCK_GROUP ".endr \n\t"
-      "subs    r12, r12, #1                 \n\t"
+      "ldr     r2, [sp, #48]                \n\t" /* columns_end */
+      "cmp     r1, r2                       \n\t"
       "bne     3b                           \n\t"
       /* The channel's constants: multiplier, shift (-r), fold. */
       "ldm     sp, {r1, r2, r3}             \n\t"
-      "ldr     r12, [r1], #4                \n\t"
-      "ldr     lr, [r2], #4                 \n\t"
+      "ldr     r8, [r1], #4                 \n\t"
+      "ldr     r9, [r2], #4                 \n\t"
       "stm     sp, {r1, r2}                 \n\t"
-      "mvn     r1, lr                       \n\t" /* r - 1 */
+      "mvn     r1, r9                       \n\t" /* r - 1 */
       "lsl     r3, r3, r1                   \n\t"
-      "rsb     lr, lr, #0                   \n\t" SER_BLOCK_REQUANTIZE("r4") SER_BLOCK_REQUANTIZE("r5")
-          SER_BLOCK_REQUANTIZE("r6") SER_BLOCK_REQUANTIZE("r7")
-      "ldrd    r8, r9, [sp, #12]            \n\t" /* out, d1 */
-      "ldrd    r10, r11, [sp, #20]          \n\t" /* d2, d3 */
-      "strb    r5, [r8, r9]                 \n\t"
-      "strb    r6, [r8, r10]                \n\t"
-      "strb    r7, [r8, r11]                \n\t"
-      "strb    r4, [r8], #1                 \n\t"
-      "ldr     r9, [sp, #32]                \n\t"
-      "str     r8, [sp, #12]                \n\t"
-      "cmp     r8, r9                       \n\t"
+      "rsb     r9, r9, #0                   \n\t" SER_BLOCK_REQUANTIZE("r4") SER_BLOCK_REQUANTIZE("r5")
+          SER_BLOCK_REQUANTIZE("r6") SER_BLOCK_REQUANTIZE("r7") SER_BLOCK_REQUANTIZE("r12") SER_BLOCK_REQUANTIZE("lr")
+      "add     r11, sp, #16                 \n\t"
+      "ldm     r11, {r1, r2, r3, r8, r9, r10} \n\t" /* out, d1-d5 */
+      "strb    r5, [r1, r2]                 \n\t"
+      "strb    r6, [r1, r3]                 \n\t"
+      "strb    r7, [r1, r8]                 \n\t"
+      "strb    r12, [r1, r9]                \n\t"
+      "strb    lr, [r1, r10]                \n\t"
+      "strb    r4, [r1], #1                 \n\t"
+      "ldr     r11, [sp, #40]               \n\t"
+      "str     r1, [sp, #16]                \n\t"
+      "cmp     r1, r11                      \n\t"
       "beq     5f                           \n\t"
       "4:                                   \n\t" /* the next channel: bias into the sums */
-      "ldr     r12, [sp, #28]               \n\t"
+      "ldr     r12, [sp, #12]               \n\t"
       "ldr     r4, [r12], #4                \n\t"
-      "str     r12, [sp, #28]               \n\t"
+      "str     r12, [sp, #12]               \n\t"
       "mov     r5, r4                       \n\t"
       "mov     r6, r4                       \n\t"
       "mov     r7, r4                       \n\t"
-      "ldrd    r1, r12, [sp, #36]           \n\t" /* columns, passes */
-      "ldr     pc, [sp, #44]                \n\t"
+      "mov     r12, r4                      \n\t"
+      "mov     lr, r4                       \n\t"
+      "ldr     r1, [sp, #44]                \n\t" /* columns */
+      "ldr     pc, [sp, #52]                \n\t"
       "5:                                   \n\t"
-      "add     sp, sp, #48                  \n\t"
+      "add     sp, sp, #56                  \n\t"
       "pop     {r4-r11, pc}                 \n\t");
 }
 #endif
@@ -565,7 +592,7 @@ void ser_conv_s8(const ser_conv_s8_params *p, const int32_t *multiplier, const i
   }
 #if SER_SIMD
   /* conv_block's conditions (see there). */
-  const int whole = fast && lo == -128 && hi == 127 && bias != NULL && k >= 4 && k % 4 == 0 && out_c > 0;
+  const int whole = fast && wide_shape(p, k) && bias != NULL && out_c > 0;
   block_ctx ctx;
   if (whole) {
     const int groups = k / 4;
@@ -575,39 +602,40 @@ void ser_conv_s8(const ser_conv_s8_params *p, const int32_t *multiplier, const i
     ctx.fold_base = (int32_t)(2u * (uint32_t)offset + 1u);
 #endif
     ctx.columns = scratch;
-    ctx.passes = (groups + SER_UNROLL - 1) / SER_UNROLL;
+    ctx.columns_end = scratch + (size_t)groups * 4 * SER_WIDE;
     ctx.skip = (SER_UNROLL - groups % SER_UNROLL) % SER_UNROLL * SER_GROUP_BYTES;
   }
+#else
+  const int whole = 0;
 #endif
-  int8_t *bytes = (int8_t *)scratch + pair_bytes(k);
+  const int block = whole ? SER_WIDE : SER_PIXELS;
+  int8_t *bytes = (int8_t *)scratch + pair_bytes(k, block);
   /* The padded tail of a partial last group is never gathered: zero it once. */
   if (k % 4 != 0) memset(scratch + SER_PIXELS * (k & ~3), 0, 4 * SER_PIXELS * sizeof(int16_t));
   for (int b = 0; b < p->batches; b++) {
     const int8_t *image = input + (size_t)b * p->in_h * p->in_w * p->in_c;
     int8_t *out = output + (size_t)b * pixels * out_c;
-    for (int px = 0; px < pixels; px += SER_PIXELS) {
+    for (int px = 0; px < pixels; px += block) {
       /* Past the last pixel, slots repeat it: same columns, so the same values written again. */
-      int8_t *o[SER_PIXELS];
-      for (int s = 0; s < SER_PIXELS; s++) {
+      int8_t *o[SER_WIDE];
+      for (int s = 0; s < block; s++) {
         const int q = px + s < pixels ? px + s : pixels - 1;
-        gather(p, image, q / p->out_w, q % p->out_w, scratch, s, bytes);
+        gather(p, image, q / p->out_w, q % p->out_w, scratch, block, s, bytes);
         o[s] = out + (size_t)q * out_c;
       }
-      int8_t *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3];
 #if SER_SIMD
       if (whole) {
         ctx.multiplier = multiplier;
         ctx.shift = shift;
         ctx.bias = bias;
-        ctx.out = o0;
-        ctx.out_end = o0 + out_c;
-        ctx.d1 = (int32_t)(o1 - o0);
-        ctx.d2 = (int32_t)(o2 - o0);
-        ctx.d3 = (int32_t)(o3 - o0);
+        ctx.out = o[0];
+        ctx.out_end = o[0] + out_c;
+        for (int s = 1; s < SER_WIDE; s++) ctx.d[s - 1] = (int32_t)(o[s] - o[0]);
         conv_block(&ctx, filter);
         continue;
       }
 #endif
+      int8_t *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3];
       const int8_t *w = filter;
       for (int oc = 0; oc < out_c; oc++, w += k) {
         const int32_t b0 = bias ? bias[oc] : 0;

@@ -23,9 +23,9 @@ typedef struct {
   int32_t act_min, act_max;  /* fused activation range */
 } ser_conv_s8_params;
 
-/* Bytes of scratch ser_conv_s8 needs: four pixels' offset-corrected int16 columns of the receptive
- * field, or for one input channel and K <= 10, one record of widened filter and constants per
- * output channel. */
+/* Bytes of scratch ser_conv_s8 needs: a block's (four or six pixels') offset-corrected int16
+ * columns of the receptive field, or for one input channel and K <= 10, one record of widened
+ * filter and constants per output channel. */
 size_t ser_conv_s8_scratch_bytes(const ser_conv_s8_params *p);
 
 /* multiplier/shift: per output channel, as TFLM's OpDataConv holds them. bias may be NULL. */

@@ -15,12 +15,15 @@
 namespace ser {
 
 #if defined(SER_OWN_KERNELS)
-/* int8 only, each in ser_<op>.cc; the header comment of each says what it falls back to. */
-TFLMRegistration Register_ADD_INT8();
-TFLMRegistration Register_CONV_2D_INT8();
-TFLMRegistration Register_FULLY_CONNECTED_INT8();
-TFLMRegistration Register_MEAN_INT8();
-TFLMRegistration Register_SOFTMAX_INT8();
+/* int8 only, each in ser_<op>.cc; the header comment of each says what it falls back to. Never
+ * inlined (the firmware is linked with LTO), so that the ELF's symbols show which of our kernels a
+ * firmware registers; each runs once, at start-up. */
+#define SER_REGISTRATION __attribute__((noinline)) TFLMRegistration
+SER_REGISTRATION Register_ADD_INT8();
+SER_REGISTRATION Register_CONV_2D_INT8();
+SER_REGISTRATION Register_FULLY_CONNECTED_INT8();
+SER_REGISTRATION Register_MEAN_INT8();
+SER_REGISTRATION Register_SOFTMAX_INT8();
 #else
 inline TFLMRegistration Register_ADD_INT8() { return tflite::Register_ADD(); }
 inline TFLMRegistration Register_CONV_2D_INT8() { return tflite::Register_CONV_2D(); }
