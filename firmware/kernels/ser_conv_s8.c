@@ -546,6 +546,17 @@ static void inside_columns(const ser_conv_s8_params *p, int k_w, int *lo, int *h
   if (*hi < *lo) *hi = *lo;
 }
 
+/* Output pixels [from, to) of row oy one by one through the C gather: the windows that reach the
+ * padding, and every window of a layer c1_row does not take. */
+static void c1_pixels(const ser_conv_s8_params *p, const int8_t *image, int oy, int from, int to, const int32_t *rec,
+                      int8_t *out) {
+  for (int ox = from; ox < to; ox++) {
+    uint32_t px[SER_C1_PAIRS];
+    c1_gather(p, image, oy, ox, px);
+    c1_pixel(rec, px, out + (size_t)ox * p->out_c, out + (size_t)(ox + 1) * p->out_c);
+  }
+}
+
 static void conv_c1(const ser_conv_s8_params *p, const int32_t *multiplier, const int32_t *shift, const int8_t *input,
                     const int8_t *filter, const int32_t *bias, int8_t *output, int32_t *rec) {
   c1_records(p, multiplier, shift, filter, bias, rec);
@@ -562,19 +573,14 @@ static void conv_c1(const ser_conv_s8_params *p, const int32_t *multiplier, cons
       const int y0 = oy * p->stride_h - p->pad_h;
       const int rows_inside = window3 && y0 >= 0 && y0 + 3 <= in_h;
       const int run_lo = rows_inside ? lo : out_w, run_hi = rows_inside ? hi : out_w;
-      for (int ox = 0; ox < out_w; ox++) {
-        if (ox == run_lo && run_hi > run_lo) {
-          run.src = image + (size_t)y0 * in_w + (ox * p->stride_w - p->pad_w);
-          run.pixels = run_hi - run_lo;
-          run.out = out + (size_t)ox * out_c;
-          c1_row(&run);
-          ox = run_hi - 1;
-          continue;
-        }
-        uint32_t px[SER_C1_PAIRS];
-        c1_gather(p, image, oy, ox, px);
-        c1_pixel(rec, px, out + (size_t)ox * out_c, out + (size_t)(ox + 1) * out_c);
+      c1_pixels(p, image, oy, 0, run_lo, rec, out);
+      if (run_hi > run_lo) {
+        run.src = image + (size_t)y0 * in_w + (run_lo * p->stride_w - p->pad_w);
+        run.pixels = run_hi - run_lo;
+        run.out = out + (size_t)run_lo * out_c;
+        c1_row(&run);
       }
+      c1_pixels(p, image, oy, run_hi, out_w, rec, out);
     }
   }
 }
