@@ -230,3 +230,47 @@ def test_a_held_out_validation_speaker_gets_its_own_statistics_and_is_never_fitt
         "bins",
     )
     np.testing.assert_array_equal(np.float32(saved["training_part"]["mean"]), prior.mean)  # the prior: fitted speakers only
+
+
+def test_a_known_voice_is_scored_with_its_training_statistics_only_when_given() -> None:
+    raws = _raws(30)
+    prior = pooled(raws[:3], "bins")
+    assert "known-voice" not in {p.name for p in scoring_plan(raws, "bins", prior)}  # a new voice: no such protocol
+    known = pooled(_raws(12, seed=4), "bins")
+    plans = {p.name: p for p in scoring_plan(raws, "bins", prior, known=known)}
+    plan = plans["known-voice"]
+    assert sorted(plan.scored) == list(range(30)) and len(plan.enrolled) == 0  # no test clip makes its statistics
+    assert all(st is known for st in plan.stats)
+    np.testing.assert_array_equal(plans["causal"].scored, plan.scored)  # the same clips as the causal headline
+
+
+def test_a_10_fold_runs_headline_scores_each_voice_with_its_training_clips(synthetic_corpus: Path, tmp_path: Path) -> None:
+    """On 10-fold every test voice is a training voice: the headline standardises its clips by that voice's
+    training-part statistics (as ``speaker_features`` and the board do for it), not causally."""
+    clips = discover(synthetic_corpus)
+    pcm = load_corpus(synthetic_corpus, clips)
+    out = tmp_path / "kfold"
+    tcfg = TrainConfig(model="spectrogram_resnet", epochs=1, batch_size=16, warmup_epochs=1, speaker_norm="bins")
+    frontend = default_frontend("spectrogram_resnet")
+    train_one(out, clips, pcm, "kfold", 0, tcfg, frontend, mcu_probe=False, show_progress=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["speaker_norm"]["headline"] == "known-voice"
+    protocols = metrics["speaker_norm"]["protocols"]
+    assert protocols["known-voice"]["clips"] == metrics["test"]["clips"]
+    assert protocols["known-voice"]["accuracy"] == metrics["test"]["accuracy"]
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    role = {c["path"]: c["role"] for c in manifest["clips"]}
+    test = [i for i, c in enumerate(clips) if role[c.path] == "test"]
+    training = [i for i, c in enumerate(clips) if role[c.path] == "train"]
+    speaker = clips[test[0]].speaker
+    expected = pooled([clip_features(pcm[i], frontend.raw) for i in training if clips[i].speaker == speaker], "bins")
+    saved = json.loads((out / "speaker_norm.json").read_text())
+    np.testing.assert_array_equal(np.float32(saved["speakers"][speaker]["mean"]), expected.mean)
+
+    import keras
+
+    model = keras.models.load_model(out / "model.keras")
+    x = apply(clip_features(pcm[test[0]], frontend.raw), expected)[None]
+    predictions = json.loads((out / "test_predictions.json").read_text())
+    np.testing.assert_allclose(predictions[0]["probs"], model.predict(x, verbose=0)[0], atol=2e-5)

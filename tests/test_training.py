@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train.augment import AugmentConfig, augment_pcm, change_speed, vtlp, warp_log_mel
+from train.augment import VTLP_BOUNDARY_HZ, AugmentConfig, augment_pcm, change_speed, vtlp, vtlp_source, warp_log_mel
 from train.cli import main
 from train.corpus import discover, load_corpus
 from train.fit import AugmentedClips, TrainConfig, WeightAverage, mixup
@@ -287,6 +287,17 @@ def test_speed_perturbation_moves_tempo_and_pitch_together() -> None:
     slowed = augment_pcm(tone, cfg, quiet, np.random.default_rng(0))
     assert len(slowed) == cfg.clip_samples and _peak_hz(slowed) == pytest.approx(100, abs=1)
     assert _peak_hz(augment_pcm(tone, cfg, replace(quiet, speeds=(1.0,)), np.random.default_rng(0))) == pytest.approx(200, abs=1)
+
+
+@pytest.mark.parametrize("alpha", [0.9, 1.1])
+def test_vtlp_source_inverts_the_piecewise_linear_warp(alpha: float) -> None:
+    """The warp sends f to alpha * f up to the bend, then along a line to fmax; its inverse is closed-form."""
+    fmax = 8000.0
+    bend = VTLP_BOUNDARY_HZ * min(alpha, 1.0) / alpha
+    source = np.linspace(0.0, fmax, 801)
+    warped = np.where(source <= bend, alpha * source, fmax - (fmax - alpha * bend) / (fmax - bend) * (fmax - source))
+    np.testing.assert_allclose(vtlp_source(warped, alpha, fmax), source, rtol=1e-9, atol=1e-9)
+    assert vtlp_source(np.array([0.0, fmax]), alpha, fmax).tolist() == [0.0, fmax]
 
 
 def test_vtlp_moves_the_log_mel_as_a_shorter_or_longer_vocal_tract_would() -> None:

@@ -63,11 +63,13 @@ def augment_pcm(pcm: np.ndarray, cfg: FrontEndConfig, aug: AugmentConfig, rng: n
     return np.clip(np.round(x), -32768, 32767).astype(np.int16)
 
 
-def vtlp_warp(hz: np.ndarray, alpha: float, fmax: float) -> np.ndarray:
-    """Where VTLP sends each frequency: ``alpha * f`` up to the boundary, then a line ending at ``fmax``."""
-    bend = VTLP_BOUNDARY_HZ * min(alpha, 1.0) / alpha
-    top = fmax - (fmax - alpha * bend) / (fmax - bend) * (fmax - hz)
-    return np.where(hz <= bend, alpha * hz, top)
+def vtlp_source(hz: np.ndarray, alpha: float, fmax: float) -> np.ndarray:
+    """The frequency VTLP sends onto each frequency: the inverse of its warp, which takes ``f`` to
+    ``alpha * f`` up to the boundary and then follows a line that keeps ``fmax`` in place."""
+    bend = VTLP_BOUNDARY_HZ * min(alpha, 1.0) / alpha  # where the warp turns, on the source axis
+    below = hz / alpha
+    above = fmax - (fmax - hz) * (fmax - bend) / (fmax - alpha * bend)
+    return np.where(hz <= alpha * bend, below, above)
 
 
 def warp_log_mel(feat: np.ndarray, cfg: FrontEndConfig, alpha: float) -> np.ndarray:
@@ -76,9 +78,7 @@ def warp_log_mel(feat: np.ndarray, cfg: FrontEndConfig, alpha: float) -> np.ndar
     Band j takes the value the clip has at the frequency the warp sends to band j's centre,
     interpolated linearly between neighbouring bands (held at the ends).
     """
-    centres = mel_centres_hz(cfg)
-    grid = np.linspace(0.0, cfg.fmax, 4097)
-    source = np.interp(centres, vtlp_warp(grid, alpha, cfg.fmax), grid)  # the warp is increasing: invert by table
+    source = vtlp_source(mel_centres_hz(cfg), alpha, cfg.fmax)
     pos = np.clip(mel_band_position(cfg, source), 0.0, cfg.n_mels - 1.0)
     lo = np.floor(pos).astype(int)
     hi = np.minimum(lo + 1, cfg.n_mels - 1)

@@ -127,8 +127,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--speaker-norm",
         choices=("scalar", "bins"),
         help="standardise each speaker's log-mel by that speaker's own unlabelled audio (one mean/std, or one per mel "
-        "bin) instead of the training part's; test speakers are scored causally and with enrolment sets "
-        "(train.speaker_norm); default: off",
+        "bin) instead of the training part's; a new voice is scored causally and with enrolment sets, a voice "
+        "of the training part with its training clips' statistics (train.speaker_norm); default: off",
     )
     fe = p.add_argument_group("log-mel front end (spectrogram models; saved in frontend.json, which every later stage reads)")
     fe.add_argument("--n-fft", type=int, help=f"FFT and window length, a power of two; default {DEFAULT_LOGMEL.n_fft}")

@@ -125,8 +125,15 @@ def train_one(
     # The model is final from here on: score the test part once.
     protocols: dict[str, dict] = {}
     if tcfg.speaker_norm:
-        probs, protocols = _score_speaker_norm(
-            model, frontend, tcfg.speaker_norm, prior, pcm_of("test"), speakers[part["test"]], labels[part["test"]]
+        probs, protocols, headline = _score_speaker_norm(
+            model,
+            frontend,
+            tcfg.speaker_norm,
+            prior,
+            speaker_stats,
+            pcm_of("test"),
+            speakers[part["test"]],
+            labels[part["test"]],
         )
     else:
         probs = model.predict(feature_batch(pcm_of("test"), frontend), verbose=0, batch_size=64)
@@ -151,7 +158,7 @@ def train_one(
         "test": scores(labels[part["test"]], predicted),
     }
     if tcfg.speaker_norm:
-        metrics["speaker_norm"] = {"mode": tcfg.speaker_norm, "headline": "causal", "protocols": protocols}
+        metrics["speaker_norm"] = {"mode": tcfg.speaker_norm, "headline": headline, "protocols": protocols}
     if mcu_probe:
         rng = np.random.default_rng(tcfg.seed)
         rep_idx = rng.choice(part["train"], size=min(64, len(part["train"])), replace=False)
@@ -175,12 +182,21 @@ def train_one(
 
 
 def _score_speaker_norm(
-    model, frontend: FrontEndConfig, mode: str, prior: Stats, test_pcm: list[np.ndarray], speakers: np.ndarray, labels: np.ndarray
-) -> tuple[np.ndarray, dict[str, dict]]:
+    model,
+    frontend: FrontEndConfig,
+    mode: str,
+    prior: Stats,
+    known: dict[str, Stats],
+    test_pcm: list[np.ndarray],
+    speakers: np.ndarray,
+    labels: np.ndarray,
+) -> tuple[np.ndarray, dict[str, dict], str]:
     """Test clips scored with per-speaker statistics under every protocol of ``scoring_plan``, speaker by speaker.
 
-    Returns the causal probabilities of every test clip (the headline) and each protocol's scores.
-    The statistics come from the audio alone: the labels are used only to score the predictions.
+    Returns the headline probabilities of every test clip, each protocol's scores and the headline's
+    name: a voice the model was trained on (``known``) is scored with its training-part statistics
+    (``known-voice``, as ``speaker_features`` and a board loaded through ``NORM`` do), a new voice
+    causally. The statistics come from the audio alone: the labels are used only to score the predictions.
     """
     from train.speaker_norm import apply
 
@@ -188,17 +204,21 @@ def _score_speaker_norm(
     headline = np.zeros((len(raw), len(EMOTIONS)), dtype=np.float32)
     truth: dict[str, list[int]] = {}
     guess: dict[str, list[int]] = {}
+    headline_names = set()
     for speaker in sorted(set(speakers)):
         mine = np.flatnonzero(speakers == speaker)
-        for plan in scoring_plan([raw[i] for i in mine], mode, prior):
+        plans = scoring_plan([raw[i] for i in mine], mode, prior, known=known.get(speaker))
+        chosen = "known-voice" if speaker in known else "causal"
+        headline_names.add(chosen)
+        for plan in plans:
             x = np.stack([apply(raw[mine[j]], st) for j, st in zip(plan.scored, plan.stats, strict=True)])
             probs = model.predict(x, verbose=0, batch_size=64)
             truth.setdefault(plan.name, []).extend(int(labels[mine[j]]) for j in plan.scored)
             guess.setdefault(plan.name, []).extend(int(v) for v in probs.argmax(axis=1))
-            if plan.name == "causal":
+            if plan.name == chosen:
                 headline[mine[plan.scored]] = probs
     protocols = {name: scores(np.array(truth[name]), np.array(guess[name])) for name in truth}
-    return headline, protocols
+    return headline, protocols, " and ".join(sorted(headline_names, reverse=True))
 
 
 def budget_lines(metrics: dict) -> list[str]:
@@ -294,10 +314,12 @@ def summarise_folds(out: Path, per_fold: list[dict]) -> dict:
         "train_seconds": round(sum(m["train_seconds"] for m in per_fold), 1),
     }
     if "speaker_norm" in per_fold[0]:
-        names = per_fold[0]["speaker_norm"]["protocols"]
+        every = [m["speaker_norm"]["protocols"] for m in per_fold]
+        names = [n for n in every[0] if all(n in protocols for protocols in every)]  # known-voice: known voices only
         summary["speaker_norm"] = {
             "mode": per_fold[0]["speaker_norm"]["mode"],
-            "protocols": {n: mean_std([m["speaker_norm"]["protocols"][n] for m in per_fold]) for n in names},
+            "headline": " and ".join(sorted({m["speaker_norm"]["headline"] for m in per_fold}, reverse=True)),
+            "protocols": {n: mean_std([protocols[n] for protocols in every]) for n in names},
         }
     _write_json(out / "metrics.json", summary)
     plot_confusion(

@@ -21,7 +21,10 @@ statistics of clips that are not clip i and carry no label:
 - ``causal``: a running estimate over the clips before i in that order (clip 0: the training
   part's pooled statistics, which hold no test audio);
 - ``enrolment K``: the first K clips of the order; those K are never scored. The curve over K is
-  scored on one fixed set (the clips after the largest K), so its points compare.
+  scored on one fixed set (the clips after the largest K), so its points compare;
+- ``known-voice``: a voice the model was trained on (10-fold, the paper's split) is scored with the
+  statistics of its clips in the training part, a disjoint enrolment set: what a board that knows
+  its user loads with ``NORM``, and what ``speaker_features`` gives a training speaker.
 """
 
 from __future__ import annotations
@@ -130,14 +133,20 @@ class Protocol:
 
 
 def scoring_plan(
-    raws: Sequence[np.ndarray], mode: Mode, prior: Stats, counts: Sequence[int] = ENROLMENT_COUNTS
+    raws: Sequence[np.ndarray],
+    mode: Mode,
+    prior: Stats,
+    counts: Sequence[int] = ENROLMENT_COUNTS,
+    known: Stats | None = None,
 ) -> list[Protocol]:
     """Every scoring of one test speaker's clips: ``causal`` over all, ``training-stats`` and ``enrol-K`` on one fixed set.
 
     Takes audio only: no label, no path. ``training-stats`` (K = 0) scores with ``prior`` (the
-    training part's pooled statistics): the enrolment curve's starting point. ``all-clips`` scores
-    every clip with statistics of all the speaker's clips, itself and later ones included: not an
-    honest figure, only the ceiling that the honest ones approach.
+    training part's pooled statistics): the enrolment curve's starting point. ``known`` is the
+    speaker's own statistics from the training part, when the model was trained on this voice: then
+    ``known-voice`` scores every clip with them. ``all-clips`` scores every clip with statistics of
+    all the speaker's clips, itself and later ones included: not an honest figure, only the ceiling
+    that the honest ones approach.
     """
     order = scoring_order(len(raws))
     counts = [k for k in counts if 0 < k < len(raws)]  # a count must leave clips to score
@@ -150,6 +159,8 @@ def scoring_plan(
         enrolled = order[:k]
         stats = pooled([raws[i] for i in enrolled], mode)
         plans.append(Protocol(f"enrol-{k}", fixed, [stats] * len(fixed), enrolled))
+    if known is not None:
+        plans.append(Protocol("known-voice", order, [known] * len(order), np.array([], dtype=int)))
     everything = pooled(raws, mode)
     plans.append(Protocol("all-clips", order, [everything] * len(order), order))
     return plans
