@@ -4,7 +4,8 @@
                                          [--splits paper kfold loso] [--out runs/bench] [--epochs N]
                                          [--distill audio_resnet:spectrogram_resnet ...] [--jobs 2]
                                          [--seeds 0 1 2] [--speaker-norm scalar|bins]
-                                         [--speed-perturb 0.9,1.0,1.1] [--vtlp 0.1] [--validation-speaker] [--on-board]
+                                         [--speed-perturb 0.9,1.0,1.1] [--vtlp 0.1] [--speaker-adversarial 0.3]
+                                         [--validation-speaker] [--on-board]
 
 Each (model, split) trains through ``ser-train`` in its own process; finished runs (and finished
 folds) are reused, so a cut-off benchmark continues where it stopped.
@@ -45,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from train.corpus import SPEAKERS
+from train.frontend import FRONT_END_KIND
 from train.splits import KFOLD_FOLDS
 
 FOLDS = {"kfold": KFOLD_FOLDS, "loso": len(SPEAKERS)}  # test folds of the multi-fold protocols
@@ -60,6 +62,7 @@ class Training:
     speaker_norm: str | None = None  # ser-train --speaker-norm
     speed_perturb: str | None = None  # ser-train --speed-perturb
     vtlp: str | None = None  # ser-train --vtlp
+    speaker_adversarial: str | None = None  # ser-train --speaker-adversarial
     validation_speaker: bool = False  # ser-train --validation-speaker (LOSO)
 
     @property
@@ -68,6 +71,7 @@ class Training:
         base = f"{base}-speaker-norm-{self.speaker_norm}" if self.speaker_norm else base
         base = f"{base}-speed-{self.speed_perturb.replace(',', '-')}" if self.speed_perturb else base
         base = f"{base}-vtlp-{self.vtlp}" if self.vtlp else base
+        base = f"{base}-adversarial-{self.speaker_adversarial}" if self.speaker_adversarial else base
         base = f"{base}-val-speaker" if self.validation_speaker else base
         return f"{base}-seed{self.seed}" if self.seed else base
 
@@ -84,10 +88,11 @@ def _ser_train(t: Training, args: argparse.Namespace, out: Path, fold: int | Non
     cmd += ["--speaker-norm", t.speaker_norm] if t.speaker_norm else []
     cmd += ["--speed-perturb", t.speed_perturb] if t.speed_perturb else []
     cmd += ["--vtlp", t.vtlp] if t.vtlp else []
+    cmd += ["--speaker-adversarial", t.speaker_adversarial] if t.speaker_adversarial else []
     cmd += ["--validation-speaker"] if t.validation_speaker else []
     cmd += ["--data", args.data] if args.data else []
     for teacher in t.teachers:
-        cmd += ["--teacher", str(args.out / Training(teacher, t.split, seed=t.seed).name)]
+        cmd += ["--teacher", str(args.out / Training(teacher, t.split, seed=t.seed, **options(teacher, args)).name)]
     return cmd
 
 
@@ -204,32 +209,31 @@ def board_row(t: Training, summaries: list[dict]) -> str:
     )
 
 
+def options(model: str, args: argparse.Namespace) -> dict:
+    """The benchmark's ser-train options that apply to ``model``: the log-mel ones only to log-mel models."""
+    logmel = FRONT_END_KIND[model] == "logmel"
+    return {
+        "speaker_norm": args.speaker_norm if logmel else None,
+        "speed_perturb": args.speed_perturb,
+        "vtlp": args.vtlp if logmel else None,
+        "speaker_adversarial": args.speaker_adversarial,
+        "validation_speaker": args.validation_speaker,
+    }
+
+
 def plan(args: argparse.Namespace) -> list[Training]:
-    """Plain trainings first, then distilled ones (each after its teacher's run)."""
-    norm = args.speaker_norm
-    trainings = [
-        Training(
-            m,
-            s,
-            seed=n,
-            speaker_norm=norm,
-            speed_perturb=args.speed_perturb,
-            vtlp=args.vtlp,
-            validation_speaker=args.validation_speaker,
-        )
-        for n in args.seeds
-        for m in args.models
-        for s in args.splits
-    ]
+    """Plain trainings first, then distilled ones (each after its teacher's run); every run takes the options
+    that apply to it, a teacher as its plain run does."""
+    trainings = [Training(m, s, seed=n, **options(m, args)) for n in args.seeds for m in args.models for s in args.splits]
     for pair in args.distill:
         student, _, joined = pair.partition(":")
         if not joined:
             raise SystemExit(f"--distill takes STUDENT:TEACHER[+TEACHER...], got {pair!r}")
         teachers = tuple(joined.split("+"))
         for n in args.seeds:
-            needed = [Training(m, s, seed=n) for m in teachers for s in args.splits]
+            needed = [Training(m, s, seed=n, **options(m, args)) for m in teachers for s in args.splits]
             trainings += [t for t in needed if t not in trainings]
-            trainings += [Training(student, s, teachers, seed=n, speaker_norm=norm) for s in args.splits]
+            trainings += [Training(student, s, teachers, seed=n, **options(student, args)) for s in args.splits]
     return trainings
 
 
@@ -246,6 +250,7 @@ def main() -> int:
     )
     p.add_argument("--speed-perturb", metavar="SPEEDS", help="ser-train --speed-perturb for every run, e.g. 0.9,1.0,1.1")
     p.add_argument("--vtlp", metavar="W", help="ser-train --vtlp for every run (log-mel models only), e.g. 0.1")
+    p.add_argument("--speaker-adversarial", metavar="W", help="ser-train --speaker-adversarial for every run, e.g. 0.3")
     p.add_argument(
         "--validation-speaker", action="store_true", help="ser-train --validation-speaker for every run (loso splits only)"
     )

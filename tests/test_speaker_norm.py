@@ -147,6 +147,35 @@ def test_benchmark_passes_the_option_and_names_its_runs_apart() -> None:
     cmd = bench._ser_train(t, args, Path("runs/x"))
     assert cmd[cmd.index("--speaker-norm") + 1] == "bins"
 
+    # Distillation with options: the teacher is the plain run with every option, the waveform student takes
+    # the ones that apply to it, and is pointed at that teacher.
+    given = dict(speaker_norm="bins", speed_perturb="0.9,1.0,1.1", vtlp=None, speaker_adversarial=None)
+    args = type(
+        "Args",
+        (),
+        {
+            **given,
+            "validation_speaker": False,
+            "models": ["spectrogram_resnet"],
+            "splits": ["loso"],
+            "seeds": [0],
+            "distill": ["audio_resnet:spectrogram_resnet"],
+            "epochs": None,
+            "data": None,
+            "out": Path("runs"),
+        },
+    )()
+    teacher, student = bench.plan(args)
+    assert teacher.name == "spectrogram_resnet-loso-speaker-norm-bins-speed-0.9-1.0-1.1"
+    assert (student.model, student.teachers, student.speaker_norm, student.speed_perturb) == (
+        "audio_resnet",
+        ("spectrogram_resnet",),
+        None,
+        "0.9,1.0,1.1",
+    )
+    cmd = bench._ser_train(student, args, Path("runs/y"))
+    assert cmd[cmd.index("--teacher") + 1] == str(Path("runs") / teacher.name) and "--speaker-norm" not in cmd
+
 
 def _loso(clips: list[Clip], pcm: list[np.ndarray], out: Path, mode: str | None = "scalar") -> list[dict]:
     tcfg = TrainConfig(model="spectrogram_resnet", epochs=1, batch_size=16, warmup_epochs=1, speaker_norm=mode)

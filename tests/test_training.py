@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -17,6 +18,7 @@ from train.fit import AugmentedClips, TrainConfig, WeightAverage, mixup
 from train.frontend import clip_features, features
 from train.labels import label_index
 from train.run import default_frontend, train_one
+from train.speaker_norm import apply, load_speaker_stats
 from train.teacher import TeacherError, distilled_targets, soft_targets, teacher_run
 
 ARTIFACTS = [
@@ -452,8 +454,8 @@ def test_soft_targets_are_tempered_teacher_probabilities_mixed_by_weight(data, t
         mcu_probe=False,
         show_progress=False,
     )
-    few = pcm[:8]
-    sharp, soft = (soft_targets(tmp_path / "teacher", few, t) for t in (1.0, 4.0))
+    few, speakers = pcm[:8], [c.speaker for c in clips[:8]]
+    sharp, soft = (soft_targets(tmp_path / "teacher", few, speakers, t) for t in (1.0, 4.0))
     np.testing.assert_allclose(sharp.sum(axis=1), 1.0, rtol=1e-5)
     entropy = [-(p * np.log(p)).sum(axis=1) for p in (sharp, soft)]
     assert np.all(entropy[1] > entropy[0])  # a higher temperature flattens every clip's distribution
@@ -464,3 +466,18 @@ def test_soft_targets_are_tempered_teacher_probabilities_mixed_by_weight(data, t
     np.testing.assert_allclose(mixed[np.arange(8), labels], 0.75 + 0.25 * sharp[np.arange(8), labels], rtol=1e-5)
     with pytest.raises(ValueError, match="weight"):
         distilled_targets(labels, sharp, 1.5)
+
+
+def test_a_speaker_normalised_teacher_meets_each_clip_with_its_speakers_statistics(data, tmp_path: Path) -> None:
+    clips, pcm = data
+    frontend = default_frontend("spectrogram_resnet")
+    tcfg = replace(_short("spectrogram_resnet"), epochs=1, speaker_norm="bins")
+    train_one(tmp_path / "teacher", clips, pcm, "loso", 0, tcfg, frontend, mcu_probe=False, show_progress=False)
+    known = load_speaker_stats(tmp_path / "teacher" / "speaker_norm.json")
+    mine = [i for i, c in enumerate(clips) if c.speaker in known][:6]
+    soft = soft_targets(tmp_path / "teacher", [pcm[i] for i in mine], [clips[i].speaker for i in mine], 1.0)
+    model = keras.models.load_model(tmp_path / "teacher" / "model.keras")
+    x = np.stack([apply(clip_features(pcm[i], frontend.raw), known[clips[i].speaker]) for i in mine])
+    np.testing.assert_allclose(soft, model.predict(x, verbose=0), rtol=1e-4, atol=1e-6)
+    unnormalised = model.predict(np.stack([clip_features(pcm[i], frontend.raw) for i in mine]), verbose=0)
+    assert not np.allclose(soft, unnormalised, atol=1e-3)

@@ -27,6 +27,16 @@ def _vtlp(text: str) -> float:
     return width
 
 
+def _adversary_weight(text: str) -> float:
+    try:
+        weight = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a weight like 0.3, got {text!r}") from None
+    if not 0.0 < weight <= 1.0:
+        raise argparse.ArgumentTypeError(f"the weight must lie in (0, 1], got {text!r}")
+    return weight
+
+
 def _speeds(text: str) -> tuple[float, ...]:
     try:
         speeds = tuple(float(v) for v in text.split(","))
@@ -108,6 +118,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="W",
         help="log-mel models: warp each training clip's frequency axis by a factor drawn from 1 +- W, e.g. 0.1 "
         "(vocal tract length perturbation: formants move, tempo does not); default: off",
+    )
+    p.add_argument(
+        "--speaker-adversarial",
+        type=_adversary_weight,
+        metavar="W",
+        help="train a speaker head on the pooled embedding through a gradient reversed and scaled by up to W, e.g. 0.3, "
+        "so the convolutions learn to hide who speaks (train.adversary; the saved model has no such head); default: off",
     )
     p.add_argument(
         "--refit",
@@ -203,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         "refit": args.refit,
         "speaker_norm": args.speaker_norm,
         "validation_by_speaker": args.validation_speaker or None,
+        "speaker_adversarial": args.speaker_adversarial,
     }
     tcfg = TrainConfig(model=args.model, seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     if args.no_augment:

@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from train.adversary import ramp, speaker_targets, with_speaker_head
 from train.augment import AugmentConfig, augment_pcm, spec_augment, vtlp
 from train.frontend import FrontEndConfig, clip_features, clip_log_mel, features
 from train.labels import NUM_CLASSES
@@ -47,6 +48,9 @@ class TrainConfig:
     # LOSO only: the validation part is one whole training speaker, held out of the fit (train.splits.make_manifest),
     # instead of a 10 % sample of the training speakers' clips.
     validation_by_speaker: bool = False
+    # > 0: a speaker head learns the training speaker from the pooled embedding through a gradient reversed and
+    # scaled by up to this weight (train.adversary), so the convolutions learn to hide who speaks. 0: off.
+    speaker_adversarial: float = 0.0
 
 
 def make_deterministic(seed: int) -> None:
@@ -200,22 +204,40 @@ def fit_model(
     show_progress: bool = True,
     train_norms: list[Stats] | None = None,
     val_norms: list[Stats] | None = None,
+    train_speakers: np.ndarray | None = None,
 ) -> tuple[keras.Model, dict[str, list[float]], int]:
     """Train; returns the model at its best validation epoch, the history and that epoch (0-based).
 
     ``train_norms``/``val_norms``: each clip's speaker statistics (per-speaker normalisation).
+    ``train_speakers``: each training clip's speaker, needed by ``tcfg.speaker_adversarial``.
 
     ``train_targets``: class indices, or one target distribution per clip (distillation).
     No validation clips (a refit run): nothing is validated and the last epoch is kept.
     """
     make_deterministic(tcfg.seed)
     model = BUILDERS[tcfg.model](cfg.input_shape, dropout=tcfg.dropout, l2=tcfg.l2)
+    emotion_loss = keras.losses.CategoricalCrossentropy(label_smoothing=tcfg.label_smoothing)
+    trainer, reversal = model, None
+    if tcfg.speaker_adversarial > 0:
+        if train_speakers is None:
+            raise ValueError("speaker-adversarial training needs each training clip's speaker")
+        targets = np.asarray(train_targets)
+        emotions = targets.astype(np.float32) if targets.ndim == 2 else keras.utils.to_categorical(targets, NUM_CLASSES)
+        speakers, count = speaker_targets(train_speakers)
+        train_targets = np.hstack([emotions, speakers])  # one target row per clip: mixup mixes both alike
+        trainer, reversal = with_speaker_head(model, count)
     data = AugmentedClips(train_pcm, train_targets, cfg, tcfg, train_norms)
-    model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=_schedule(tcfg, len(data)), weight_decay=tcfg.weight_decay),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=tcfg.label_smoothing),
-        metrics=["accuracy"],
-    )
+    optimizer = keras.optimizers.AdamW(learning_rate=_schedule(tcfg, len(data)), weight_decay=tcfg.weight_decay)
+    if reversal is None:
+        model.compile(optimizer=optimizer, loss=emotion_loss, metrics=["accuracy"])
+    else:
+        trainer.compile(
+            optimizer=optimizer,
+            loss=[emotion_loss, keras.losses.CategoricalCrossentropy()],
+            metrics=[["accuracy"], ["accuracy"]],
+        )
+        model.compile(loss=emotion_loss, metrics=["accuracy"])  # validation only: the trainer fits it
+        model.optimizer.build(model.trainable_variables)  # saved built, so model.keras loads without a mismatch warning
     validate = len(val_pcm) > 0
     if validate:
         x_val = feature_batch(val_pcm, cfg, val_norms)
@@ -225,7 +247,10 @@ def fit_model(
     history: dict[str, list[float]] = {}
     progress = tqdm(total=tcfg.epochs, desc=f"train {tcfg.model}", unit="epoch", disable=not show_progress)
     for epoch, (x, y) in enumerate(data.epochs(tcfg.epochs)):
-        fitted = model.fit(
+        if reversal is not None:
+            reversal.scale.assign(ramp(tcfg.speaker_adversarial, epoch, tcfg.epochs))
+            y = (y[:, :NUM_CLASSES], y[:, NUM_CLASSES:])
+        fitted = trainer.fit(
             x,
             y,
             batch_size=tcfg.batch_size,
@@ -238,7 +263,7 @@ def fit_model(
         if average:  # validate the average, then train on from the epoch's own weights
             candidate = average.update(trained)
         for k, vals in fitted.history.items():
-            history.setdefault(k, []).extend(float(v) for v in vals)
+            history.setdefault(_history_key(k), []).extend(float(v) for v in vals)
         progress.update(1)
         if not validate:
             progress.set_postfix(loss=f"{history['loss'][-1]:.3f}", acc=f"{history['accuracy'][-1]:.3f}")
@@ -262,3 +287,8 @@ def fit_model(
         return model, history, tcfg.epochs - 1
     model.set_weights(keep.best_weights)
     return model, history, keep.best_epoch
+
+
+def _history_key(key: str) -> str:
+    """The emotion output's figures under the plain names (``accuracy``), the speaker head's as ``speaker_*``."""
+    return {"classifier_accuracy": "accuracy", "classifier_loss": "emotion_loss"}.get(key, key)

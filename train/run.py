@@ -102,7 +102,9 @@ def train_one(
     if teachers:
         for teacher in teachers:
             check_same_test_clips(teacher, manifest)
-        soft = np.mean([soft_targets(t, pcm_of("train"), tcfg.distill_temperature) for t in teachers], axis=0)
+        soft = np.mean(
+            [soft_targets(t, pcm_of("train"), speakers[part["train"]], tcfg.distill_temperature) for t in teachers], axis=0
+        )
         train_targets = distilled_targets(train_targets, soft, tcfg.distill_weight)
 
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -116,6 +118,7 @@ def train_one(
         show_progress,
         norms.get("train"),
         norms.get("val"),
+        speakers[part["train"]],
     )
     train_seconds = time.perf_counter() - started
     cpu_seconds = time.process_time() - cpu_started  # all threads; steadier than wall time on a shared machine

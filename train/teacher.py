@@ -11,14 +11,15 @@ test clips are the teacher's test clips too, and no test clip can reach the stud
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from train.fit import feature_batch
 from train.frontend import FrontEndConfig
 from train.labels import NUM_CLASSES
+from train.speaker_norm import run_model_inputs
 from train.splits import clips_with_role, load_manifest
 
 
@@ -50,11 +51,17 @@ def check_same_test_clips(run: Path, manifest: dict) -> None:
         )
 
 
-def soft_targets(run: Path, pcms: list[np.ndarray], temperature: float) -> np.ndarray:
-    """The teacher's class probabilities of whole clips, tempered: ``softmax(log p / temperature)``."""
+def soft_targets(run: Path, pcms: list[np.ndarray], speakers: Sequence[str], temperature: float) -> np.ndarray:
+    """The teacher's class probabilities of whole clips, tempered: ``softmax(log p / temperature)``.
+
+    The teacher meets each clip as it met its own training clips: a speaker-normalised teacher
+    standardises a clip by its speaker's statistics (``run_model_inputs``; the student's training
+    speakers are the teacher's, as both share the test fold).
+    """
     model = keras.models.load_model(run / "model.keras")
     cfg = FrontEndConfig.load(run / "frontend.json")
-    probs = model.predict(feature_batch(pcms, cfg), batch_size=64, verbose=0).astype(np.float64)
+    inputs = np.stack(run_model_inputs(run, cfg, pcms, speakers))
+    probs = model.predict(inputs, batch_size=64, verbose=0).astype(np.float64)
     logits = np.log(np.clip(probs, 1e-9, 1.0)) / temperature
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
