@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import queue
@@ -36,10 +37,12 @@ from convert.tflite_file import MODEL_FILE, ModelFileError, io_specs, sha256
 from host.board import DEFAULT_BAUD
 from host.clips import EvalClip, board_pcm, select
 from host.eval_report import RESULTS, RUN_INFO, ResultsLog, current_summary, forget_idle, read_results, write_reports
+from host.protocol import NormState
 from host.reference import HostReference, audio_frontend
 from host.session import BoardSession, ClipFailed, FatalBoardError
 from train.corpus import CorpusError
 from train.speaker_norm import scoring_order
+from train.splits import load_manifest
 
 EMULATED_DEFAULT = "qemu-mps2-an386"
 
@@ -91,6 +94,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--timeout", type=float, default=3.0, help="seconds to wait for a reply before sending a frame again (default 3)"
     )
     p.add_argument("--deps-dir", help="local copies of TFLM/CMSIS sources for building the emulated board ($SER_DEPS_DIR)")
+    p.add_argument(
+        "--new-voices",
+        action="store_true",
+        help="per-speaker normalisation: score every voice as a new one (statistics of its clips before each clip), "
+        "even a voice the model was trained on; default: a trained-on voice starts each clip from the statistics of "
+        "its training clips (a board that knows its user)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if bool(args.port) == bool(args.board):
@@ -221,20 +231,28 @@ def _record(clip: EvalClip, url: str) -> dict:
     return {"clip": clip.path, "emotion": clip.emotion, "label": clip.label, "board": url}
 
 
-def evaluate_clip(session: BoardSession, reference: HostReference, root: Path, clip: EvalClip) -> dict:
+def evaluate_clip(
+    session: BoardSession, reference: HostReference, root: Path, clip: EvalClip, known: NormState | None = None
+) -> dict:
     """One clip: its record for results.jsonl, ``status`` ok or failed (never a guess).
 
     With per-speaker normalisation the reference and the board both standardise the clip by the
-    statistics of the voice's clips before it; the record says how many (``norm_clips``).
+    statistics of the voice's clips before it; the record says how many (``norm_clips``). A voice
+    the model was trained on (``known``: its training clips' state) starts every clip from that
+    state instead (``voice`` known), loaded onto the board before the clip.
     """
     record = _record(clip, session.url)
     try:
         pcm = board_pcm(root, clip, reference.cfg)
     except (CorpusError, OSError, ValueError) as exc:  # missing or corrupt audio: the clip fails, the run goes on
         return record | {"status": "failed", "error": f"audio: {exc}", "attempts": 0}
+    if known is not None:
+        reference.load_norm(known)
+        session.norm_unsure = True  # the board holds the last clip's sums too: load the voice's state again
     norm = reference.norm_state() if reference.speaker_norm else None
     if norm is not None:
         record["norm_clips"] = norm.clips
+        record["voice"] = "new" if known is None else "known"
     host_scores = reference(pcm)
     try:
         outcome = session.classify(pcm, norm=norm)
@@ -293,6 +311,26 @@ def speaker_of(clip: EvalClip) -> str:
     return clip.path.split("/", 1)[0]  # <speaker>/<emotion>/<n>.wav
 
 
+def known_voices(run: Path, root: Path, tflite: bytes) -> dict[str, dict]:
+    """Each voice the run's model was trained on, as the board's NORM state (JSON): the sums over that voice's
+    clips in the run's training part (its validation part for a held-out validation speaker), the statistics
+    training standardised it by (``speaker_norm.json``). No such file (a model from elsewhere): none known."""
+    trained = run / "speaker_norm.json"
+    if not trained.exists():
+        return {}
+    manifest = load_manifest(run / "manifest.json")
+    reference = HostReference(tflite)
+    states = {}
+    for speaker in json.loads(trained.read_text())["speakers"]:
+        mine = [c for c in manifest["clips"] if c["path"].split("/", 1)[0] == speaker]
+        heard = [c for c in mine if c["role"] == "train"] or [c for c in mine if c["role"] == "val"]
+        reference.reset_norm()
+        for c in heard:
+            reference.model_input(board_pcm(root, EvalClip(c["path"], c["emotion"]), reference.cfg))
+        states[speaker] = dataclasses.asdict(reference.norm_state())
+    return states
+
+
 def check_statistics(session: BoardSession, reference: HostReference, speaker: str) -> dict:
     """After a voice's clips: the board's statistics against the host's (they must be the same bits)."""
     board, host = session.read_norm(), reference.norm_state()
@@ -318,6 +356,10 @@ def run_boards(
 ) -> None:
     """Share ``todo`` among the boards; every answer is logged as it comes, with this session's number in
     ``meta["sessions"]`` and the time since it started (the report's throughput figures)."""
+    known = {
+        speaker: NormState(s["mode"], s["clips"], s["frames"], tuple(s["sum"]), tuple(s["squares"]))
+        for speaker, s in meta.get("known_voices", {}).items()
+    }
     work: queue.Queue[Stream] = queue.Queue()
     for stream in todo:
         work.put(stream)
@@ -349,6 +391,7 @@ def run_boards(
                     stream = work.get_nowait()
                 except queue.Empty:
                     return
+                voice = known.get(speaker_of(stream[0][0]))
                 if reference.speaker_norm:
                     reference.reset_norm()  # a new voice
                     session.norm_unsure = True  # the board still holds the last one's
@@ -359,7 +402,7 @@ def run_boards(
                         with contextlib.suppress(CorpusError, OSError, ValueError):
                             reference.model_input(board_pcm(root, clip, reference.cfg))
                         continue
-                    record = evaluate_clip(session, reference, root, clip)
+                    record = evaluate_clip(session, reference, root, clip, voice)
                     log.append(record | {"session": number, "elapsed_s": round(time.monotonic() - start, 4)})
                     progress.add(record)
                 if reference.speaker_norm:
@@ -414,13 +457,19 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, dict]:
     """
     from train.corpus import resolve_root
 
+    if args.run and args.split == "all" and not args.new_voices and (args.run / "speaker_norm.json").exists():
+        raise EvalError("--split all scores training clips too, whose audio makes a known voice's statistics: add --new-voices")
     out_dir, meta = plan(args)
     run = Path(meta["run"])
     tflite = (run / MODEL_FILE).read_bytes()
     root = resolve_root(args.data)
     done = {k for k, r in read_results(out_dir / RESULTS).items() if r.get("status") == "ok"}
     clips = [EvalClip(c, meta["clip_emotions"][c]) for c in meta["clips"]]
-    todo = streams(clips, done, audio_frontend(tflite).speaker_norm != "off")
+    speaker_norm = audio_frontend(tflite).speaker_norm != "off"
+    if speaker_norm and "known_voices" not in meta:  # once per evaluation: a resume keeps the states it began with
+        meta["known_voices"] = {} if args.new_voices else known_voices(run, root, tflite)
+        (out_dir / RUN_INFO).write_text(json.dumps(meta, indent=1) + "\n")
+    todo = streams(clips, done, speaker_norm)
     left = sum(not d for stream in todo for _, d in stream)
     print(f"{len(meta['clips'])} clips, {len(meta['clips']) - left} already done, {left} to go; reports in {out_dir}")
     if not todo and (summary := current_summary(out_dir, meta)):  # no board needed: the report stands as it is
@@ -472,8 +521,11 @@ def print_summary(s: dict, out_dir: Path) -> None:
         print(
             f"per-speaker statistics bit-exact with host on {sum(exact.values())}/{len(exact)} voices; accuracy by clips "
             "of the voice heard before: "
-            + ", ".join(f"{k}: {v['accuracy']:.1%}" for k, v in norm["accuracy_by_clips_heard"].items())
+            + (", ".join(f"{k}: {v['accuracy']:.1%}" for k, v in norm["accuracy_by_clips_heard"].items()) or "-")
         )
+        if known := norm.get("known_voices"):
+            trained_on = f"{known['accuracy']:.1%} on {known['clips']} clips"
+            print(f"voices the model was trained on, each clip from their training statistics: {trained_on}")
     if c["failed"]:
         print(f"{c['failed']} clips failed (listed in summary.md); rerun them with --resume {out_dir}")
     print(f"report: {out_dir / 'summary.md'}")

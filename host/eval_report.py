@@ -197,18 +197,25 @@ def by_speaker(ok: list[dict]) -> dict[str, dict]:
 
 def speaker_norm_summary(ok: list[dict], checks: list[dict]) -> dict:
     """Per-speaker normalisation: whether each voice's statistics on the board were the host's bit for bit,
-    and accuracy by how many of the voice's clips the statistics had heard before each clip."""
+    accuracy on new voices by how many of the voice's clips the statistics had heard before each clip, and
+    accuracy on known voices (each clip from the voice's training statistics, ``voice`` known)."""
+    known = [r for r in ok if r.get("voice") == "known"]
+    new = [r for r in ok if r.get("voice") != "known"]
     curve = {}
     for low, high in HEARD_BUCKETS:
-        mine = [r for r in ok if r.get("norm_clips", -1) >= low and (high is None or r["norm_clips"] <= high)]
+        mine = [r for r in new if r.get("norm_clips", -1) >= low and (high is None or r["norm_clips"] <= high)]
         if mine:
             label = f"{low}" if low == high else f"{low}+" if high is None else f"{low}-{high}"
             hits = sum(r["predicted"] == r["label"] for r in mine)
             curve[label] = {"clips": len(mine), "accuracy": hits / len(mine)}
-    return {
+    summary = {
         "statistics_bit_exact": {r["speaker"]: bool(r["bit_exact"]) for r in checks},
         "accuracy_by_clips_heard": curve,
     }
+    if known:
+        hits = sum(r["predicted"] == r["label"] for r in known)
+        summary["known_voices"] = {"clips": len(known), "accuracy": hits / len(known)}
+    return summary
 
 
 def _pct(x: float) -> str:
@@ -312,9 +319,14 @@ def _speaker_lines(s: dict) -> list[str]:
             "Statistics on the board equal to the host's bit for bit: "
             + (", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in exact.items()) or "not checked yet")
             + ". Accuracy by clips of the voice heard before: "
-            + ", ".join(f"{k}: {_pct(v['accuracy'])} ({v['clips']})" for k, v in norm["accuracy_by_clips_heard"].items())
+            + (", ".join(f"{k}: {_pct(v['accuracy'])} ({v['clips']})" for k, v in norm["accuracy_by_clips_heard"].items()) or "-")
             + ".",
         ]
+        if known := norm.get("known_voices"):
+            lines.append(
+                f"Voices the model was trained on start every clip from the statistics of their training clips: "
+                f"{_pct(known['accuracy'])} on {known['clips']} clips."
+            )
     return [*lines, ""]
 
 

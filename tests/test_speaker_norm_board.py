@@ -18,12 +18,12 @@ import pytest
 from convert.tflite_file import MODEL_FILE
 from host import eval_on_device
 from host.board import BoardError
-from host.eval_report import RESULTS, read_results
+from host.eval_report import RESULTS, RUN_INFO, read_results
 from host.fault_relay import ByteFaults, FaultPlan, FaultRelay
 from host.protocol import Norm, NormState
 from host.reference import HostReference
 from host.session import BoardSession
-from tests.boards_under_test import KINDS, clips, norm_model, running_board, small_model
+from tests.boards_under_test import CFG, KINDS, clips, norm_model, running_board, small_model
 from train.corpus import discover
 from train.splits import make_manifest, save_manifest
 
@@ -185,3 +185,66 @@ def test_ser_eval_streams_each_voice_in_order_and_a_resumed_run_rebuilds_its_sta
     kept_clips = {r["clip"] for r in kept}
     streamed_again = {r["clip"].split("/", 1)[0] for r in records if r["status"] == "ok" and r["clip"] not in kept_clips}
     assert resumed["speaker_norm"]["statistics_bit_exact"] == dict.fromkeys(streamed_again, True)
+
+
+def _known_voice_run(folder: Path, corpus: Path, model: bytes) -> Path:
+    """A 10-fold run folder as ser-train writes it for a speaker-normalised model: its manifest, and
+    ``speaker_norm.json`` with each training speaker's statistics over that speaker's training clips."""
+    from train.corpus import load_corpus
+    from train.frontend import clip_features
+    from train.speaker_norm import by_speaker
+
+    folder.mkdir(parents=True)
+    corpus_clips = discover(corpus)
+    manifest = make_manifest(corpus_clips, "kfold", 0)
+    save_manifest(manifest, folder / "manifest.json")
+    role = {c["path"]: c["role"] for c in manifest["clips"]}
+    training = [c for c in corpus_clips if role[c.path] == "train"]
+    raws = [clip_features(pcm, CFG.raw) for pcm in load_corpus(corpus, training)]
+    stats = by_speaker([c.speaker for c in training], raws, "bins")
+    (folder / "speaker_norm.json").write_text(
+        json.dumps({"mode": "bins", "speakers": {s: st.to_json() for s, st in stats.items()}})
+    )
+    (folder / MODEL_FILE).write_bytes(model)
+    return folder
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ser_eval_starts_each_clip_of_a_known_voice_from_its_training_statistics(
+    kind: str, tmp_path: Path, synthetic_corpus: Path
+) -> None:
+    """10-fold: every test voice is a training voice. Each of its clips is standardised by the statistics of
+    the voice's training clips (as training scored it), on the board and the host alike; --new-voices scores
+    the same clips causally instead."""
+    model = norm_model("bins")
+    run = _known_voice_run(tmp_path / "run", synthetic_corpus, model)
+    argv = ["--run", str(run), "--data", str(synthetic_corpus), "--quiet"]
+    with running_board(kind, model) as board:
+        assert eval_on_device.main([*argv, "--out", str(tmp_path / "known"), "--port", board.url]) == 0
+        assert eval_on_device.main([*argv, "--out", str(tmp_path / "new"), "--port", board.url, "--new-voices"]) == 0
+        assert eval_on_device.main([*argv, "--out", str(tmp_path / "all"), "--port", board.url, "--split", "all"]) == 2
+
+    meta = json.loads((tmp_path / "known" / RUN_INFO).read_text())
+    trained = json.loads((run / "speaker_norm.json").read_text())["speakers"]
+    assert sorted(meta["known_voices"]) == sorted(trained)
+    reference = HostReference(model)
+    for speaker, state in meta["known_voices"].items():  # the board's sums give training's statistics, bit for bit
+        sums = (tuple(state["sum"]), tuple(state["squares"]))
+        reference.load_norm(NormState(state["mode"], state["clips"], state["frames"], *sums))
+        mean, std = reference.speaker_norm.current()
+        np.testing.assert_array_equal(mean, np.float32(trained[speaker]["mean"]))
+        np.testing.assert_array_equal(std, np.float32(trained[speaker]["std"]))
+
+    known = [r for r in read_results(tmp_path / "known" / RESULTS).values() if r["status"] == "ok"]
+    new = read_results(tmp_path / "new" / RESULTS)
+    summary = json.loads((tmp_path / "known" / "summary.json").read_text())
+    assert summary["agreement"]["bit_exact_clips"] == summary["clips"]["ok"] == len(known) > 0
+    assert summary["speaker_norm"]["known_voices"]["clips"] == len(known)
+    assert summary["speaker_norm"]["statistics_bit_exact"] == {s: True for s in summary["speakers"]}
+    assert json.loads((tmp_path / "new" / "summary.json").read_text())["speaker_norm"].get("known_voices") is None
+    for r in known:
+        speaker = r["clip"].split("/", 1)[0]
+        assert r["voice"] == "known" and r["norm_clips"] == meta["known_voices"][speaker]["clips"]
+        assert new[r["clip"]]["voice"] == "new" and new[r["clip"]]["norm_clips"] < r["norm_clips"]
+    assert any(new[r["clip"]]["host_scores"] != r["host_scores"] for r in known)  # other statistics, other inputs
+    assert "Voices the model was trained on" in (tmp_path / "known" / "summary.md").read_text()
