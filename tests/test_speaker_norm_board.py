@@ -146,9 +146,9 @@ class _RawNorm:
         return self.payload
 
 
-def _norm_run(folder: Path, corpus: Path, model: bytes) -> Path:
+def _norm_run(folder: Path, corpus: Path, model: bytes, split: str = "loso", fold: int = 1) -> Path:
     folder.mkdir(parents=True)
-    save_manifest(make_manifest(discover(corpus), "loso", 1), folder / "manifest.json")
+    save_manifest(make_manifest(discover(corpus), split, fold), folder / "manifest.json")
     (folder / MODEL_FILE).write_bytes(model)
     return folder
 
@@ -194,18 +194,14 @@ def _known_voice_run(folder: Path, corpus: Path, model: bytes) -> Path:
     from train.frontend import clip_features
     from train.speaker_norm import by_speaker
 
-    folder.mkdir(parents=True)
-    corpus_clips = discover(corpus)
-    manifest = make_manifest(corpus_clips, "kfold", 0)
-    save_manifest(manifest, folder / "manifest.json")
-    role = {c["path"]: c["role"] for c in manifest["clips"]}
-    training = [c for c in corpus_clips if role[c.path] == "train"]
+    _norm_run(folder, corpus, model, "kfold", 0)
+    role = {c["path"]: c["role"] for c in json.loads((folder / "manifest.json").read_text())["clips"]}
+    training = [c for c in discover(corpus) if role[c.path] == "train"]
     raws = [clip_features(pcm, CFG.raw) for pcm in load_corpus(corpus, training)]
     stats = by_speaker([c.speaker for c in training], raws, "bins")
     (folder / "speaker_norm.json").write_text(
         json.dumps({"mode": "bins", "speakers": {s: st.to_json() for s, st in stats.items()}})
     )
-    (folder / MODEL_FILE).write_bytes(model)
     return folder
 
 

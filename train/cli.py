@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,24 +18,19 @@ from train.tf_env import quiet_tensorflow
 quiet_tensorflow()
 
 
-def _vtlp(text: str) -> float:
-    try:
-        width = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a warp width like 0.1, got {text!r}") from None
-    if not 0.0 < width <= 0.3:
-        raise argparse.ArgumentTypeError(f"the warp width must lie in (0, 0.3], got {text!r}")
-    return width
+def _up_to(what: str, example: str, high: float) -> Callable[[str], float]:
+    """An argparse type: a number in (0, high]."""
 
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} like {example}, got {text!r}") from None
+        if not 0.0 < value <= high:
+            raise argparse.ArgumentTypeError(f"{what} must lie in (0, {high:g}], got {text!r}")
+        return value
 
-def _adversary_weight(text: str) -> float:
-    try:
-        weight = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a weight like 0.3, got {text!r}") from None
-    if not 0.0 < weight <= 1.0:
-        raise argparse.ArgumentTypeError(f"the weight must lie in (0, 1], got {text!r}")
-    return weight
+    return parse
 
 
 def _speeds(text: str) -> tuple[float, ...]:
@@ -114,14 +110,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--vtlp",
-        type=_vtlp,
+        type=_up_to("a warp width", "0.1", 0.3),
         metavar="W",
         help="log-mel models: warp each training clip's frequency axis by a factor drawn from 1 +- W, e.g. 0.1 "
         "(vocal tract length perturbation: formants move, tempo does not); default: off",
     )
     p.add_argument(
         "--speaker-adversarial",
-        type=_adversary_weight,
+        type=_up_to("a weight", "0.3", 1.0),
         metavar="W",
         help="train a speaker head on the pooled embedding through a gradient reversed and scaled by up to W, e.g. 0.3, "
         "so the convolutions learn to hide who speaks (train.adversary; the saved model has no such head); default: off",
