@@ -144,6 +144,10 @@ def plan(args: argparse.Namespace) -> tuple[Path, dict]:
         "created": stamp,
         "boards": {},
     }
+    if audio_frontend(tflite).speaker_norm != "off":  # fixed with the evaluation: a resume keeps these states
+        from train.corpus import resolve_root
+
+        meta["known_voices"] = {} if args.new_voices else known_voices(run, resolve_root(args.data), tflite)
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / RESULTS).exists():
         raise EvalError(f"{out_dir} already holds results: use --resume {out_dir} to continue it, or another --out")
@@ -326,7 +330,14 @@ def known_voices(run: Path, root: Path, tflite: bytes) -> dict[str, dict]:
         heard = [c for c in mine if c["role"] == "train"] or [c for c in mine if c["role"] == "val"]
         reference.reset_norm()
         for c in heard:
-            reference.model_input(board_pcm(root, EvalClip(c["path"], c["emotion"]), reference.cfg))
+            try:
+                pcm = board_pcm(root, EvalClip(c["path"], c["emotion"]), reference.cfg)
+            except (CorpusError, OSError, ValueError) as exc:
+                raise EvalError(
+                    f"voice {speaker}: its training clip {c['path']} cannot be read ({exc}), so its training statistics "
+                    "cannot be rebuilt: restore the clip, or score every voice as a new one with --new-voices"
+                ) from exc
+            reference.model_input(pcm)
         states[speaker] = dataclasses.asdict(reference.norm_state())
     return states
 
@@ -465,11 +476,7 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, dict]:
     root = resolve_root(args.data)
     done = {k for k, r in read_results(out_dir / RESULTS).items() if r.get("status") == "ok"}
     clips = [EvalClip(c, meta["clip_emotions"][c]) for c in meta["clips"]]
-    speaker_norm = audio_frontend(tflite).speaker_norm != "off"
-    if speaker_norm and "known_voices" not in meta:  # once per evaluation: a resume keeps the states it began with
-        meta["known_voices"] = {} if args.new_voices else known_voices(run, root, tflite)
-        (out_dir / RUN_INFO).write_text(json.dumps(meta, indent=1) + "\n")
-    todo = streams(clips, done, speaker_norm)
+    todo = streams(clips, done, audio_frontend(tflite).speaker_norm != "off")
     left = sum(not d for stream in todo for _, d in stream)
     print(f"{len(meta['clips'])} clips, {len(meta['clips']) - left} already done, {left} to go; reports in {out_dir}")
     if not todo and (summary := current_summary(out_dir, meta)):  # no board needed: the report stands as it is

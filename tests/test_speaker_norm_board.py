@@ -244,3 +244,18 @@ def test_ser_eval_starts_each_clip_of_a_known_voice_from_its_training_statistics
         assert new[r["clip"]]["voice"] == "new" and new[r["clip"]]["norm_clips"] < r["norm_clips"]
     assert any(new[r["clip"]]["host_scores"] != r["host_scores"] for r in known)  # other statistics, other inputs
     assert "Voices the model was trained on" in (tmp_path / "known" / "summary.md").read_text()
+
+
+def test_ser_eval_refuses_a_known_voice_whose_training_clips_are_gone(
+    tmp_path: Path, synthetic_corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = tmp_path / "corpus"
+    shutil.copytree(synthetic_corpus, corpus)
+    run = _known_voice_run(tmp_path / "run", corpus, norm_model("bins"))
+    training = next(c["path"] for c in json.loads((run / "manifest.json").read_text())["clips"] if c["role"] == "train")
+    (corpus / training).unlink()
+    argv = ["--run", str(run), "--data", str(corpus), "--quiet", "--port", "socket://127.0.0.1:9", "--out", str(tmp_path / "r")]
+    assert eval_on_device.main(argv) == 2
+    err = capsys.readouterr().err
+    assert training in err and "--new-voices" in err
+    assert not (tmp_path / "r" / RESULTS).exists()
