@@ -91,8 +91,8 @@ def _ser_train(t: Training, args: argparse.Namespace, out: Path, fold: int | Non
     cmd += ["--speaker-adversarial", t.speaker_adversarial] if t.speaker_adversarial else []
     cmd += ["--validation-speaker"] if t.validation_speaker else []
     cmd += ["--data", args.data] if args.data else []
-    for teacher in t.teachers:
-        cmd += ["--teacher", str(args.out / Training(teacher, t.split, seed=t.seed, **options(teacher, args)).name)]
+    for teacher in teachers_of(t, args):
+        cmd += ["--teacher", str(args.out / teacher.name)]
     return cmd
 
 
@@ -209,6 +209,11 @@ def board_row(t: Training, summaries: list[dict]) -> str:
     )
 
 
+def teachers_of(t: Training, args: argparse.Namespace) -> list[Training]:
+    """The runs a distilled training learns from: its teachers' plain runs of the same split and seed."""
+    return [Training(m, t.split, seed=t.seed, **options(m, args)) for m in t.teachers]
+
+
 def options(model: str, args: argparse.Namespace) -> dict:
     """The benchmark's ser-train options that apply to ``model``: the log-mel ones only to log-mel models."""
     logmel = FRONT_END_KIND[model] == "logmel"
@@ -231,9 +236,9 @@ def plan(args: argparse.Namespace) -> list[Training]:
             raise SystemExit(f"--distill takes STUDENT:TEACHER[+TEACHER...], got {pair!r}")
         teachers = tuple(joined.split("+"))
         for n in args.seeds:
-            needed = [Training(m, s, seed=n, **options(m, args)) for m in teachers for s in args.splits]
-            trainings += [t for t in needed if t not in trainings]
-            trainings += [Training(student, s, teachers, seed=n, **options(student, args)) for s in args.splits]
+            students = [Training(student, s, teachers, seed=n, **options(student, args)) for s in args.splits]
+            trainings += [t for t in (u for s in students for u in teachers_of(s, args)) if t not in trainings]
+            trainings += students
     return trainings
 
 
@@ -268,7 +273,7 @@ def main() -> int:
     started: dict[Training, Future] = {}
 
     def after_teacher(t: Training) -> None:
-        for teacher in (Training(m, t.split, seed=t.seed) for m in t.teachers):
+        for teacher in teachers_of(t, args):
             started[teacher].result()  # submitted earlier, so it runs before or beside this one
         _train(t, args, cores)
 

@@ -54,3 +54,19 @@ def test_jobs_train_the_folds_of_one_run_apart_and_match_one_ser_train_run(synth
     assert bench["folds"] == plain["folds"] == 4
     assert bench["test"] == plain["test"]
     assert bench["per_fold"] == plain["per_fold"]
+
+
+def test_a_student_learns_from_the_teacher_run_made_with_the_benchmarks_options(synthetic_corpus: Path, tmp_path: Path) -> None:
+    """--distill with --speaker-norm: the log-mel teacher trains with it, the waveform student without it, and
+    the student is pointed at that teacher's run."""
+    out = tmp_path / "bench"
+    cmd = [sys.executable, str(BENCHMARK), "--data", str(synthetic_corpus), "--models", "spectrogram_resnet"]
+    cmd += ["--splits", "paper", "--epochs", "1", "--speaker-norm", "bins", "--out", str(out)]
+    cmd += ["--distill", "audio_resnet:spectrogram_resnet"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900)
+
+    teacher = out / "spectrogram_resnet-paper-speaker-norm-bins"
+    run = out / "audio_resnet-from-spectrogram_resnet-paper"
+    assert json.loads((run / "metrics.json").read_text())["teachers"] == [str(teacher)]
+    assert (teacher / "speaker_norm.json").exists()
+    assert json.loads((run / "train_config.json").read_text())["speaker_norm"] is None
