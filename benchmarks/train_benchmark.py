@@ -13,6 +13,8 @@ folds) are reused, so a cut-off benchmark continues where it stopped.
 ``--distill STUDENT:TEACHER`` also trains STUDENT distilled from TEACHER's run of the same split
 (``STUDENT-from-TEACHER-SPLIT``), after that run; TEACHER may be several models joined by ``+``
 (an ensemble of teachers), for example ``spectrogram_resnet:spectrogram_resnet+audio_resnet``.
+Every run, teacher and student alike, takes the options given here that apply to its front end
+(``--speaker-norm`` and ``--vtlp`` only to log-mel models).
 
 ``--seeds 0 1 2`` trains each (model, split) once per seed on the same split (``--split-seed 0``), so
 the spread that initialisation and augmentation alone cause shows beside each score, with the mean
