@@ -65,6 +65,7 @@ class Training:
     speed_perturb: str | None = None  # ser-train --speed-perturb
     vtlp: str | None = None  # ser-train --vtlp
     speaker_adversarial: str | None = None  # ser-train --speaker-adversarial
+    mixup: str | None = None  # ser-train --mixup
     validation_speaker: bool = False  # ser-train --validation-speaker (LOSO)
 
     @property
@@ -74,6 +75,7 @@ class Training:
         base = f"{base}-speed-{self.speed_perturb.replace(',', '-')}" if self.speed_perturb else base
         base = f"{base}-vtlp-{self.vtlp}" if self.vtlp else base
         base = f"{base}-adversarial-{self.speaker_adversarial}" if self.speaker_adversarial else base
+        base = f"{base}-mixup-{self.mixup}" if self.mixup else base
         base = f"{base}-val-speaker" if self.validation_speaker else base
         return f"{base}-seed{self.seed}" if self.seed else base
 
@@ -91,6 +93,7 @@ def _ser_train(t: Training, args: argparse.Namespace, out: Path, fold: int | Non
     cmd += ["--speed-perturb", t.speed_perturb] if t.speed_perturb else []
     cmd += ["--vtlp", t.vtlp] if t.vtlp else []
     cmd += ["--speaker-adversarial", t.speaker_adversarial] if t.speaker_adversarial else []
+    cmd += ["--mixup", t.mixup] if t.mixup else []
     cmd += ["--validation-speaker"] if t.validation_speaker else []
     cmd += ["--data", args.data] if args.data else []
     for teacher in teachers_of(t, args):
@@ -224,6 +227,7 @@ def options(model: str, args: argparse.Namespace) -> dict:
         "speed_perturb": args.speed_perturb,
         "vtlp": args.vtlp if logmel else None,
         "speaker_adversarial": args.speaker_adversarial,
+        "mixup": args.mixup,
         "validation_speaker": args.validation_speaker,
     }
 
@@ -258,6 +262,7 @@ def main() -> int:
     p.add_argument("--speed-perturb", metavar="SPEEDS", help="ser-train --speed-perturb for every run, e.g. 0.9,1.0,1.1")
     p.add_argument("--vtlp", metavar="W", help="ser-train --vtlp for every run (log-mel models only), e.g. 0.1")
     p.add_argument("--speaker-adversarial", metavar="W", help="ser-train --speaker-adversarial for every run, e.g. 0.3")
+    p.add_argument("--mixup", metavar="ALPHA", help="ser-train --mixup for every run, e.g. 0.4")
     p.add_argument(
         "--validation-speaker", action="store_true", help="ser-train --validation-speaker for every run (loso splits only)"
     )

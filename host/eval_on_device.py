@@ -38,10 +38,10 @@ from host.board import DEFAULT_BAUD
 from host.clips import EvalClip, board_pcm, select
 from host.eval_report import RESULTS, RUN_INFO, ResultsLog, current_summary, forget_idle, read_results, write_reports
 from host.protocol import NormState
-from host.reference import HostReference, audio_frontend
+from host.reference import HostReference, audio_frontend, to_wire
 from host.session import BoardSession, ClipFailed, FatalBoardError
 from train.corpus import CorpusError
-from train.speaker_norm import scoring_order
+from train.speaker_norm import SPEAKER_NORM_FILE, load_speaker_sums, scoring_order
 from train.splits import load_manifest
 
 EMULATED_DEFAULT = "qemu-mps2-an386"
@@ -317,16 +317,27 @@ def speaker_of(clip: EvalClip) -> str:
 
 def known_voices(run: Path, root: Path, tflite: bytes) -> dict[str, dict]:
     """Each voice the run's model was trained on, as the board's NORM state (JSON): the sums over that voice's
-    clips in the run's training part (its validation part for a held-out validation speaker), the statistics
-    training standardised it by (``speaker_norm.json``). No such file (a model from elsewhere): none known."""
-    trained = run / "speaker_norm.json"
+    clips in the run's training part (its validation part for a held-out validation speaker), which training
+    saved beside the statistics it standardised the voice by (``speaker_norm.json``). A run saved before the
+    sums were kept has them rebuilt from those clips. No such file (a model from elsewhere): none known."""
+    trained = run / SPEAKER_NORM_FILE
     if not trained.exists():
         return {}
+    saved = load_speaker_sums(trained)
+    states = {speaker: dataclasses.asdict(to_wire(sums)) for speaker, sums in saved.items() if sums is not None}
+    missing = [speaker for speaker, sums in saved.items() if sums is None]
+    if missing:
+        states |= rebuilt_voices(run, root, tflite, missing)
+    return states
+
+
+def rebuilt_voices(run: Path, root: Path, tflite: bytes, speakers: list[str]) -> dict[str, dict]:
+    """Known voices' NORM states from their training clips, through the host's front end (older runs)."""
     manifest = load_manifest(run / "manifest.json")
     reference = HostReference(tflite)
     states = {}
-    for speaker in json.loads(trained.read_text())["speakers"]:
-        mine = [c for c in manifest["clips"] if c["path"].split("/", 1)[0] == speaker]
+    for speaker in speakers:
+        mine = [c for c in manifest["clips"] if c["speaker"] == speaker]
         heard = [c for c in mine if c["role"] == "train"] or [c for c in mine if c["role"] == "val"]
         reference.reset_norm()
         for c in heard:
@@ -468,7 +479,7 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, dict]:
     """
     from train.corpus import resolve_root
 
-    if args.run and args.split == "all" and not args.new_voices and (args.run / "speaker_norm.json").exists():
+    if args.run and args.split == "all" and not args.new_voices and (args.run / SPEAKER_NORM_FILE).exists():
         raise EvalError("--split all scores training clips too, whose audio makes a known voice's statistics: add --new-voices")
     out_dir, meta = plan(args)
     run = Path(meta["run"])

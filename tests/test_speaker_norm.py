@@ -121,9 +121,11 @@ def test_default_path_is_unchanged() -> None:
 def test_training_speakers_get_their_own_statistics() -> None:
     raws = _raws(6)
     speakers = ["b", "a", "b", "a", "a", "b"]
-    stats = by_speaker(speakers, raws, "bins")
-    assert list(stats) == ["a", "b"]
-    np.testing.assert_array_equal(stats["a"].mean, pooled([raws[1], raws[3], raws[4]], "bins").mean)
+    voices = by_speaker(speakers, raws, "bins")
+    assert list(voices) == ["a", "b"]
+    np.testing.assert_array_equal(voices["a"].stats().mean, pooled([raws[1], raws[3], raws[4]], "bins").mean)
+    state = voices["a"].state()  # what a board that heard a's three clips holds
+    assert (state.clips, state.frames) == (3, sum(raws[i].shape[1] for i in (1, 3, 4)))
 
 
 def test_waveform_models_refuse_speaker_norm(synthetic_corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -146,10 +148,14 @@ def test_benchmark_passes_the_option_and_names_its_runs_apart() -> None:
     args = type("Args", (), {"epochs": None, "data": None, "out": Path("runs")})()
     cmd = bench._ser_train(t, args, Path("runs/x"))
     assert cmd[cmd.index("--speaker-norm") + 1] == "bins"
+    mixed = bench.Training("spectrogram_resnet", "loso", speaker_norm="bins", mixup="0.4")
+    assert mixed.name == "spectrogram_resnet-loso-speaker-norm-bins-mixup-0.4"
+    cmd = bench._ser_train(mixed, args, Path("runs/x"))
+    assert cmd[cmd.index("--mixup") + 1] == "0.4"
 
     # Distillation with options: the teacher is the plain run with every option, the waveform student takes
     # the ones that apply to it, and is pointed at that teacher.
-    given = dict(speaker_norm="bins", speed_perturb="0.9,1.0,1.1", vtlp=None, speaker_adversarial=None)
+    given = dict(speaker_norm="bins", speed_perturb="0.9,1.0,1.1", vtlp=None, speaker_adversarial=None, mixup=None)
     args = type(
         "Args",
         (),

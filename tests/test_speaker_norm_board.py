@@ -187,22 +187,41 @@ def test_ser_eval_streams_each_voice_in_order_and_a_resumed_run_rebuilds_its_sta
     assert resumed["speaker_norm"]["statistics_bit_exact"] == dict.fromkeys(streamed_again, True)
 
 
-def _known_voice_run(folder: Path, corpus: Path, model: bytes) -> Path:
+def _known_voice_run(folder: Path, corpus: Path, model: bytes, sums: bool = True) -> Path:
     """A 10-fold run folder as ser-train writes it for a speaker-normalised model: its manifest, and
-    ``speaker_norm.json`` with each training speaker's statistics over that speaker's training clips."""
+    ``speaker_norm.json`` with each training speaker's statistics and sums over that speaker's training
+    clips; ``sums=False``: as a run saved before the sums were kept (statistics only)."""
     from train.corpus import load_corpus
     from train.frontend import clip_features
-    from train.speaker_norm import by_speaker
+    from train.speaker_norm import SPEAKER_NORM_FILE, by_speaker, pooled, save_speaker_norm
 
     _norm_run(folder, corpus, model, "kfold", 0)
     role = {c["path"]: c["role"] for c in json.loads((folder / "manifest.json").read_text())["clips"]}
     training = [c for c in discover(corpus) if role[c.path] == "train"]
     raws = [clip_features(pcm, CFG.raw) for pcm in load_corpus(corpus, training)]
-    stats = by_speaker([c.speaker for c in training], raws, "bins")
-    (folder / "speaker_norm.json").write_text(
-        json.dumps({"mode": "bins", "speakers": {s: st.to_json() for s, st in stats.items()}})
-    )
+    voices = by_speaker([c.speaker for c in training], raws, "bins")
+    save_speaker_norm(folder / SPEAKER_NORM_FILE, "bins", pooled(raws, "bins"), voices)
+    if not sums:
+        saved = json.loads((folder / SPEAKER_NORM_FILE).read_text())
+        for voice in saved["speakers"].values():
+            del voice["sums"]
+        (folder / SPEAKER_NORM_FILE).write_text(json.dumps(saved))
     return folder
+
+
+def test_a_known_voice_is_loaded_from_the_sums_training_saved(tmp_path: Path, synthetic_corpus: Path) -> None:
+    """The board's NORM state for a known voice comes from training's saved sums, with no clip read; they are
+    the sums the host's board reference gets by hearing that voice's training clips (an older run's way)."""
+    corpus = tmp_path / "corpus"
+    shutil.copytree(synthetic_corpus, corpus)
+    model = norm_model("bins")
+    saved = eval_on_device.known_voices(_known_voice_run(tmp_path / "new", corpus, model), corpus, model)
+    rebuilt = eval_on_device.known_voices(_known_voice_run(tmp_path / "old", corpus, model, sums=False), corpus, model)
+    assert saved == rebuilt and sorted(saved) == sorted({c.speaker for c in discover(corpus)})  # 10-fold: all four
+    assert all(s["clips"] > 0 and s["frames"] > 0 for s in saved.values())
+    manifest = json.loads((tmp_path / "new" / "manifest.json").read_text())
+    (corpus / next(c["path"] for c in manifest["clips"] if c["role"] == "train")).unlink()  # the saved sums need no audio
+    assert eval_on_device.known_voices(tmp_path / "new", corpus, model) == saved
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -246,12 +265,12 @@ def test_ser_eval_starts_each_clip_of_a_known_voice_from_its_training_statistics
     assert "Voices the model was trained on" in (tmp_path / "known" / "summary.md").read_text()
 
 
-def test_ser_eval_refuses_a_known_voice_whose_training_clips_are_gone(
+def test_ser_eval_refuses_an_older_runs_known_voice_whose_training_clips_are_gone(
     tmp_path: Path, synthetic_corpus: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     corpus = tmp_path / "corpus"
     shutil.copytree(synthetic_corpus, corpus)
-    run = _known_voice_run(tmp_path / "run", corpus, norm_model("bins"))
+    run = _known_voice_run(tmp_path / "run", corpus, norm_model("bins"), sums=False)
     training = next(c["path"] for c in json.loads((run / "manifest.json").read_text())["clips"] if c["role"] == "train")
     (corpus / training).unlink()
     argv = ["--run", str(run), "--data", str(corpus), "--quiet", "--port", "socket://127.0.0.1:9", "--out", str(tmp_path / "r")]

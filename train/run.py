@@ -24,7 +24,7 @@ from train.mcu_probe import ARENA_BUDGET, MACS_BUDGET, MODEL_BUDGET, probe
 from train.metrics import mean_std, scores
 from train.models import count_macs
 from train.plots import plot_confusion, plot_training
-from train.speaker_norm import Stats, by_speaker, pooled, scoring_plan
+from train.speaker_norm import SPEAKER_NORM_FILE, Stats, by_speaker, pooled, save_speaker_norm, scoring_plan
 from train.splits import make_manifest, save_manifest
 from train.teacher import check_same_test_clips, distilled_targets, soft_targets, teacher_run
 
@@ -74,22 +74,16 @@ def train_one(
             raise ValueError(f"--speaker-norm normalises the log-mel; {tcfg.model} takes the raw waveform")
         frontend = frontend.raw  # each speaker's statistics replace the global ones
         raw_train = [clip_features(pcm[i], frontend) for i in part["train"]]
-        speaker_stats = by_speaker(list(speakers[part["train"]]), raw_train, tcfg.speaker_norm)
-        held_out = sorted(set(speakers[part["val"]]) - set(speaker_stats))  # a validation speaker outside the fit
+        voices = by_speaker(list(speakers[part["train"]]), raw_train, tcfg.speaker_norm)
+        held_out = sorted(set(speakers[part["val"]]) - set(voices))  # a validation speaker outside the fit
         if held_out:
             raw_val = [clip_features(pcm[i], frontend) for i in part["val"]]
-            val_stats = by_speaker(list(speakers[part["val"]]), raw_val, tcfg.speaker_norm)
-            speaker_stats.update({s: val_stats[s] for s in held_out})
+            val_voices = by_speaker(list(speakers[part["val"]]), raw_val, tcfg.speaker_norm)
+            voices.update({s: val_voices[s] for s in held_out})
+        speaker_stats = {s: voice.stats() for s, voice in voices.items()}
         prior = pooled(raw_train, tcfg.speaker_norm)  # training part pooled: a test speaker's first clip
         norms = {role: [speaker_stats[speakers[i]] for i in part[role]] for role in ("train", "val")}
-        _write_json(
-            out / "speaker_norm.json",
-            {
-                "mode": tcfg.speaker_norm,
-                "training_part": prior.to_json(),
-                "speakers": {s: st.to_json() for s, st in speaker_stats.items()},
-            },
-        )
+        save_speaker_norm(out / SPEAKER_NORM_FILE, tcfg.speaker_norm, prior, voices)
         frontend.with_speaker_norm(tcfg.speaker_norm, prior.mean, prior.std).save(out / "frontend.json")  # the board's
     else:
         frontend = standardise(frontend, pcm_of("train"))

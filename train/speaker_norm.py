@@ -39,6 +39,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from train.frontend import FrontEndConfig
+    from train.frontend_c import SumsState
 
 Mode = Literal["scalar", "bins"]
 MODES: tuple[str, ...] = ("scalar", "bins")
@@ -68,6 +69,7 @@ class Running:
             raise ValueError(f"speaker normalisation is one of {', '.join(MODES)}, not {mode!r}")
         self.mode = mode
         self.sums = SpeakerSums(mode, n_mels)
+        self._clip = SpeakerSums(mode, n_mels)
 
     @property
     def count(self) -> int:
@@ -75,8 +77,15 @@ class Running:
         return self.sums.frames
 
     def add(self, raw: np.ndarray) -> None:
-        """One clip's unstandardised model input, (n_mels, frames, 1) or (n_mels, frames)."""
-        self.sums.add_clip(raw)
+        """One clip's unstandardised model input, (n_mels, frames, 1) or (n_mels, frames): summed on its own,
+        then committed as one more clip, as the board does (so ``state`` is what a board would hold)."""
+        self._clip.clear()
+        self._clip.add_clip(raw)
+        self.sums.commit(self._clip)
+
+    def state(self) -> SumsState:
+        """The sums as a board's NORM command loads them (PROTOCOL.md 14)."""
+        return self.sums.state()
 
     def stats(self) -> Stats:
         if self.count == 0:
@@ -87,14 +96,6 @@ class Running:
         return Stats(mean, std)
 
 
-def pooled(raws: Sequence[np.ndarray], mode: Mode) -> Stats:
-    """Statistics of all these clips together."""
-    run = Running(mode, raws[0].shape[0])
-    for raw in raws:
-        run.add(raw)
-    return run.stats()
-
-
 def apply(raw: np.ndarray, stats: Stats) -> np.ndarray:
     """``(v - mean) / std`` in float32 (a subtraction, then a division, as the board's front end does)."""
     raw = np.asarray(raw, dtype=np.float32)
@@ -102,9 +103,22 @@ def apply(raw: np.ndarray, stats: Stats) -> np.ndarray:
     return (raw - stats.mean.reshape(shape)) / stats.std.reshape(shape)
 
 
-def by_speaker(speakers: Sequence[str], raws: Sequence[np.ndarray], mode: Mode) -> dict[str, Stats]:
-    """Each speaker's statistics from that speaker's clips among these (training: the training part)."""
-    return {s: pooled([r for r, t in zip(raws, speakers, strict=True) if t == s], mode) for s in sorted(set(speakers))}
+def summed(raws: Sequence[np.ndarray], mode: Mode) -> Running:
+    """The running sums over all these clips."""
+    run = Running(mode, raws[0].shape[0])
+    for raw in raws:
+        run.add(raw)
+    return run
+
+
+def pooled(raws: Sequence[np.ndarray], mode: Mode) -> Stats:
+    """Statistics of all these clips together."""
+    return summed(raws, mode).stats()
+
+
+def by_speaker(speakers: Sequence[str], raws: Sequence[np.ndarray], mode: Mode) -> dict[str, Running]:
+    """Each speaker's sums over that speaker's clips among these (training: the training part)."""
+    return {s: summed([r for r, t in zip(raws, speakers, strict=True) if t == s], mode) for s in sorted(set(speakers))}
 
 
 def scoring_order(count: int) -> np.ndarray:
@@ -172,6 +186,22 @@ def prior_of(cfg: FrontEndConfig) -> Stats:
     return Stats(mean.reshape(()), std.reshape(())) if cfg.speaker_norm == "scalar" else Stats(mean, std)
 
 
+SPEAKER_NORM_FILE = "speaker_norm.json"  # in a run folder: the mode, the prior, each training voice
+
+
+def save_speaker_norm(path: Path, mode: Mode, prior: Stats, voices: dict[str, Running]) -> None:
+    """A run's per-speaker normalisation: the prior (``training_part``) and each training voice's statistics,
+    with the exact sums they came from, so a board can be loaded with a known voice (``NORM``) without
+    running the front end over that voice's clips again."""
+    speakers = {}
+    for s, voice in voices.items():
+        state = voice.state()
+        sums = {"clips": state.clips, "frames": state.frames, "sum": list(state.sum), "squares": list(state.squares)}
+        speakers[s] = voice.stats().to_json() | {"sums": sums}
+    data = {"mode": mode, "training_part": prior.to_json(), "speakers": speakers}
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
 def load_speaker_stats(path: Path) -> dict[str, Stats]:
     """Each training speaker's statistics as training used them (a run's ``speaker_norm.json``)."""
     data = json.loads(Path(path).read_text())
@@ -180,6 +210,22 @@ def load_speaker_stats(path: Path) -> dict[str, Stats]:
         s: Stats(np.asarray(v["mean"], np.float32).reshape(shape), np.asarray(v["std"], np.float32).reshape(shape))
         for s, v in data["speakers"].items()
     }
+
+
+def load_speaker_sums(path: Path) -> dict[str, SumsState | None]:
+    """Each training speaker's exact sums (``save_speaker_norm``); None for a voice of a run saved before
+    they were kept, whose sums must be rebuilt from its training clips."""
+    from train.frontend_c import SumsState
+
+    data = json.loads(Path(path).read_text())
+    out: dict[str, SumsState | None] = {}
+    for s, v in data["speakers"].items():
+        sums = v.get("sums")
+        if sums is None:
+            out[s] = None
+            continue
+        out[s] = SumsState(data["mode"], int(sums["clips"]), int(sums["frames"]), tuple(sums["sum"]), tuple(sums["squares"]))
+    return out
 
 
 def speaker_features(
@@ -213,4 +259,4 @@ def run_model_inputs(run: Path, cfg: FrontEndConfig, pcms: Sequence[np.ndarray],
     if cfg.speaker_norm == "off":
         return [clip_features(p, cfg) for p in pcms]
     raws = [clip_features(p, cfg.raw) for p in pcms]
-    return speaker_features(speakers, raws, cfg, load_speaker_stats(Path(run) / "speaker_norm.json"))
+    return speaker_features(speakers, raws, cfg, load_speaker_stats(Path(run) / SPEAKER_NORM_FILE))
