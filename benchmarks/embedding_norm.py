@@ -1,0 +1,158 @@
+"""Analysis: per-speaker standardisation of the pooled embedding, with the classifier refitted on it.
+
+    python benchmarks/embedding_norm.py RUN [RUN ...] --data CASIA [--out DIR]
+
+Why: per-speaker normalisation of the log-mel (``--speaker-norm``) removes a voice's constant
+spectral offset, but the voice is still in the network's deeper features. This standardises the
+168-value pooled embedding (the input of the final Dense layer) by the statistics of the voice's own
+embeddings, as the input normalisation does one level up, and fits a new classifier (multinomial
+logistic regression) on the standardised embeddings of the training clips. Nothing is retrained in
+the network; no test label is used.
+
+A test voice is scored as training scores it: a voice of the training part (10-fold) by the
+statistics of its training clips' embeddings; a new voice (LOSO) causally, each clip in the fixed
+label-free order (``train.speaker_norm.scoring_order``) standardised by the embeddings of the clips
+before it (its first ``PRIOR_CLIPS`` clips by the training part's pooled statistics). ``all clips``
+standardises a new voice by all its clips, the scored one included: a ceiling, not an honest figure.
+
+Each RUN is a ``ser-train`` run folder (its ``fold-*`` folders for LOSO and 10-fold). Prints one
+Markdown table; with ``--out``, writes ``embedding_norm.json`` and ``embedding_norm.md`` there.
+Float only (the host's Keras model): the board has no such stage yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+
+from train.corpus import Clip, load_corpus, resolve_root
+from train.frontend import FrontEndConfig
+from train.labels import label_index
+from train.metrics import mean_std, scores
+from train.speaker_norm import run_model_inputs, scoring_order
+
+PRIOR_CLIPS = 2  # a new voice's first clips: too few for a standard deviation of their own
+EMBEDDING_LAYER = "gap"  # the pooled embedding (train/models.py)
+MEASURES = ("model", "refit", "per-speaker", "all-clips")
+DESCRIBED = {
+    "model": "the trained model as it is",
+    "refit": "classifier refitted on the raw embeddings (control)",
+    "per-speaker": "classifier refitted, embeddings standardised per speaker (causal for a new voice)",
+    "all-clips": "the same, a new voice by all its clips (ceiling, not honest)",
+}
+
+
+def fold_runs(run: Path) -> list[Path]:
+    """The folders of one training: one per fold for 10-fold and LOSO, else the run itself."""
+    return sorted(p.parent for p in run.glob("fold-*/manifest.json")) or [run]
+
+
+def standardise(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of ``x[rows]``, per column (a constant column keeps std 1)."""
+    mean, std = x[rows].mean(0), x[rows].std(0)
+    return mean, np.where(std > 0, std, 1.0)
+
+
+def per_speaker(emb: np.ndarray, speakers: np.ndarray, roles: np.ndarray, ceiling: bool) -> np.ndarray:
+    """Each clip's embedding standardised by its voice's statistics, as this analysis scores it (module doc)."""
+    out = np.empty_like(emb)
+    training = roles == "train"
+    prior = standardise(emb, training)
+    for speaker in dict.fromkeys(speakers):
+        mine = speakers == speaker
+        heard = mine & training if (mine & training).any() else mine & (roles == "val")
+        if heard.any():  # a voice of the training part: its training clips' statistics, for all its clips
+            mean, std = standardise(emb, heard)
+            out[mine] = (emb[mine] - mean) / std
+            continue
+        tested = np.flatnonzero(mine)
+        order = tested[scoring_order(len(tested))]
+        everything = standardise(emb, order)
+        for k, i in enumerate(order):
+            mean, std = everything if ceiling else standardise(emb, order[:k]) if k >= PRIOR_CLIPS else prior
+            out[i] = (emb[i] - mean) / std
+    return out
+
+
+def score_fold(fold: Path, root: Path) -> dict[str, dict]:
+    """Every measure of ``MEASURES`` on one fold's test clips."""
+    import keras
+    from sklearn.linear_model import LogisticRegression
+
+    manifest = json.loads((fold / "manifest.json").read_text())["clips"]
+    names = {f.name for f in fields(Clip)}
+    clips = [Clip(**{k: v for k, v in c.items() if k in names}) for c in manifest]
+    roles = np.array([c["role"] for c in manifest])
+    speakers = np.array([c.speaker for c in clips])
+    labels = np.array([label_index(c.emotion) for c in clips])
+    cfg = FrontEndConfig.load(fold / "frontend.json")
+    inputs = np.stack(run_model_inputs(fold, cfg, load_corpus(root, clips), list(speakers)))
+    model = keras.models.load_model(fold / "model.keras", compile=False)
+    emb = keras.Model(model.input, model.get_layer(EMBEDDING_LAYER).output).predict(inputs, batch_size=64, verbose=0)
+    test, train = roles == "test", roles == "train"
+
+    def refit(z: np.ndarray) -> np.ndarray:
+        head = LogisticRegression(max_iter=5000).fit(z[train], labels[train])
+        return head.predict(z[test])
+
+    predicted = {
+        "model": model.predict(inputs, batch_size=64, verbose=0)[test].argmax(1),
+        "refit": refit(emb),
+        "per-speaker": refit(per_speaker(emb, speakers, roles, ceiling=False)),
+        "all-clips": refit(per_speaker(emb, speakers, roles, ceiling=True)),
+    }
+    return {k: {key: v for key, v in scores(labels[test], p).items() if key != "confusion"} for k, p in predicted.items()}
+
+
+def summarise(run: Path, root: Path) -> dict:
+    """Each fold's scores and their mean +- std, per measure."""
+    folds = {f.name if f != run else "run": score_fold(f, root) for f in fold_runs(run)}
+    return {
+        "run": str(run),
+        "folds": folds,
+        "mean": {m: mean_std([f[m] for f in folds.values()]) for m in MEASURES},
+    }
+
+
+def markdown(results: list[dict]) -> str:
+    lines = [
+        "| run | measure | accuracy | macro-F1 | accuracy per fold |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        for m in MEASURES:
+            acc, f1 = r["mean"][m]["accuracy"], r["mean"][m]["macro_f1"]
+            each = ", ".join(f"{f[m]['accuracy']:.1%}" for f in r["folds"].values())
+            lines.append(
+                f"| {Path(r['run']).name} | {m}: {DESCRIBED[m]} | {acc['mean']:.2%} +- {acc['std']:.2%} "
+                f"| {f1['mean']:.2%} +- {f1['std']:.2%} | {each} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="ser-train run folders")
+    p.add_argument("--data", help="CASIA root; default $CASIA_ROOT")
+    p.add_argument("--out", type=Path, help="write embedding_norm.json and embedding_norm.md here")
+    args = p.parse_args(argv)
+    root = resolve_root(args.data)
+    missing = [str(r) for r in args.runs if not (fold_runs(r)[0] / "model.keras").exists()]
+    if missing:
+        p.error(f"not a ser-train run folder (no model.keras): {', '.join(missing)}")
+    results = [summarise(run, root) for run in args.runs]
+    table = markdown(results)
+    print(table, end="")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "embedding_norm.json").write_text(json.dumps(results, indent=2) + "\n")
+        (args.out / "embedding_norm.md").write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
