@@ -81,7 +81,8 @@ class Running:
         then committed as one more clip, as the board does (so ``state`` is what a board would hold)."""
         self._clip.clear()
         self._clip.add_clip(raw)
-        self.sums.commit(self._clip)
+        if not self.sums.commit(self._clip):
+            raise ValueError(f"more audio than a board's sums can keep (they hold {self.sums.frames} frames already)")
 
     def state(self) -> SumsState:
         """The sums as a board's NORM command loads them (PROTOCOL.md 14)."""
