@@ -34,6 +34,7 @@ from train.frontend import FrontEndConfig
 from train.labels import label_index
 from train.metrics import mean_std, scores
 from train.speaker_norm import run_model_inputs, scoring_order
+from train.splits import fold_runs, load_manifest
 
 PRIOR_CLIPS = 2  # a new voice's first clips: too few for a standard deviation of their own
 EMBEDDING_LAYER = "gap"  # the pooled embedding (train/models.py)
@@ -44,11 +45,6 @@ DESCRIBED = {
     "per-speaker": "classifier refitted, embeddings standardised per speaker (causal for a new voice)",
     "all-clips": "the same, a new voice by all its clips (ceiling, not honest)",
 }
-
-
-def fold_runs(run: Path) -> list[Path]:
-    """The folders of one training: one per fold for 10-fold and LOSO, else the run itself."""
-    return sorted(p.parent for p in run.glob("fold-*/manifest.json")) or [run]
 
 
 def standardise(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +79,7 @@ def score_fold(fold: Path, root: Path) -> dict[str, dict]:
     import keras
     from sklearn.linear_model import LogisticRegression
 
-    manifest = json.loads((fold / "manifest.json").read_text())["clips"]
+    manifest = load_manifest(fold / "manifest.json")["clips"]
     names = {f.name for f in fields(Clip)}
     clips = [Clip(**{k: v for k, v in c.items() if k in names}) for c in manifest]
     roles = np.array([c["role"] for c in manifest])
@@ -92,7 +88,8 @@ def score_fold(fold: Path, root: Path) -> dict[str, dict]:
     cfg = FrontEndConfig.load(fold / "frontend.json")
     inputs = np.stack(run_model_inputs(fold, cfg, load_corpus(root, clips), list(speakers)))
     model = keras.models.load_model(fold / "model.keras", compile=False)
-    emb = keras.Model(model.input, model.get_layer(EMBEDDING_LAYER).output).predict(inputs, batch_size=64, verbose=0)
+    both = keras.Model(model.input, [model.get_layer(EMBEDDING_LAYER).output, model.output])  # one pass for both
+    emb, probabilities = both.predict(inputs, batch_size=64, verbose=0)
     test, train = roles == "test", roles == "train"
 
     def refit(z: np.ndarray) -> np.ndarray:
@@ -100,7 +97,7 @@ def score_fold(fold: Path, root: Path) -> dict[str, dict]:
         return head.predict(z[test])
 
     predicted = {
-        "model": model.predict(inputs, batch_size=64, verbose=0)[test].argmax(1),
+        "model": probabilities[test].argmax(1),
         "refit": refit(emb),
         "per-speaker": refit(per_speaker(emb, speakers, roles, ceiling=False)),
         "all-clips": refit(per_speaker(emb, speakers, roles, ceiling=True)),

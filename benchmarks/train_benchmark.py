@@ -49,7 +49,7 @@ import numpy as np
 
 from train.corpus import SPEAKERS
 from train.frontend import FRONT_END_KIND
-from train.splits import KFOLD_FOLDS
+from train.splits import KFOLD_FOLDS, fold_runs
 
 FOLDS = {"kfold": KFOLD_FOLDS, "loso": len(SPEAKERS)}  # test folds of the multi-fold protocols
 EVAL = Path(__file__).resolve().parents[1] / "host" / "eval_on_device.py"
@@ -170,11 +170,6 @@ def seeds_row(group: list[Training], out: Path) -> str:
         f"| {model} | {t.split} | mean of {len(group)} | {np.mean(test):.2%} +- {np.std(test):.2%} | | "
         f"| {'-' if None in val else f'{np.mean(val):.2%} +- {np.std(val):.2%}'} | | |"
     )
-
-
-def fold_runs(run: Path) -> list[Path]:
-    """The run folders a training wrote: one per fold for k-fold and LOSO, else the run itself."""
-    return sorted(p.parent for p in run.glob("fold-*/manifest.json")) or [run]
 
 
 def on_board(run: Path, args: argparse.Namespace) -> list[dict]:

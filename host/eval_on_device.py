@@ -40,7 +40,7 @@ from host.eval_report import RESULTS, RUN_INFO, ResultsLog, current_summary, for
 from host.protocol import NormState
 from host.reference import HostReference, audio_frontend, to_wire
 from host.session import BoardSession, ClipFailed, FatalBoardError
-from train.corpus import CorpusError
+from train.corpus import CorpusError, resolve_root
 from train.speaker_norm import SPEAKER_NORM_FILE, load_speaker_sums, scoring_order
 from train.splits import load_manifest
 
@@ -144,13 +144,11 @@ def plan(args: argparse.Namespace) -> tuple[Path, dict]:
         "created": stamp,
         "boards": {},
     }
-    if audio_frontend(tflite).speaker_norm != "off":  # fixed with the evaluation: a resume keeps these states
-        from train.corpus import resolve_root
-
-        meta["known_voices"] = {} if args.new_voices else known_voices(run, resolve_root(args.data), tflite)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / RESULTS).exists():
         raise EvalError(f"{out_dir} already holds results: use --resume {out_dir} to continue it, or another --out")
+    if audio_frontend(tflite).speaker_norm != "off":  # fixed with the evaluation: a resume keeps these states
+        meta["known_voices"] = {} if args.new_voices else known_voices(run, resolve_root(args.data), tflite)
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / RUN_INFO).write_text(json.dumps(meta, indent=1) + "\n")
     return out_dir, meta
 
@@ -477,8 +475,6 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, dict]:
     Raises ``EvalError``/``FatalBoardError``/``CorpusError``/``ModelFileError`` for what the user must fix,
     and ``KeyboardInterrupt`` after saving the reports of the clips done so far.
     """
-    from train.corpus import resolve_root
-
     if args.run and args.split == "all" and not args.new_voices and (args.run / SPEAKER_NORM_FILE).exists():
         raise EvalError("--split all scores training clips too, whose audio makes a known voice's statistics: add --new-voices")
     out_dir, meta = plan(args)

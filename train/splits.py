@@ -139,3 +139,8 @@ def decision_clips(manifest: dict) -> tuple[list[dict], str]:
     train = clips_with_role(manifest, "train")
     picked = np.random.default_rng(0).choice(len(train), size=min(HELD_OUT_SAMPLE, len(train)), replace=False)
     return [train[i] for i in sorted(picked)], "training"
+
+
+def fold_runs(run: Path) -> list[Path]:
+    """The folders of one ser-train run: one per test fold (``fold-NN``) for 10-fold and LOSO, else the run itself."""
+    return sorted(p.parent for p in Path(run).glob("fold-*/manifest.json")) or [Path(run)]
