@@ -17,7 +17,8 @@ standardises a new voice by all its clips, the scored one included: a ceiling, n
 
 Each RUN is a ``ser-train`` run folder (its ``fold-*`` folders for LOSO and 10-fold). Prints one
 Markdown table; with ``--out``, writes ``embedding_norm.json`` and ``embedding_norm.md`` there.
-Float only (the host's Keras model): the board has no such stage yet.
+Float only (the host's Keras model). ``per-speaker`` is the classifier ``ser-train --embedding-norm``
+fits and the board applies (``train.embedding_norm``), measured here on any trained run.
 """
 
 from __future__ import annotations
@@ -30,14 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from train.corpus import Clip, load_corpus, resolve_root
+from train.embedding_norm import EMBEDDING_LAYER, causal, moments
 from train.frontend import FrontEndConfig
 from train.labels import label_index
 from train.metrics import mean_std, scores
-from train.speaker_norm import run_model_inputs, scoring_order
+from train.speaker_norm import run_model_inputs
 from train.splits import fold_runs, load_manifest
 
-PRIOR_CLIPS = 2  # a new voice's first clips: too few for a standard deviation of their own
-EMBEDDING_LAYER = "gap"  # the pooled embedding (train/models.py)
 MEASURES = ("model", "refit", "per-speaker", "all-clips")
 DESCRIBED = {
     "model": "the trained model as it is",
@@ -47,30 +47,27 @@ DESCRIBED = {
 }
 
 
-def standardise(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation of ``x[rows]``, per column (a constant column keeps std 1)."""
-    mean, std = x[rows].mean(0), x[rows].std(0)
-    return mean, np.where(std > 0, std, 1.0)
-
-
 def per_speaker(emb: np.ndarray, speakers: np.ndarray, roles: np.ndarray, ceiling: bool) -> np.ndarray:
     """Each clip's embedding standardised by its voice's statistics, as this analysis scores it (module doc)."""
     out = np.empty_like(emb)
     training = roles == "train"
-    prior = standardise(emb, training)
+    new = np.zeros(len(emb), bool)
     for speaker in dict.fromkeys(speakers):
         mine = speakers == speaker
         heard = mine & training if (mine & training).any() else mine & (roles == "val")
-        if heard.any():  # a voice of the training part: its training clips' statistics, for all its clips
-            mean, std = standardise(emb, heard)
-            out[mine] = (emb[mine] - mean) / std
+        if not heard.any():
+            new |= mine
             continue
-        tested = np.flatnonzero(mine)
-        order = tested[scoring_order(len(tested))]
-        everything = standardise(emb, order)
-        for k, i in enumerate(order):
-            mean, std = everything if ceiling else standardise(emb, order[:k]) if k >= PRIOR_CLIPS else prior
-            out[i] = (emb[i] - mean) / std
+        mean, std = moments(emb[heard])  # a voice of the training part: its training clips' statistics, for all its clips
+        out[mine] = (emb[mine] - mean) / std
+    rows = np.flatnonzero(new)
+    if ceiling:
+        for speaker in set(speakers[rows]):
+            mine = rows[speakers[rows] == speaker]
+            mean, std = moments(emb[mine])
+            out[mine] = (emb[mine] - mean) / std
+    else:
+        out[rows] = causal(emb[rows], list(speakers[rows]), moments(emb[training]))
     return out
 
 

@@ -66,6 +66,15 @@ def convert_main(argv: list[str] | None = None) -> int:
     missing = [n for n in ("model.keras", "manifest.json", "frontend.json") if not (args.run / n).exists()]
     if missing:
         return _fail("ser-convert", f"{args.run} is not a finished run (missing {', '.join(missing)}); train it with ser-train")
+    from train.embedding_norm import EMBEDDING_NORM_FILE
+
+    embedding_head = (args.run / EMBEDDING_NORM_FILE).exists()
+    if embedding_head and args.qat:
+        return _fail(
+            "ser-convert",
+            f"--qat fine-tunes the network, and {args.run / EMBEDDING_NORM_FILE}'s classifier was fitted on the embedding "
+            "it has now: convert without --qat",
+        )
     try:
         root = resolve_root(args.data)
         from convert.ops import check_ops
@@ -75,8 +84,14 @@ def convert_main(argv: list[str] | None = None) -> int:
         path = convert_run(args.run, root)
         check_ops(path.read_bytes())
         report = verify_run(args.run, root, show_progress=not args.quiet)
-        if args.qat or (args.qat_if_advised and report["qat_advised"]):
+        if args.qat or (args.qat_if_advised and report["qat_advised"] and not embedding_head):
             report = _qat(args.run, root, report, args.qat_epochs, show_progress=not args.quiet)
+        elif args.qat_if_advised and report["qat_advised"]:
+            print(
+                f"ser-convert: QAT advised but not run: it would change the embedding {EMBEDDING_NORM_FILE}'s "
+                "classifier was fitted on",
+                file=sys.stderr,
+            )
     except (CorpusError, ModelFileError) as exc:
         return _fail("ser-convert", str(exc))
     (args.run / "conversion.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -5,7 +5,8 @@ Output (a generated folder; nothing in it is edited by hand, the same inputs giv
 ``op_resolver.h`` (a MicroMutableOpResolver with exactly the model's ops),
 ``model_config.h`` (I/O shapes and quantization, labels, arena size, front-end constants) and
 ``frontend_tables.c`` (Hann window, FFT twiddles and sparse mel filter bank for the board's front end,
-``firmware/app/ser_frontend.c``; ``SER_FE_CONFIG_INIT`` in ``model_config.h`` fills its ``ser_fe_config``).
+``firmware/app/ser_frontend.c``; ``SER_FE_CONFIG_INIT`` in ``model_config.h`` fills its ``ser_fe_config``;
+for a model ending at its embedding, also the classifier of ``firmware/app/ser_embedding_norm.h``).
 A model without our metadata (a foreign ``.tflite``) is emitted with ``SER_FE_KIND_NONE``: the
 firmware then takes the model input directly.
 """
@@ -25,11 +26,13 @@ from convert.tflite_file import (
     TensorSpec,
     graph_io,
     model_frontend,
+    model_head,
     model_labels,
     operator_names,
     resource_variables,
     sha256,
 )
+from train.embedding_c import MAX_DIM as EMBED_MAX_DIM
 from train.frontend import fft_twiddles, hann_window, mel_filterbank, sparse_mel
 from train.frontend_c import KINDS, SPEAKER_NORM_MODES, workspace_floats
 
@@ -44,15 +47,16 @@ CLIP_MAX_SCORES = 106
 MAX_LABELS = 32
 
 
-def has_clip_path(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> bool:
+def has_clip_path(inputs: list[TensorSpec], outputs: list[TensorSpec], scores: int | None = None) -> bool:
     """Whether the board can feed the model clips (PROTOCOL.md 4) and answer with a RESULT: one int8 input
-    and one int8 output of at most CLIP_MAX_SCORES values. Every model takes raw tensors (PROTOCOL.md 12)."""
+    and one int8 output, and at most CLIP_MAX_SCORES scores (``scores``: a classifier after the model;
+    else the output's values). Every model takes raw tensors (PROTOCOL.md 12)."""
     return (
         len(inputs) == 1
         and len(outputs) == 1
         and inputs[0].dtype == "int8"
         and outputs[0].dtype == "int8"
-        and outputs[0].elements <= CLIP_MAX_SCORES
+        and (outputs[0].elements if scores is None else scores) <= CLIP_MAX_SCORES
     )
 
 
@@ -75,11 +79,15 @@ def board_arena(tflite: bytes, measured: int) -> int:
     return (measured + margin + cmsis_nn_arena_extra(tflite) + 15) // 16 * 16
 
 
-def board_labels(tflite: bytes, inputs: list[TensorSpec], outputs: list[TensorSpec], given: list[str] | None = None) -> list[str]:
-    """The labels INFO carries, one per score of a clip's RESULT: none for a model without a clip path or with
-    more than MAX_LABELS scores (ser-validate --labels names any model's classes in its report)."""
-    if has_clip_path(inputs, outputs) and outputs[0].elements <= MAX_LABELS:
-        return model_labels(tflite, outputs[0].elements, given)
+def board_labels(
+    tflite: bytes, inputs: list[TensorSpec], outputs: list[TensorSpec], given: list[str] | None = None, scores: int | None = None
+) -> list[str]:
+    """The labels INFO carries, one per score of a clip's RESULT (``scores`` of them; default the output's values):
+    none for a model without a clip path or with more than MAX_LABELS scores (ser-validate --labels names any
+    model's classes in its report)."""
+    scores = outputs[0].elements if scores is None and outputs else scores
+    if has_clip_path(inputs, outputs, scores) and scores <= MAX_LABELS:
+        return model_labels(tflite, scores, given)
     if given is not None:
         raise ValueError(
             f"labels name the scores of a clip's RESULT, and the board carries them for a model of one int8 input and "
@@ -100,12 +108,19 @@ def render(
     in_spec, out_spec = inputs[0], outputs[0]  # INFO's INPUT and OUTPUT; the clip path's tensors
     digest = sha256(tflite)
     frontend = model_frontend(tflite)
-    clip_path = has_clip_path(inputs, outputs)
+    head = model_head(tflite)
+    scores = head.classes if head is not None else None  # a RESULT's scores: the classifier's, or the output's
+    clip_path = has_clip_path(inputs, outputs, scores)
     if frontend is not None and not clip_path:
         raise ValueError("a model with our front end must have one int8 input and one int8 output")
     if frontend is not None and tuple(in_spec.shape[1:]) != frontend.input_shape:
         raise ValueError(f"model input {in_spec.shape} does not match its front end's {frontend.input_shape}")
-    labels = board_labels(tflite, inputs, outputs, labels)
+    if head is not None and (frontend is None or head.dim != out_spec.elements or not 0 < head.dim <= EMBED_MAX_DIM):
+        raise ValueError(
+            f"the embedding classifier reads {head.dim} values; the model must carry our front end and output that many "
+            f"(at most {EMBED_MAX_DIM}), not {out_spec.elements}"
+        )
+    labels = board_labels(tflite, inputs, outputs, labels, scores)
     measured = arena_measured if arena_measured is not None else tflm_arena_bytes(tflite, preserve_all=layers)
 
     env = jinja2.Environment(
@@ -141,7 +156,16 @@ def render(
         "fe_kind_code": KINDS[frontend.kind] if frontend else 0,
         "fe_workspace_floats": workspace_floats(frontend) if frontend else 0,
         "speaker_norm": SPEAKER_NORM_MODES.get(frontend.speaker_norm, 0) if frontend else 0,
+        "head": head,
+        "result_scores": scores if scores is not None else out_spec.elements,
     }
+    if head is not None:
+        context |= {
+            "head_weight_lines": _lines([cfloat(v) for v in head.weights.reshape(-1)], 6),
+            "head_bias_lines": _lines([cfloat(v) for v in head.bias], 6),
+            "head_mean_lines": _lines([cfloat(v) for v in head.prior_mean], 6),
+            "head_std_lines": _lines([cfloat(v) for v in head.prior_std], 6),
+        }
     if frontend is not None and frontend.kind == "logmel":
         starts, counts, offsets, weights = sparse_mel(mel_filterbank(frontend))
         cos, sin = fft_twiddles(frontend)

@@ -13,8 +13,9 @@ import numpy as np
 import tensorflow as tf
 
 from convert.interpreters import quiet_fds
-from convert.tflite_file import METADATA_NAME, MODEL_FILE, sha256, with_metadata
+from convert.tflite_file import METADATA_NAME, MODEL_FILE, io_specs, sha256, with_metadata
 from train.corpus import read_wav
+from train.embedding_norm import EMBEDDING_NORM_FILE, embedding_model, load_head
 from train.frontend import FrontEndConfig
 from train.labels import EMOTIONS
 from train.speaker_norm import run_model_inputs
@@ -80,9 +81,16 @@ def convert_run(
     """Write ``model_int8.tflite`` (with metadata ``ser_tinyml``, 16-byte aligned) beside the run.
 
     ``model`` defaults to the run's ``keras_file``; ``quantization`` ("ptq" or "qat") is recorded in the metadata.
+    A run with ``embedding_norm.json`` gives a model that ends at its pooled embedding and carries the
+    classifier in its metadata, the prior in the int8 output's steps (``train.embedding_norm``).
     """
     model = model or keras.models.load_model(run / keras_file)
-    tflite = quantize_int8(model, calibration_inputs(run, root))
+    head = load_head(run / EMBEDDING_NORM_FILE) if (run / EMBEDDING_NORM_FILE).exists() else None
+    tflite = quantize_int8(embedding_model(model) if head else model, calibration_inputs(run, root))
+    meta = model_metadata(run, keras_file, quantization)
+    if head is not None:
+        out_spec = io_specs(tflite)[1]
+        meta["embedding_norm"] = head.in_int8_steps(out_spec.scale, out_spec.zero_point).to_json(compact=True)
     out = run / MODEL_FILE
-    out.write_bytes(with_metadata(tflite, model_metadata(run, keras_file, quantization), METADATA_NAME))
+    out.write_bytes(with_metadata(tflite, meta, METADATA_NAME))
     return out

@@ -19,6 +19,7 @@ import numpy as np
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
 if TYPE_CHECKING:
+    from train.embedding_norm import Head
     from train.frontend import FrontEndConfig
 
 METADATA_NAME = "ser_tinyml"  # our entry in the model's metadata table
@@ -248,6 +249,15 @@ def model_frontend(tflite: bytes) -> FrontEndConfig | None:
 
     meta = read_metadata(tflite)
     return FrontEndConfig(**meta["frontend"]) if meta and "frontend" in meta else None
+
+
+def model_head(tflite: bytes) -> Head | None:
+    """The per-speaker embedding classifier (``train.embedding_norm.Head``, in int8 steps) a model ending at its
+    embedding carries in its metadata, or None."""
+    from train.embedding_norm import Head
+
+    meta = read_metadata(tflite)
+    return Head.from_json(meta["embedding_norm"]) if meta and "embedding_norm" in meta else None
 
 
 def with_metadata(tflite: bytes, payload: dict, name: str = METADATA_NAME) -> bytes:

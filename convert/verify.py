@@ -18,8 +18,10 @@ from tqdm.auto import tqdm
 
 from convert.compare import agreement, error_metrics
 from convert.interpreters import LiteRtRunner, TflmRunner, dequantize, quantize_input, tflm_arena_bytes
-from convert.tflite_file import MODEL_FILE, TensorSpec, io_specs, op_versions, sha256
+from convert.tflite_file import MODEL_FILE, TensorSpec, io_specs, model_head, op_versions, sha256
 from train.corpus import read_wav
+from train.embedding_c import SCORE_SCALE, board_scores
+from train.embedding_norm import EMBEDDING_NORM_FILE, Head, causal, embedding_model, load_head
 from train.frontend import FrontEndConfig
 from train.labels import label_index
 from train.metrics import scores
@@ -43,9 +45,35 @@ def _labels(clips: list[dict]) -> np.ndarray:
     return np.array([label_index(c["emotion"]) for c in clips])
 
 
+class Scoring:
+    """Scores and predictions of the float model and of the int8 model's output, for the same clips.
+
+    For a model that ends at its embedding (``embedding_norm.json``) both go through the per-speaker
+    classifier, each voice causally in board order: float by the run's float head, int8 by the board's
+    own C stage (``train.embedding_c``). Otherwise they are the models' outputs.
+    """
+
+    def __init__(self, run: Path, model: keras.Model, tflite: bytes) -> None:
+        self.head_q = model_head(tflite)
+        self.head: Head | None = load_head(run / EMBEDDING_NORM_FILE) if self.head_q is not None else None
+        self.model = embedding_model(model) if self.head_q is not None else model
+
+    def float_scores(self, x: np.ndarray, speakers: list[str]) -> np.ndarray:
+        out = self.model.predict(x, verbose=0, batch_size=64)
+        if self.head is None:
+            return out
+        return self.head.logits(causal(out, speakers, (self.head.prior_mean, self.head.prior_std), self.head.prior_clips))
+
+    def int8_scores(self, outputs: np.ndarray, speakers: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """int8 scores and predicted classes."""
+        if self.head_q is None:
+            return outputs, outputs.argmax(1)
+        return board_scores(outputs, speakers, self.head_q)
+
+
 def validation_drop(
     run: Path,
-    model: keras.Model,
+    scoring: Scoring,
     tflm: TflmRunner,
     in_spec: TensorSpec,
     manifest: dict,
@@ -56,8 +84,10 @@ def validation_drop(
     """Float vs int8 (TFLM) accuracy on the decision clips (``decision_clips``): the figure that decides on QAT."""
     clips, role = decision_clips(manifest)
     x, y = _inputs(run, clips, root, cfg, role, show_progress), _labels(clips)
-    float_acc = float(np.mean(model.predict(x, verbose=0, batch_size=64).argmax(1) == y))
-    int8_acc = float(np.mean(np.stack([tflm(quantize_input(xi, in_spec)) for xi in x]).argmax(1) == y))
+    speakers = [c["speaker"] for c in clips]
+    float_acc = float(np.mean(scoring.float_scores(x, speakers).argmax(1) == y))
+    int8_out = np.stack([tflm(quantize_input(xi, in_spec)) for xi in x])
+    int8_acc = float(np.mean(scoring.int8_scores(int8_out, speakers)[1] == y))
     drop = float_acc - int8_acc
     return {"clips": len(clips), "role": role, "float_accuracy": float_acc, "int8_accuracy": int8_acc, "accuracy_drop": drop}
 
@@ -75,15 +105,20 @@ def verify_run(run: Path, root: Path, show_progress: bool = True) -> dict:
     x = _inputs(run, test, root, cfg, "test", show_progress)
 
     model = keras.models.load_model(run / "model.keras")
-    float_probs = model.predict(x, verbose=0, batch_size=64)
+    scoring = Scoring(run, model, tflite)
+    speakers = [c["speaker"] for c in test]
+    float_probs = scoring.float_scores(x, speakers)
     q_inputs = [quantize_input(xi, in_spec) for xi in x]
     runners = [TflmRunner(tflite), LiteRtRunner(tflite, reference_kernels=True), LiteRtRunner(tflite, reference_kernels=False)]
     outputs = {}
     for runner in runners:
         bar = tqdm(q_inputs, desc=f"int8 in {runner.name}", unit="clip", disable=not show_progress)
         outputs[runner.name] = np.stack([runner(q) for q in bar])
-    tflm = outputs["tflm"]
-    int8_probs = dequantize(tflm, out_spec)
+    int8_scores, int8_predicted = scoring.int8_scores(outputs["tflm"], speakers)
+    if scoring.head_q is None:
+        int8_probs = dequantize(int8_scores, out_spec)
+    else:  # the classifier's logits, in steps of 1/SER_EN_SCORE_SCALE
+        int8_probs = int8_scores.astype(np.float32) / SCORE_SCALE
     report = {
         "model_sha256": sha256(tflite),
         "model_bytes": len(tflite),
@@ -93,14 +128,15 @@ def verify_run(run: Path, root: Path, show_progress: bool = True) -> dict:
         "tflm_arena_bytes": tflm_arena_bytes(tflite),
         "test_clips": len(test),
         "float": scores(y, float_probs.argmax(1)),
-        "int8": scores(y, tflm.argmax(1)),
-        "prediction_agreement_float_int8": float((float_probs.argmax(1) == tflm.argmax(1)).mean()),
+        "int8": scores(y, int8_predicted),
+        "prediction_agreement_float_int8": float((float_probs.argmax(1) == int8_predicted).mean()),
         "int8_vs_float_scores": error_metrics(float_probs, int8_probs),
-        "tflm_vs": {name: agreement(tflm, out) for name, out in outputs.items() if name != "tflm"},
+        "tflm_vs": {name: agreement(outputs["tflm"], out) for name, out in outputs.items() if name != "tflm"},
+        "embedding_norm": scoring.head_q is not None,
     }
     report["accuracy_drop"] = report["float"]["accuracy"] - report["int8"]["accuracy"]
     report["accuracy_drop_too_large"] = report["accuracy_drop"] > ACCURACY_DROP_LIMIT
-    val = validation_drop(run, model, runners[0], in_spec, manifest, root, cfg, show_progress)
+    val = validation_drop(run, scoring, runners[0], in_spec, manifest, root, cfg, show_progress)
     report["validation"] = val
     report["qat_advised"] = val["accuracy_drop"] > ACCURACY_DROP_LIMIT
     return report

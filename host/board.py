@@ -23,6 +23,8 @@ from host.protocol import (
     Boot,
     Chunk,
     CommandSequencer,
+    Embed,
+    EmbedState,
     Error,
     ErrorCode,
     Frame,
@@ -413,6 +415,16 @@ class BoardLink:
                 "its model was trained without --speaker-norm"
             )
         return self.request(Norm(op, state), (NormState,))
+
+    def embed(self, op: int, state: EmbedState | None = None) -> EmbedState:
+        """Read, reset or load (``state``) the board's embedding statistics (PROTOCOL.md 15): the state it holds
+        afterwards. Needs a board whose INFO has EMBEDDING_NORM (a run with ``embedding_norm.json``)."""
+        if self.info is None or self.info.embedding_norm is None:
+            raise BoardError(
+                f"{self.url}: the board's firmware has no embedding statistics (its INFO has no EMBEDDING_NORM): "
+                "its model was converted from a run without embedding_norm.json"
+            )
+        return self.request(Embed(op, state), (EmbedState,))
 
     def profile(self) -> ProfileData:
         return self.request(Profile(), (ProfileData,))

@@ -33,7 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 from tqdm.auto import tqdm
 
-from convert.tflite_file import MODEL_FILE, ModelFileError, io_specs, sha256
+from convert.tflite_file import MODEL_FILE, ModelFileError, io_specs, model_head, sha256
 from host.board import DEFAULT_BAUD
 from host.clips import EvalClip, board_pcm, select
 from host.eval_report import RESULTS, RUN_INFO, ResultsLog, current_summary, forget_idle, read_results, write_reports
@@ -41,6 +41,7 @@ from host.protocol import NormState
 from host.reference import HostReference, audio_frontend, to_wire
 from host.session import BoardSession, ClipFailed, FatalBoardError
 from train.corpus import CorpusError, resolve_root
+from train.embedding_c import SCORE_SCALE
 from train.speaker_norm import SPEAKER_NORM_FILE, load_speaker_sums, scoring_order
 from train.splits import load_manifest
 
@@ -140,7 +141,9 @@ def plan(args: argparse.Namespace) -> tuple[Path, dict]:
         "split": args.split if args.limit is None else f"{args.split} (limit {args.limit})",
         "clips": [c.path for c in clips],
         "clip_emotions": {c.path: c.emotion for c in clips},
-        "output": {"scale": out_spec.scale, "zero_point": out_spec.zero_point},
+        "output": {"scale": out_spec.scale, "zero_point": out_spec.zero_point}
+        if model_head(tflite) is None
+        else {"scale": 1 / SCORE_SCALE, "zero_point": 0},  # the embedding classifier's scores
         "created": stamp,
         "boards": {},
     }
@@ -252,12 +255,14 @@ def evaluate_clip(
         reference.load_norm(known)
         session.norm_unsure = True  # the board holds the last clip's sums too: load the voice's state again
     norm = reference.norm_state() if reference.speaker_norm else None
-    if norm is not None:
-        record["norm_clips"] = norm.clips
+    embed = reference.embed_state() if reference.embedding else None
+    if reference.stateful:
+        record["norm_clips"] = norm.clips if norm is not None else embed.clips
         record["voice"] = "new" if known is None else "known"
     host_scores = reference(pcm)
+    host_class = reference.last_class
     try:
-        outcome = session.classify(pcm, norm=norm)
+        outcome = session.classify(pcm, norm=norm, embed=embed)
     except ClipFailed as exc:
         return record | {
             "status": "failed",
@@ -276,9 +281,10 @@ def evaluate_clip(
     return record | {
         "status": "ok",
         "predicted": int(result.class_index),
+        "host_predicted": host_class,
         "scores": scores.tolist(),
         "host_scores": host_scores.tolist(),
-        "bit_exact": bool(np.array_equal(scores, host_scores)),
+        "bit_exact": bool(np.array_equal(scores, host_scores)) and int(result.class_index) == host_class,
         "max_lsb_diff": int(np.abs(scores.astype(int) - host_scores.astype(int)).max()),
         "frontend_cycles": int(result.frontend_cycles),
         "invoke_cycles": int(result.invoke_cycles),
@@ -294,11 +300,11 @@ def evaluate_clip(
 Stream = list[tuple[EvalClip, bool]]  # clips one board takes in this order; True: done already (host only)
 
 
-def streams(clips: list[EvalClip], done: set[str], speaker_norm: bool) -> list[Stream]:
-    """What each board takes at a time: one clip, or with per-speaker normalisation one voice's clips in the
-    order its statistics grow (``train.speaker_norm.scoring_order``, as training scored it); its clips done
-    already are replayed on the host only, to rebuild the statistics the next clip needs."""
-    if not speaker_norm:
+def streams(clips: list[EvalClip], done: set[str], stateful: bool) -> list[Stream]:
+    """What each board takes at a time: one clip, or with per-speaker statistics (``stateful``) one voice's clips
+    in the order its statistics grow (``train.speaker_norm.scoring_order``, as training scored it); its clips
+    done already are replayed on the host only, to rebuild the statistics the next clip needs."""
+    if not stateful:
         return [[(c, False)] for c in clips if c.path not in done]
     out = []
     for speaker in dict.fromkeys(speaker_of(c) for c in clips):
@@ -337,7 +343,7 @@ def rebuilt_voices(run: Path, root: Path, tflite: bytes, speakers: list[str]) ->
     for speaker in speakers:
         mine = [c for c in manifest["clips"] if c["speaker"] == speaker]
         heard = [c for c in mine if c["role"] == "train"] or [c for c in mine if c["role"] == "val"]
-        reference.reset_norm()
+        reference.reset_voice()
         for c in heard:
             try:
                 pcm = board_pcm(root, EvalClip(c["path"], c["emotion"]), reference.cfg)
@@ -352,16 +358,20 @@ def rebuilt_voices(run: Path, root: Path, tflite: bytes, speakers: list[str]) ->
 
 
 def check_statistics(session: BoardSession, reference: HostReference, speaker: str) -> dict:
-    """After a voice's clips: the board's statistics against the host's (they must be the same bits)."""
-    board, host = session.read_norm(), reference.norm_state()
+    """After a voice's clips: the board's statistics (log-mel, embedding or both) against the host's (the same bits)."""
+    pairs = []
+    if reference.speaker_norm:
+        pairs.append((session.read_norm(), reference.norm_state()))
+    if reference.embedding:
+        pairs.append((session.read_embed(), reference.embed_state()))
     return {
         "clip": f"statistics:{speaker}",
         "status": "statistics",
         "speaker": speaker,
         "board": session.url,
-        "bit_exact": board == host,
-        "clips": host.clips,
-        "board_clips": board.clips,
+        "bit_exact": all(board == host for board, host in pairs),
+        "clips": pairs[0][1].clips,
+        "board_clips": pairs[0][0].clips,
     }
 
 
@@ -412,20 +422,20 @@ def run_boards(
                 except queue.Empty:
                     return
                 voice = known.get(speaker_of(stream[0][0]))
-                if reference.speaker_norm:
-                    reference.reset_norm()  # a new voice
+                if reference.stateful:
+                    reference.reset_voice()  # a new voice
                     session.norm_unsure = True  # the board still holds the last one's
                 for clip, done in stream:
                     if stop.is_set():
                         return
                     if done:  # heard before this evaluation was cut off: only its statistics are needed
                         with contextlib.suppress(CorpusError, OSError, ValueError):
-                            reference.model_input(board_pcm(root, clip, reference.cfg))
+                            reference(board_pcm(root, clip, reference.cfg))
                         continue
                     record = evaluate_clip(session, reference, root, clip, voice)
                     log.append(record | {"session": number, "elapsed_s": round(time.monotonic() - start, 4)})
                     progress.add(record)
-                if reference.speaker_norm:
+                if reference.stateful:
                     check = check_statistics(session, reference, speaker_of(stream[0][0]))
                     log.append(check | {"session": number, "elapsed_s": round(time.monotonic() - start, 4)})
         except BaseException as exc:
@@ -483,7 +493,7 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, dict]:
     root = resolve_root(args.data)
     done = {k for k, r in read_results(out_dir / RESULTS).items() if r.get("status") == "ok"}
     clips = [EvalClip(c, meta["clip_emotions"][c]) for c in meta["clips"]]
-    todo = streams(clips, done, audio_frontend(tflite).speaker_norm != "off")
+    todo = streams(clips, done, audio_frontend(tflite).speaker_norm != "off" or model_head(tflite) is not None)
     left = sum(not d for stream in todo for _, d in stream)
     print(f"{len(meta['clips'])} clips, {len(meta['clips']) - left} already done, {left} to go; reports in {out_dir}")
     if not todo and (summary := current_summary(out_dir, meta)):  # no board needed: the report stands as it is

@@ -162,7 +162,8 @@ def summarise(log: list[dict], meta: dict) -> dict:
     host = np.array([r["host_scores"] for r in ok], dtype=np.int32)
     out_scale, out_zero = meta["output"]["scale"], meta["output"]["zero_point"]
     summary["board"] = scores(y, np.array([r["predicted"] for r in ok]))
-    summary["host_tflm"] = scores(y, host.argmax(1))
+    # the host's own class where it gave one (an embedding classifier's largest logit); else its largest score
+    summary["host_tflm"] = scores(y, np.array([r.get("host_predicted", np.argmax(r["host_scores"])) for r in ok]))
     summary["agreement"] = agreement(host, board) | error_metrics((host - out_zero) * out_scale, (board - out_zero) * out_scale)
     clock = {b: info.get("core_clock_hz") for b, info in summary["boards"].items()}
     latency = {}

@@ -29,6 +29,7 @@ LAYER_DATA_MAX_DATA = MAX_PAYLOAD - LAYER_DATA_HEADER_SIZE
 MAX_TENSORS = 16  # outputs an INVOKED reply describes at most (ser_protocol.h SER_MAX_TENSORS)
 NORM_MAX_BINS = 127  # bins a NORM_STATE carries at most (ser_protocol.h SER_NORM_MAX_BINS)
 NORM_MODES = {1: "scalar", 2: "bins"}  # ser_speaker_norm.h SER_SN_SCALAR, SER_SN_BINS
+EMBED_MAX_DIM = 255  # values an EMBED_STATE carries at most (ser_protocol.h SER_EMBED_MAX_DIM)
 
 
 class MsgType(enum.IntEnum):
@@ -44,6 +45,7 @@ class MsgType(enum.IntEnum):
     TENSOR_READ = 0x0A
     LAYER_READ = 0x0B  # every tensor of the graph (PROTOCOL.md 13): only to a board whose INFO has LAYERS
     NORM = 0x0C  # per-speaker statistics (PROTOCOL.md 14): only to a board whose INFO has SPEAKER_NORM
+    EMBED = 0x0D  # per-speaker embedding statistics (PROTOCOL.md 15): only to a board whose INFO has EMBEDDING_NORM
     BOOT = 0x80
     INFO = 0x81
     NEXT = 0x82
@@ -55,6 +57,7 @@ class MsgType(enum.IntEnum):
     TENSOR_DATA = 0x88
     LAYER_DATA = 0x89
     NORM_STATE = 0x8A
+    EMBED_STATE = 0x8B
     ERROR = 0xEE
 
 
@@ -95,6 +98,7 @@ class Tag(enum.IntEnum):
     TENSOR_IO = 0x10
     LAYERS = 0x11
     SPEAKER_NORM = 0x12
+    EMBEDDING_NORM = 0x13
 
 
 class PayloadError(ValueError):
@@ -599,32 +603,78 @@ class NormState:
         return cls(mode, clips, frames, values[:n], values[n:])
 
 
-@dataclass(frozen=True)
-class Norm:
-    """Read (op 0), reset (1) or load (2, with ``state``) the board's per-speaker statistics; answered by NORM_STATE."""
+class _StateCommand:
+    """Read (op 0), reset (1) or load (2, with ``state``) one of the board's per-speaker states (NORM, EMBED)."""
 
-    TYPE: ClassVar[MsgType] = MsgType.NORM
     READ: ClassVar[int] = 0
     RESET: ClassVar[int] = 1
     LOAD: ClassVar[int] = 2
+    STATE: ClassVar[type]
     op: int
-    state: NormState | None = None
+    state: object | None
 
     def encode(self) -> bytes:
+        name = self.TYPE.name
         if (self.op == self.LOAD) != (self.state is not None):
-            raise ValueError("NORM load carries a state, read and reset none")
+            raise ValueError(f"{name} load carries a state, read and reset none")
         return bytes([self.op]) + (self.state.encode() if self.state is not None else b"")
 
     @classmethod
-    def decode(cls, payload: bytes) -> Norm:
-        _need(len(payload) >= 1, "NORM carries an op")
+    def decode(cls, payload: bytes) -> _StateCommand:
+        name = cls.TYPE.name
+        _need(len(payload) >= 1, f"{name} carries an op")
         op = payload[0]
         if op not in (cls.READ, cls.RESET, cls.LOAD):
-            raise PayloadError(ErrorCode.BAD_NORM, f"NORM op is 0 read, 1 reset or 2 load, not {op}")
+            raise PayloadError(ErrorCode.BAD_NORM, f"{name} op is 0 read, 1 reset or 2 load, not {op}")
         if op != cls.LOAD:
-            _need(len(payload) == 1, "NORM read and reset are 1 byte")
+            _need(len(payload) == 1, f"{name} read and reset are 1 byte")
             return cls(op)
-        return cls(op, NormState.decode(payload[1:]))
+        return cls(op, cls.STATE.decode(payload[1:]))
+
+
+@dataclass(frozen=True)
+class Norm(_StateCommand):
+    """The board's per-speaker log-mel statistics (PROTOCOL.md 14); answered by NORM_STATE."""
+
+    TYPE: ClassVar[MsgType] = MsgType.NORM
+    STATE: ClassVar[type] = NormState
+    op: int
+    state: NormState | None = None
+
+
+@dataclass(frozen=True)
+class EmbedState:
+    """A board's per-speaker embedding statistics (PROTOCOL.md 15): clips heard, the int32 sums of the int8
+    embedding values and of their squares, one per value (board -> host)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.EMBED_STATE
+    clips: int
+    sum: tuple[int, ...]
+    squares: tuple[int, ...]
+
+    def encode(self) -> bytes:
+        n = len(self.sum)
+        if len(self.squares) != n or not 1 <= n <= EMBED_MAX_DIM:
+            raise ValueError(f"a state has 1 .. {EMBED_MAX_DIM} values and as many squares as sums, not {n}/{len(self.squares)}")
+        return struct.pack(f"<HI{2 * n}i", n, self.clips, *self.sum, *self.squares)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> EmbedState:
+        _need(len(payload) >= 6, "EMBED_STATE is at least 6 bytes")
+        n, clips = struct.unpack_from("<HI", payload)
+        _need(1 <= n <= EMBED_MAX_DIM and len(payload) == 6 + 8 * n, f"EMBED_STATE of {n} values is {6 + 8 * n} bytes")
+        values = struct.unpack_from(f"<{2 * n}i", payload, 6)
+        return cls(clips, values[:n], values[n:])
+
+
+@dataclass(frozen=True)
+class Embed(_StateCommand):
+    """The board's per-speaker embedding statistics (PROTOCOL.md 15); answered by EMBED_STATE."""
+
+    TYPE: ClassVar[MsgType] = MsgType.EMBED
+    STATE: ClassVar[type] = EmbedState
+    op: int
+    state: EmbedState | None = None
 
 
 @dataclass(frozen=True)
@@ -683,6 +733,7 @@ class Info:
     tensor_io: tuple[int, int, int] | None = None  # n_inputs, n_outputs, max_chunk_bytes: raw tensors (PROTOCOL.md 12)
     layers: int | None = None  # n_tensors: every tensor of the graph is kept and readable (PROTOCOL.md 13)
     speaker_norm: tuple[int, int] | None = None  # mode (1 scalar, 2 bins), n_bins: per-speaker statistics (PROTOCOL.md 14)
+    embedding_norm: tuple[int, int, int] | None = None  # dim, classes, prior_clips: embedding statistics (PROTOCOL.md 15)
     extra: tuple[tuple[int, bytes], ...] = field(default=())
 
     def encode(self) -> bytes:
@@ -727,6 +778,8 @@ class Info:
             out += _tlv(Tag.LAYERS, struct.pack("<H", self.layers))
         if self.speaker_norm is not None:
             out += _tlv(Tag.SPEAKER_NORM, struct.pack("<BH", *self.speaker_norm))
+        if self.embedding_norm is not None:
+            out += _tlv(Tag.EMBEDDING_NORM, struct.pack("<HBB", *self.embedding_norm))
         for tag, value in self.extra:
             out += _tlv(tag, value)
         if len(out) > MAX_PAYLOAD:
@@ -749,6 +802,7 @@ class Info:
             Tag.TENSOR_IO: 4,
             Tag.LAYERS: 2,
             Tag.SPEAKER_NORM: 3,
+            Tag.EMBEDDING_NORM: 4,
         }
         f: dict = {}
         labels: list[str] = []
@@ -798,6 +852,8 @@ class Info:
                 (f["layers"],) = struct.unpack_from("<H", v)
             elif tag == Tag.SPEAKER_NORM:
                 f["speaker_norm"] = struct.unpack_from("<BH", v)
+            elif tag == Tag.EMBEDDING_NORM:
+                f["embedding_norm"] = struct.unpack_from("<HBB", v)
             else:
                 extra.append((tag, v))
         return cls(**f, labels=tuple(labels), extra=tuple(extra))
@@ -835,10 +891,12 @@ Message = (
     | LayerData
     | Norm
     | NormState
+    | Embed
+    | EmbedState
 )
 _ALL = (Hello, Start, Chunk, Profile, Reset, RxPath, Boot, Info, Next, Result, ProfileData, RxPathSet, Error)
 _TENSOR_MESSAGES = (TensorStart, TensorChunk, Invoke, TensorRead, TensorNext, Invoked, TensorData, LayerRead, LayerData)
-MESSAGES: dict[int, type] = {cls.TYPE: cls for cls in (*_ALL, *_TENSOR_MESSAGES, Norm, NormState)}
+MESSAGES: dict[int, type] = {cls.TYPE: cls for cls in (*_ALL, *_TENSOR_MESSAGES, Norm, NormState, Embed, EmbedState)}
 
 
 def decode_message(frame: Frame) -> Message:

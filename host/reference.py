@@ -9,8 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 from convert.interpreters import TflmRunner
-from convert.tflite_file import ModelFileError, io_specs, model_frontend, read_metadata
-from host.protocol import NORM_MODES, NormState
+from convert.tflite_file import ModelFileError, io_specs, model_frontend, model_head, read_metadata
+from host.protocol import NORM_MODES, EmbedState, NormState
+from train.embedding_c import EmbeddingStream
+from train.embedding_c import EmbedState as EmbedSums
 from train.frontend import FrontEndConfig, board_samples, model_input_int8
 from train.frontend_c import SPEAKER_NORM_MODES, SpeakerStream, SumsState
 
@@ -45,7 +47,10 @@ class HostReference:
 
     A model with per-speaker normalisation (``speaker_norm``) is stateful, as the board is: each clip
     is standardised by the statistics of the clips before it, so clips must come in the board's order;
-    ``norm_state``/``reset_norm``/``load_norm`` are the board's NORM command (PROTOCOL.md 14).
+    ``norm_state``/``load_norm`` are the board's NORM command (PROTOCOL.md 14). So is a model that ends at
+    its embedding (``embedding``): the board's classifier after it standardises the embedding by the
+    voice's earlier clips; ``embed_state``/``load_embed`` are the EMBED command (PROTOCOL.md 15).
+    ``reset_voice`` empties both: a new voice.
     """
 
     def __init__(self, tflite: bytes) -> None:
@@ -53,6 +58,14 @@ class HostReference:
         self.input_spec, self.output_spec = io_specs(tflite)
         self._tflm = TflmRunner(tflite)
         self.speaker_norm = SpeakerStream(self.cfg) if self.cfg.speaker_norm != "off" else None
+        head = model_head(tflite)
+        self.embedding = EmbeddingStream(head) if head is not None else None
+        self.last_class = -1  # the class of the last clip scored
+
+    @property
+    def stateful(self) -> bool:
+        """Whether a clip's scores depend on the voice's earlier clips."""
+        return self.speaker_norm is not None or self.embedding is not None
 
     def model_input(self, pcm: np.ndarray) -> np.ndarray:
         scale, zero_point = self.input_spec.scale, self.input_spec.zero_point
@@ -63,8 +76,11 @@ class HostReference:
     def norm_state(self) -> NormState:
         return to_wire(self._norm().state())
 
-    def reset_norm(self) -> None:
-        self._norm().reset()
+    def reset_voice(self) -> None:
+        if self.speaker_norm is not None:
+            self.speaker_norm.reset()
+        if self.embedding is not None:
+            self.embedding.reset()
 
     def load_norm(self, state: NormState) -> None:
         self._norm().load(from_wire(state))
@@ -74,5 +90,23 @@ class HostReference:
             raise ValueError("this model has no per-speaker normalisation")
         return self.speaker_norm
 
+    def embed_state(self) -> EmbedState:
+        s = self._embedding().state()
+        return EmbedState(s.clips, s.sum, s.squares)
+
+    def load_embed(self, state: EmbedState) -> None:
+        self._embedding().load(EmbedSums(state.clips, state.sum, state.squares))
+
+    def _embedding(self) -> EmbeddingStream:
+        if self.embedding is None:
+            raise ValueError("this model does not end at an embedding with a per-speaker classifier")
+        return self.embedding
+
     def __call__(self, pcm: np.ndarray) -> np.ndarray:
-        return self._tflm(self.model_input(pcm)).astype(np.int8)
+        out = self._tflm(self.model_input(pcm)).astype(np.int8)
+        if self.embedding is None:
+            self.last_class = int(np.argmax(out))  # the first of equal largest scores, as the board
+            return out
+        scores = self.embedding.run(out)
+        self.last_class = int(np.argmax(self.embedding.logits))  # the classifier's largest logit, as the board
+        return scores

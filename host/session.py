@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from typing import TypeVar
 
 import numpy as np
 import serial
 
 from convert.tflite_file import sha256
 from host.board import DEFAULT_BAUD, BoardError, BoardLink, BoardReset, ChunkSize, LinkStats, diagnose
-from host.protocol import PROTO_VERSION, CommandSequencer, Info, Norm, NormState, Result
+from host.protocol import PROTO_VERSION, CommandSequencer, Embed, EmbedState, Info, Norm, NormState, Result
+
+State = TypeVar("State", NormState, EmbedState)
 
 
 class FatalBoardError(BoardError):
@@ -138,12 +142,13 @@ class BoardSession:
             self.link.close()
             self.link = None
 
-    def classify(self, pcm: np.ndarray, norm: NormState | None = None) -> ClipOutcome:
+    def classify(self, pcm: np.ndarray, norm: NormState | None = None, embed: EmbedState | None = None) -> ClipOutcome:
         """The board's RESULT for one clip, after at most ``attempts`` tries; ``ClipFailed`` otherwise.
 
-        ``norm``: the per-speaker statistics the board must hold before this clip (PROTOCOL.md 14). The
-        board keeps them up to date by itself, clip after clip; they are loaded only when they may not
-        be right: first contact, a board that reset, a failed attempt (the board may have heard the clip).
+        ``norm`` and ``embed``: the per-speaker statistics the board must hold before this clip
+        (PROTOCOL.md 14 and 15). The board keeps them up to date by itself, clip after clip; they are
+        loaded only when they may not be right: first contact, a board that reset, a failed attempt (the
+        board may have heard the clip).
         """
         errors: list[str] = []
         start = time.monotonic()
@@ -153,8 +158,8 @@ class BoardSession:
                 if self.link is None:
                     self.stats.reopens += 1
                     self._connect()
-                if norm is not None and self.norm_unsure:
-                    self._load_norm(norm)
+                if (norm is not None or embed is not None) and self.norm_unsure:
+                    self._load_statistics(norm, embed)
                 result = self.link.classify(pcm, next(self._clip_ids))
                 window = self.stats.since(before)
                 return ClipOutcome(result, attempt, errors, time.monotonic() - start, window.bytes_sent, window.bytes_received)
@@ -170,24 +175,36 @@ class BoardSession:
                 self.close()  # reopen on the next attempt: a cut link or a wedged port starts clean
         raise ClipFailed(errors, diagnose(self.stats.since(before), first_contact=self.stats.frames_received == 0))
 
-    def _load_norm(self, norm: NormState) -> None:
-        held = self.link.norm(Norm.LOAD, norm)
-        if held != norm:
-            raise BoardError(
-                f"the board holds other speaker statistics than it was sent ({held.clips} clips, {held.frames} frames)"
-            )
+    def _load_statistics(self, norm: NormState | None, embed: EmbedState | None) -> None:
+        if norm is not None:
+            held = self.link.norm(Norm.LOAD, norm)
+            if held != norm:
+                raise BoardError(
+                    f"the board holds other speaker statistics than it was sent ({held.clips} clips, {held.frames} frames)"
+                )
+        if embed is not None:
+            held_embed = self.link.embed(Embed.LOAD, embed)
+            if held_embed != embed:
+                raise BoardError(f"the board holds other embedding statistics than it was sent ({held_embed.clips} clips)")
         self.stats.norm_loads += 1
         self.norm_unsure = False
 
     def read_norm(self) -> NormState:
         """The per-speaker statistics the board holds now (to check them against the host's), with the clip's retries."""
+        return self._read(lambda link: link.norm(Norm.READ))
+
+    def read_embed(self) -> EmbedState:
+        """The embedding statistics the board holds now, with the clip's retries."""
+        return self._read(lambda link: link.embed(Embed.READ))
+
+    def _read(self, read: Callable[[BoardLink], State]) -> State:
         errors: list[str] = []
         for _ in range(self.attempts):
             try:
                 if self.link is None:
                     self.stats.reopens += 1
                     self._connect()
-                return self.link.norm(Norm.READ)
+                return read(self.link)
             except BoardReset as exc:
                 errors.append(str(exc))
                 self.norm_unsure = True

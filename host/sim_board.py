@@ -28,7 +28,7 @@ import numpy as np
 from convert.emit import board_arena, board_labels, has_clip_path
 from convert.interpreters import TflmRunner, quiet_fds, tflm_arena_bytes
 from convert.ops import check_ops
-from convert.tflite_file import TFLITE_TYPE_CODES, graph_io, model_frontend, operator_names, tensor_count
+from convert.tflite_file import TFLITE_TYPE_CODES, graph_io, model_frontend, model_head, operator_names, tensor_count
 from convert.tflite_file import TensorSpec as ModelTensor
 from host import pcm_codec
 from host.protocol import (
@@ -39,6 +39,8 @@ from host.protocol import (
     TENSOR_CHUNK_MAX_DATA,
     Boot,
     Chunk,
+    Embed,
+    EmbedState,
     Error,
     ErrorCode,
     Frame,
@@ -67,6 +69,8 @@ from host.protocol import (
     encode_frame,
 )
 from host.reference import from_wire, to_wire
+from train.embedding_c import EmbeddingStream
+from train.embedding_c import EmbedState as EmbedSums
 from train.frontend_c import KINDS, SPEAKER_NORM_MODES, NativeFrontEnd, SpeakerStream
 
 INTER_BYTE_TIMEOUT = 0.2  # seconds, as ser_app.c
@@ -126,16 +130,20 @@ class SimulatedBoard:
         if not self.edge_in or not self.edge_out:
             raise ValueError(f"model has {len(self.edge_in)} inputs and {len(self.edge_out)} outputs: at least one of each")
         in_spec, out_spec = self.edge_in[0], self.edge_out[0]  # INFO's INPUT and OUTPUT, the clip path's tensors
-        self.clip_path = has_clip_path(self.edge_in, self.edge_out)  # as ser-emit decides it for the firmware
+        head = model_head(tflite)
+        scores = head.classes if head is not None else None
+        self.clip_path = has_clip_path(self.edge_in, self.edge_out, scores)  # as ser-emit decides it for the firmware
         self.frontend = model_frontend(tflite)
         if self.frontend is not None and tuple(in_spec.shape[1:]) != self.frontend.input_shape:
             raise ValueError(f"model input {in_spec.shape} does not match its front end's {self.frontend.input_shape}")
         self.in_spec, self.out_spec = in_spec, out_spec
         # per-speaker statistics (PROTOCOL.md 14), in the board's own C arithmetic; lost at every boot, as on the board
         self._norm = SpeakerStream(self.frontend) if self.frontend and self.frontend.speaker_norm != "off" else None
+        # the classifier after a model that ends at its embedding (PROTOCOL.md 15), with the voice's embedding sums
+        self._embed = EmbeddingStream(head) if head is not None and self.clip_path else None
         self.input_elements = int(np.prod(in_spec.shape))
         self.output_elements = int(np.prod(out_spec.shape))
-        self.labels = tuple(board_labels(tflite, self.edge_in, self.edge_out))  # as ser-emit gives the firmware
+        self.labels = tuple(board_labels(tflite, self.edge_in, self.edge_out, scores=scores))  # as ser-emit gives the firmware
         self.clip_samples = self.frontend.clip_samples if self.frontend else self.input_elements
         self.profile_tags = operator_names(tflite)
         self._inputs = [bytearray(t.nbytes) for t in self.edge_in]  # the raw path's input tensors
@@ -212,6 +220,8 @@ class SimulatedBoard:
         self._invoked = False  # PROFILE_DATA describes the last Invoke since boot
         if self._norm is not None:
             self._norm.total.clear()
+        if self._embed is not None:
+            self._embed.reset()
         self._send(MsgType.BOOT, 0, self._info(Boot).encode())
 
     def _serve(self) -> None:
@@ -258,6 +268,7 @@ class SimulatedBoard:
             MsgType.TENSOR_READ: (TensorRead, lambda m: self._handle_tensor_read(f, m)),
             MsgType.LAYER_READ: (LayerRead, lambda m: self._handle_layer_read(f, m)),
             MsgType.NORM: (Norm, lambda m: self._handle_norm(f, m)),
+            MsgType.EMBED: (Embed, lambda m: self._handle_embed(f, m)),
         }
         if f.type not in handlers:
             self._error(ErrorCode.UNKNOWN_TYPE, f.type, f.seq, "unknown message type")
@@ -347,12 +358,16 @@ class SimulatedBoard:
         except (RuntimeError, ValueError) as exc:
             self._error(ErrorCode.MODEL_FAILED, f.type, f.seq, f"Invoke failed: {exc}", remember=True)
             return
+        best = int(np.argmax(scores))  # the first of equal largest scores, as the board
+        if self._embed is not None:  # the classifier reads the embedding, which then joins the voice's sums
+            scores = self._embed.run(scores)
+            best = int(np.argmax(self._embed.logits))
         invoke_ns = time.perf_counter_ns() - start
         self.invocations += 1
         self._invoked = True
         result = Result(
             clip.clip_id,
-            int(np.argmax(scores)),  # the first of equal largest scores, as the board
+            best,
             tuple(int(s) for s in scores),
             clip.fe_ns & 0xFFFFFFFF,
             invoke_ns & 0xFFFFFFFF,
@@ -500,6 +515,28 @@ class SimulatedBoard:
             total.clear()
         self._send(MsgType.NORM_STATE, f.seq, to_wire(total.state()).encode())
 
+    def _handle_embed(self, f: Frame, m: Embed) -> None:
+        if self._embed is None:
+            why = "this firmware has no embedding statistics (INFO has no EMBEDDING_NORM)"
+            self._error(ErrorCode.BAD_NORM, f.type, f.seq, why)
+            return
+        if m.op == Embed.LOAD:  # refused as ser_app.c refuses it, with its words
+            if len(m.state.sum) != self._embed.head.dim:
+                why = "EMBED load of another embedding size (see INFO EMBEDDING_NORM)"
+                self._error(ErrorCode.BAD_NORM, f.type, f.seq, why)
+                return
+            try:
+                self._embed.load(EmbedSums(m.state.clips, m.state.sum, m.state.squares))
+            except ValueError:
+                self._error(ErrorCode.BAD_NORM, f.type, f.seq, "EMBED load of sums no voice can have")
+                return
+        if m.op != Embed.READ:
+            self._clip = None  # RESET and LOAD end a clip in progress
+        if m.op == Embed.RESET:
+            self._embed.reset()
+        held = self._embed.state()
+        self._send(MsgType.EMBED_STATE, f.seq, EmbedState(held.clips, held.sum, held.squares).encode())
+
     def _handle_profile(self, f: Frame) -> None:
         entries, size = [], 2
         for tag in self.profile_tags if self._invoked else ():
@@ -537,6 +574,7 @@ class SimulatedBoard:
             tensor_io=(len(self.edge_in), len(self.edge_out), TENSOR_CHUNK_MAX_DATA) if self._tflm else (0, 0, 0),
             layers=self._n_tensors if self.layers and self._tflm else None,
             speaker_norm=(SPEAKER_NORM_MODES[fe.speaker_norm], len(fe.prior_mean)) if self._norm else None,
+            embedding_norm=(e.dim, e.classes, e.prior_clips) if (e := self._embed and self._embed.head) else None,
         )
 
     @staticmethod

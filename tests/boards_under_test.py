@@ -44,25 +44,27 @@ def clips(n: int, first: int = 0) -> list[np.ndarray]:
     return [fit_clip(synthetic_clip(i % 6, i % 4, i, 0.6 + 0.35 * i), CFG) for i in range(first, first + n)]
 
 
-@functools.cache
-def _bare_model() -> bytes:
+def _quantized(classifier: bool) -> bytes:
+    """Two convolutions and global average pooling (the embedding), then (``classifier``) Dense and softmax."""
     import keras
 
     from convert.quantize import quantize_int8
 
     keras.utils.set_random_seed(0)
     layers = keras.layers
-    model = keras.Sequential(
-        [
-            keras.Input(CFG.input_shape),
-            layers.Conv2D(8, 3, strides=2, activation="relu"),
-            layers.Conv2D(16, 3, strides=2, activation="relu"),
-            layers.GlobalAveragePooling2D(),
-            layers.Dense(len(EMOTIONS)),
-            layers.Softmax(),
-        ]
-    )
+    network = [
+        keras.Input(CFG.input_shape),
+        layers.Conv2D(8, 3, strides=2, activation="relu"),
+        layers.Conv2D(16, 3, strides=2, activation="relu"),
+        layers.GlobalAveragePooling2D(),
+    ]
+    model = keras.Sequential(network + ([layers.Dense(len(EMOTIONS)), layers.Softmax()] if classifier else []))
     return quantize_int8(model, [features(pcm, CFG) for pcm in clips(8, first=20)])
+
+
+@functools.cache
+def _bare_model() -> bytes:
+    return _quantized(classifier=True)
 
 
 def small_model() -> bytes:
@@ -111,3 +113,34 @@ def norm_model(mode: str) -> bytes:
     prior = pooled([features(pcm, CFG.raw) for pcm in clips(6, first=30)], mode)
     cfg = CFG.raw.with_speaker_norm(mode, prior.mean, prior.std)
     return with_metadata(_bare_model(), {"format": 1, "frontend": cfg.__dict__, "labels": list(EMOTIONS)})
+
+
+@functools.cache
+def embed_model() -> bytes:
+    """The same network up to its pooled embedding (16 values), with a per-speaker classifier in its metadata,
+    as ser-convert writes a model for a run with ``embedding_norm.json``: random weights, and a prior pooled from
+    the int8 embeddings of other clips."""
+    from train.embedding_norm import Head
+
+    bare = _quantized(classifier=False)
+    spec, _ = io_specs(bare)
+    runner = TflmRunner(bare)
+    prior = np.stack([runner(model_input_int8(pcm, CFG, spec.scale, spec.zero_point)) for pcm in clips(6, first=30)])
+    rng = np.random.default_rng(0)
+    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    head = Head(
+        f32(rng.normal(0, 0.5, (len(EMOTIONS), 16))), f32(rng.normal(0, 0.2, len(EMOTIONS))),
+        f32(prior.mean(0)), f32(np.maximum(prior.std(0), 0.5)),
+    )  # fmt: skip
+    meta = {"format": 1, "frontend": CFG.__dict__, "labels": list(EMOTIONS), "embedding_norm": head.to_json(compact=True)}
+    return with_metadata(bare, meta)
+
+
+class RawCommand:
+    """A command frame of ``TYPE`` with any payload (a wrong op, a command to firmware that lacks it)."""
+
+    def __init__(self, msg_type: int, payload: bytes) -> None:
+        self.TYPE, self.payload = msg_type, payload
+
+    def encode(self) -> bytes:
+        return self.payload

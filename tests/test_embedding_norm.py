@@ -1,5 +1,9 @@
-"""benchmarks/embedding_norm.py: a voice's embeddings are standardised by its own earlier clips only, and the
-analysis of a real (one-epoch) LOSO run scores the model exactly as its training run did."""
+"""Per-speaker standardisation of the pooled embedding.
+
+benchmarks/embedding_norm.py: a voice's embeddings are standardised by its own earlier clips only, and the
+analysis of a real (one-epoch) LOSO run scores the model exactly as its training run did. The board's stage
+(train.embedding_c, the firmware's C): exact causal statistics, refusal of impossible sums, the float and int8
+classifiers alike; and a run trained with it scored alike by training, conversion and a board."""
 
 from __future__ import annotations
 
@@ -10,10 +14,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from train.corpus import discover, load_corpus
+from train.embedding_c import MAX_CLIPS, SCORE_SCALE, EmbeddingStream, EmbedState, board_scores
+from train.embedding_norm import EMBEDDING_NORM_FILE, PRIOR_CLIPS, Head, by_own_voice, causal, fit_head, load_head
 from train.fit import TrainConfig
 from train.run import default_frontend, train_one
+from train.speaker_norm import scoring_order
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "embedding_norm.py"
 
@@ -35,14 +43,14 @@ def test_a_new_voice_is_standardised_by_its_earlier_clips_and_a_training_voice_b
     np.testing.assert_allclose(out[:8].mean(0), 0, atol=1e-12)  # a training voice: its own statistics
     np.testing.assert_allclose(out[:8].std(0), 1)
 
-    order = 8 + en.scoring_order(6)
+    order = 8 + scoring_order(6)
     changed = emb.copy()
     changed[order[-1]] += 100.0  # the last clip in scoring order cannot reach an earlier clip's input
     again = en.per_speaker(changed, speakers, roles, ceiling=False)
     np.testing.assert_array_equal(again[order[:-1]], out[order[:-1]])
     prior_mean, prior_std = emb[:8].mean(0), emb[:8].std(0)
     np.testing.assert_allclose(out[order[0]], (emb[order[0]] - prior_mean) / prior_std)  # first clips: the prior
-    k = en.PRIOR_CLIPS + 1
+    k = PRIOR_CLIPS + 1
     before = emb[order[:k]]
     np.testing.assert_allclose(out[order[k]], (emb[order[k]] - before.mean(0)) / before.std(0))
     ceiling = en.per_speaker(changed, speakers, roles, ceiling=True)
@@ -69,3 +77,155 @@ def test_the_analysis_of_a_loso_run_scores_the_model_as_training_did(synthetic_c
     not_a_run = [sys.executable, str(SCRIPT), str(tmp_path), "--data", str(synthetic_corpus)]
     bad = subprocess.run(not_a_run, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "no model.keras" in bad.stderr
+
+
+# ---- the board's stage (firmware/app/ser_embedding_norm.c through train.embedding_c) ----
+
+
+def _head(dim: int = 12, classes: int = 6, seed: int = 0) -> Head:
+    rng = np.random.default_rng(seed)
+    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    return Head(
+        f32(rng.normal(0, 0.3, (classes, dim))), f32(rng.normal(0, 0.1, classes)),
+        f32(rng.uniform(-60, 20, dim)), f32(rng.uniform(5, 30, dim)),
+    )  # fmt: skip
+
+
+def _voice(n: int, dim: int = 12, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.normal(-30, 25, (n, dim)), -128, 127).astype(np.int8)
+
+
+def test_the_board_stage_standardises_each_clip_by_the_voice_earlier_embeddings_only() -> None:
+    head, q = _head(), _voice(9)
+    stream = EmbeddingStream(head)
+    scores = []
+    for k, e in enumerate(q):
+        mean, std = stream.current()
+        if k < head.prior_clips:
+            np.testing.assert_array_equal(mean, head.prior_mean)
+            np.testing.assert_array_equal(std, head.prior_std)
+        else:
+            before = q[:k].astype(np.float64)
+            np.testing.assert_allclose(mean, before.mean(0), rtol=1e-6)
+            np.testing.assert_allclose(std, np.maximum(before.std(0), 0.5), rtol=1e-5)
+        scores.append(stream.run(e))
+        logits = ((e.astype(np.float64) - mean) / std) @ head.weights.T.astype(np.float64) + head.bias
+        np.testing.assert_allclose(stream.logits, logits, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(scores[-1], np.clip(np.round(stream.logits * SCORE_SCALE), -128, 127))
+    assert stream.clips == len(q)
+
+    changed = q.copy()
+    changed[-1] = -changed[-1]  # a later clip cannot reach an earlier clip's scores
+    again = EmbeddingStream(head)
+    assert all(np.array_equal(again.run(e), s) for e, s in zip(changed[:-1], scores[:-1], strict=True))
+
+
+def test_a_head_survives_its_json_forms_exactly() -> None:
+    head = _head(dim=168)
+    for compact in (False, True):
+        again = Head.from_json(json.loads(json.dumps(head.to_json(compact))))
+        for name in ("weights", "bias", "prior_mean", "prior_std"):
+            assert np.array_equal(getattr(again, name), getattr(head, name)), (compact, name)
+    assert len(json.dumps(head.to_json(compact=True))) < len(json.dumps(head.to_json())) / 3  # what the board's flash holds
+
+
+def test_the_int8_stage_reads_what_the_float_classifier_reads() -> None:
+    """A head fitted in float units, moved to the int8 output's steps, gives the board's stage the same
+    standardised values (standardisation does not see the units)."""
+    head, q = _head(), _voice(40, seed=2)
+    scale, zero_point = 0.05, -20
+    emb = scale * (q.astype(np.float32) - zero_point)
+    float_head = Head(head.weights, head.bias, scale * (head.prior_mean - zero_point), scale * head.prior_std)
+    speakers = ["a"] * 40
+    float_logits = float_head.logits(causal(emb, speakers, (float_head.prior_mean, float_head.prior_std)))
+    scores, classes = board_scores(q, speakers, float_head.in_int8_steps(scale, zero_point))
+    np.testing.assert_array_equal(classes, float_logits.argmax(1))
+    assert np.abs(scores - np.clip(np.round(float_logits * SCORE_SCALE), -128, 127)).max() <= 1
+
+
+def test_sums_no_voice_can_have_are_refused_and_full_sums_stop_growing() -> None:
+    head, q = _head(), _voice(5)
+    stream = EmbeddingStream(head)
+    for e in q:
+        stream.run(e)
+    held = stream.state()
+    other = EmbeddingStream(head)
+    other.load(held)  # a real state loads, and the next clip is scored alike
+    assert np.array_equal(other.run(q[0]), stream.run(q[0]))
+    dim = head.dim
+    for bad in (
+        EmbedState(2, (0,) * dim, (-1,) + (0,) * (dim - 1)),  # negative squares
+        EmbedState(2, (10,) + (0,) * (dim - 1), (40,) + (0,) * (dim - 1)),  # sum^2 > clips * squares
+        EmbedState(1, (200,) + (0,) * (dim - 1), (40000,) + (0,) * (dim - 1)),  # beyond 128 a clip
+        EmbedState(MAX_CLIPS + 1, (0,) * dim, (0,) * dim),
+    ):
+        with pytest.raises(ValueError, match="cannot come from real embeddings"):
+            other.load(bad)
+    with pytest.raises(ValueError, match="does not fit"):
+        other.load(EmbedState(1, (0,), (0,)))
+    assert other.state() == stream.state()  # nothing refused changed it
+
+    other.load(EmbedState(MAX_CLIPS, (0,) * dim, (0,) * dim))
+    other.run(q[1])
+    assert other.clips == MAX_CLIPS  # full: frozen, as on the board
+
+
+def test_the_classifier_fit_does_not_see_a_voice_constant_offset() -> None:
+    """Each training voice is standardised by its own clips, so shifting one voice's embeddings changes the prior
+    only: the classifier is the same."""
+    rng = np.random.default_rng(4)
+    labels = np.tile(np.arange(6), 10)
+    speakers = ["a"] * 30 + ["b"] * 30
+    emb = rng.normal(size=(60, 8)) + 3.0 * np.eye(6, 8)[labels]
+    shifted = emb.copy()
+    shifted[30:] += 5.0
+    one, two = fit_head(emb, labels, speakers), fit_head(shifted, labels, speakers)
+    np.testing.assert_allclose(one.weights, two.weights, atol=1e-4)
+    assert not np.allclose(one.prior_mean, two.prior_mean)
+    assert np.mean(one.logits(by_own_voice(emb, speakers)).argmax(1) == labels) > 0.8
+
+
+def test_a_run_trained_with_embedding_norm_is_scored_alike_by_training_conversion_and_the_board(
+    synthetic_corpus: Path, tmp_path: Path
+) -> None:
+    """ser-train --embedding-norm fits the classifier; ser-convert makes a model ending at the embedding that
+    carries it; the simulated board's answers are the host reference's, and its accuracy is the conversion's."""
+    from convert.cli import convert_main
+    from convert.tflite_file import MODEL_FILE, io_specs, model_head
+    from host import eval_on_device
+    from host.sim_board import SimulatedBoard
+    from train.embedding_norm import main as embedding_norm_main
+
+    clips = discover(synthetic_corpus)
+    tcfg = TrainConfig(model="audio_resnet", epochs=1, batch_size=16, warmup_epochs=1, embedding_norm=True)
+    run = tmp_path / "run"
+    spec = default_frontend("audio_resnet")
+    metrics = train_one(run, clips, load_corpus(synthetic_corpus, clips), "loso", 0, tcfg, spec, False, False)
+    saved = load_head(run / EMBEDDING_NORM_FILE)
+    assert (saved.classes, saved.dim) == (6, 96) and metrics["embedding_norm"]["model_test"]["clips"] == 18
+    (run / EMBEDDING_NORM_FILE).unlink()  # the command for a finished run fits the same classifier
+    assert embedding_norm_main([str(run), "--data", str(synthetic_corpus)]) == 0
+    refit = load_head(run / EMBEDDING_NORM_FILE)
+    np.testing.assert_allclose(refit.weights, saved.weights, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(refit.prior_mean, saved.prior_mean, rtol=1e-5, atol=1e-6)
+
+    assert convert_main([str(run), "--data", str(synthetic_corpus), "--quiet", "--qat"]) == 2  # it would move the embedding
+    assert not (run / MODEL_FILE).exists()
+    assert convert_main([str(run), "--data", str(synthetic_corpus), "--quiet", "--no-report"]) == 0
+    tflite = (run / MODEL_FILE).read_bytes()
+    _, out = io_specs(tflite)
+    head = model_head(tflite)
+    assert out.shape == (1, 96) and head is not None
+    np.testing.assert_allclose(head.prior_std, saved.prior_std / out.scale, rtol=1e-6)
+    conversion = json.loads((run / "conversion.json").read_text())
+    assert conversion["embedding_norm"] and conversion["test_clips"] == 18
+
+    report = tmp_path / "eval"
+    with SimulatedBoard(tflite) as board:
+        argv = ["--run", str(run), "--data", str(synthetic_corpus), "--quiet", "--port", board.url, "--out", str(report)]
+        assert eval_on_device.main(argv) == 0
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["agreement"]["bit_exact_clips"] == summary["clips"]["ok"] == 18
+    assert summary["board"]["accuracy"] == conversion["int8"]["accuracy"]  # the conversion scored the board's way
+    assert list(summary["speaker_norm"]["statistics_bit_exact"].values()) == [True]  # the one test voice

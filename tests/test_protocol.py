@@ -139,11 +139,18 @@ class SerInfo(Structure):
         ("n_tensors", c_uint16),
         ("sn_mode", c_uint8),
         ("sn_bins", c_uint16),
+        ("en_dim", c_uint16),
+        ("en_classes", c_uint8),
+        ("en_prior_clips", c_uint8),
     ]
 
 
 class SerNormState(Structure):
     _fields_ = [("mode", c_uint8), ("n_bins", c_uint16), ("clips", c_uint32), ("frames", c_uint32), ("sums", c_ptr)]
+
+
+class SerEmbedState(Structure):
+    _fields_ = [("dim", c_uint16), ("clips", c_uint32), ("sums", c_ptr)]
 
 
 class SerTensorStart(Structure):
@@ -211,6 +218,13 @@ def lib() -> ctypes.CDLL:
     _sig(lib, "ser_norm_decode", c_int, c_ptr, c_size_t, POINTER(c_uint8), POINTER(SerNormState))
     _sig(lib, "ser_norm_sum", ctypes.c_int64, POINTER(SerNormState), c_uint16)
     _sig(lib, "ser_norm_square", ctypes.c_int64, POINTER(SerNormState), c_uint16)
+    i32s = POINTER(ctypes.c_int32)
+    _sig(lib, "ser_embed_state_encode", c_size_t, POINTER(SerEmbedState), i32s, i32s, c_ptr, c_size_t)
+    _sig(lib, "ser_embed_state_decode", c_int, c_ptr, c_size_t, POINTER(SerEmbedState))
+    _sig(lib, "ser_embed_encode", c_size_t, c_uint8, POINTER(SerEmbedState), i32s, i32s, c_ptr, c_size_t)
+    _sig(lib, "ser_embed_decode", c_int, c_ptr, c_size_t, POINTER(c_uint8), POINTER(SerEmbedState))
+    _sig(lib, "ser_embed_sum", ctypes.c_int32, POINTER(SerEmbedState), c_uint16)
+    _sig(lib, "ser_embed_square", ctypes.c_int32, POINTER(SerEmbedState), c_uint16)
     _sig(lib, "ser_profile_add", c_bool, POINTER(SerProfileWriter), c_char_p, c_uint32)
     _sig(lib, "ser_profile_decode", c_int, c_ptr, c_size_t, POINTER(SerProfileEntry), c_size_t, POINTER(c_uint16))
     _sig(lib, "ser_info_encode", c_size_t, POINTER(SerInfo), c_ptr, c_size_t)
@@ -318,6 +332,18 @@ def c_encode(lib: ctypes.CDLL, msg: P.Message) -> bytes:
             n = lib.ser_norm_state_encode(m, sums, squares, out, cap)
         else:
             n = lib.ser_norm_encode(msg.op, m, sums, squares, out, cap)
+    elif isinstance(msg, (P.Embed, P.EmbedState)):
+        state = msg if isinstance(msg, P.EmbedState) else msg.state
+        dim = len(state.sum) if state else 0
+        sums, squares = (
+            (ctypes.c_int32 * max(1, dim))(*(state.sum if state else ())),
+            (ctypes.c_int32 * max(1, dim))(*(state.squares if state else ())),
+        )
+        m = SerEmbedState(dim, state.clips, None) if state else SerEmbedState()
+        if isinstance(msg, P.EmbedState):
+            n = lib.ser_embed_state_encode(m, sums, squares, out, cap)
+        else:
+            n = lib.ser_embed_encode(msg.op, m, sums, squares, out, cap)
     elif isinstance(msg, P.Invoke):
         n = 4
         out[:4] = list(struct.pack("<I", msg.req_id))  # no C encoder: the board only receives INVOKE
@@ -396,6 +422,9 @@ def c_encode(lib: ctypes.CDLL, msg: P.Message) -> bytes:
             info.n_tensors, has = msg.layers, has | 1 << P.Tag.LAYERS
         if msg.speaker_norm is not None:
             (info.sn_mode, info.sn_bins), has = msg.speaker_norm, has | 1 << P.Tag.SPEAKER_NORM
+        if msg.embedding_norm is not None:
+            (info.en_dim, info.en_classes, info.en_prior_clips) = msg.embedding_norm
+            has |= 1 << P.Tag.EMBEDDING_NORM
         info.present = has
         n = lib.ser_info_encode(ctypes.byref(info), out, cap)
         for tag, value in msg.extra:  # tags this decoder does not know, appended as a newer board would
@@ -445,6 +474,15 @@ def c_decode(lib: ctypes.CDLL, msg_type: int, payload: bytes) -> P.Message | int
             tuple(lib.ser_norm_square(m, i) for i in range(m.n_bins)),
         )
         return state if cls is P.NormState else P.Norm(op.value, state if op.value == P.Norm.LOAD else None)
+    if cls in (P.Embed, P.EmbedState):
+        m, op = SerEmbedState(), c_uint8()
+        err = lib.ser_embed_state_decode(buf, n, m) if cls is P.EmbedState else lib.ser_embed_decode(buf, n, ctypes.byref(op), m)
+        if err:
+            return err
+        state = P.EmbedState(
+            m.clips, tuple(lib.ser_embed_sum(m, i) for i in range(m.dim)), tuple(lib.ser_embed_square(m, i) for i in range(m.dim))
+        )
+        return state if cls is P.EmbedState else P.Embed(op.value, state if op.value == P.Embed.LOAD else None)
     if cls is P.Invoke:  # the board decodes INVOKE inline (ser_app.c handle_invoke): 4 bytes
         return cls(struct.unpack("<I", payload)[0]) if n == 4 else P.ErrorCode.BAD_LENGTH
     if cls is P.Invoked:
@@ -507,6 +545,7 @@ def c_decode(lib: ctypes.CDLL, msg_type: int, payload: bytes) -> P.Message | int
         tensor_io=opt(P.Tag.TENSOR_IO, (info.n_inputs, info.n_outputs, info.max_tensor_chunk)),
         layers=opt(P.Tag.LAYERS, info.n_tensors),
         speaker_norm=opt(P.Tag.SPEAKER_NORM, (info.sn_mode, info.sn_bins)),
+        embedding_norm=opt(P.Tag.EMBEDDING_NORM, (info.en_dim, info.en_classes, info.en_prior_clips)),
     )
 
 
@@ -534,11 +573,17 @@ def message_of(kind: str, fields: dict) -> P.Message:
             f["tensor_io"] = tuple(f["tensor_io"])
         if "speaker_norm" in f:
             f["speaker_norm"] = tuple(f["speaker_norm"])
+        if "embedding_norm" in f:
+            f["embedding_norm"] = tuple(f["embedding_norm"])
         return (P.Boot if kind == "BOOT" else P.Info)(**f)
     if kind == "NORM_STATE":
         return P.NormState(f["mode"], f["clips"], f["frames"], tuple(f["sum"]), tuple(f["squares"]))
     if kind == "NORM":
         return P.Norm(f["op"], message_of("NORM_STATE", f["state"]) if "state" in f else None)
+    if kind == "EMBED_STATE":
+        return P.EmbedState(f["clips"], tuple(f["sum"]), tuple(f["squares"]))
+    if kind == "EMBED":
+        return P.Embed(f["op"], message_of("EMBED_STATE", f["state"]) if "state" in f else None)
     if kind == "CHUNK":
         f["data"] = bytes.fromhex(f["data"])
         f.pop("samples")
@@ -773,7 +818,8 @@ def _random_info(rng: random.Random, cls: type = P.Info) -> P.Info:
         tensor_io=maybe((rng.randrange(256), rng.randrange(256), rng.randrange(2**16))),
         layers=maybe(rng.randrange(2**16)),
         speaker_norm=maybe((rng.randrange(256), rng.randrange(2**16))),
-        extra=tuple((rng.randrange(0x13, 256), rng.randbytes(rng.randrange(20))) for _ in range(rng.randrange(4))),
+        embedding_norm=maybe((rng.randrange(2**16), rng.randrange(256), rng.randrange(256))),
+        extra=tuple((rng.randrange(0x14, 256), rng.randbytes(rng.randrange(20))) for _ in range(rng.randrange(4))),
     )
 
 
@@ -815,7 +861,16 @@ def _random_messages(rng: random.Random) -> list[P.Message]:
         norm_state := _random_norm_state(rng),
         P.Norm(P.Norm.LOAD, norm_state),
         P.Norm(rng.choice([P.Norm.READ, P.Norm.RESET])),
+        embed_state := _random_embed_state(rng),
+        P.Embed(P.Embed.LOAD, embed_state),
+        P.Embed(rng.choice([P.Embed.READ, P.Embed.RESET])),
     ]
+
+
+def _random_embed_state(rng: random.Random) -> P.EmbedState:
+    dim = rng.choice([1, 96, 168, P.EMBED_MAX_DIM, rng.randrange(1, P.EMBED_MAX_DIM + 1)])
+    i32 = lambda: rng.randrange(-(2**31), 2**31)  # noqa: E731
+    return P.EmbedState(rng.randrange(2**32), tuple(i32() for _ in range(dim)), tuple(i32() for _ in range(dim)))
 
 
 def _random_norm_state(rng: random.Random) -> P.NormState:
@@ -914,6 +969,11 @@ def test_c_info_decoder_limits(lib: ctypes.CDLL) -> None:
         (P.MsgType.LAYER_DATA, bytes(10)),  # no data
         (P.MsgType.INVOKED, struct.pack("<IIB", 1, 2, 2) + bytes(4)),  # 2 outputs announced, 1 present
         (P.MsgType.INVOKED, struct.pack("<IIB", 1, 2, 17) + bytes(68)),  # more outputs than INVOKED describes
+        (P.MsgType.EMBED, b""),
+        (P.MsgType.EMBED, b"\x01\x00"),  # reset carries nothing
+        (P.MsgType.EMBED, b"\x02" + struct.pack("<HI", 2, 1) + bytes(15)),  # 2 values need 16 bytes of sums
+        (P.MsgType.EMBED_STATE, struct.pack("<HI", 0, 0)),  # no value
+        (P.MsgType.EMBED_STATE, struct.pack("<HI", 256, 0) + bytes(2048)),  # more values than a frame carries
     ],
 )
 def test_wrong_payload_sizes_are_bad_length_in_both(lib: ctypes.CDLL, msg_type: int, payload: bytes) -> None:

@@ -152,10 +152,16 @@ def test_benchmark_passes_the_option_and_names_its_runs_apart() -> None:
     assert mixed.name == "spectrogram_resnet-loso-speaker-norm-bins-mixup-0.4"
     cmd = bench._ser_train(mixed, args, Path("runs/x"))
     assert cmd[cmd.index("--mixup") + 1] == "0.4"
+    embedded = bench.Training("audio_resnet", "loso", embedding_norm=True)
+    assert embedded.name == "audio_resnet-loso-embedding-norm" and "--embedding-norm" in bench._ser_train(
+        embedded, args, Path("x")
+    )
 
     # Distillation with options: the teacher is the plain run with every option, the waveform student takes
     # the ones that apply to it, and is pointed at that teacher.
-    given = dict(speaker_norm="bins", speed_perturb="0.9,1.0,1.1", vtlp=None, speaker_adversarial=None, mixup=None)
+    given = dict(
+        speaker_norm="bins", speed_perturb="0.9,1.0,1.1", vtlp=None, speaker_adversarial=None, mixup=None, embedding_norm=False
+    )
     args = type(
         "Args",
         (),

@@ -23,7 +23,7 @@ from host.fault_relay import ByteFaults, FaultPlan, FaultRelay
 from host.protocol import Norm, NormState
 from host.reference import HostReference
 from host.session import BoardSession
-from tests.boards_under_test import CFG, KINDS, clips, norm_model, running_board, small_model
+from tests.boards_under_test import CFG, KINDS, RawCommand, clips, norm_model, running_board, small_model
 from train.corpus import discover
 from train.splits import make_manifest, save_manifest
 
@@ -73,7 +73,7 @@ def test_board_keeps_the_voice_statistics_itself_bit_exact_with_the_host_across_
         assert held == reference.norm_state() and held.clips == 4 and held.frames == 4 * 30
 
         assert session.link.norm(Norm.RESET) == _empty(info.speaker_norm)
-        reference.reset_norm()
+        reference.reset_voice()
         session.norm_unsure = False  # both sides hold the empty state: the board must answer from it unaided
         assert _stream(session, reference, pcms[:1]) == [True]
         assert session.read_norm() == reference.norm_state()
@@ -119,7 +119,7 @@ def test_norm_refusals_say_what_is_wrong(kind: str) -> None:
         with pytest.raises(BoardError, match=r"BAD_NORM.*another mode"):
             session.link.norm(Norm.LOAD, NormState(2, 0, 0, (0,) * 64, (0,) * 64))
         with pytest.raises(BoardError, match=r"BAD_NORM.*NORM op"):
-            session.link.request(_RawNorm(b"\x07"), (NormState,))
+            session.link.request(RawCommand(Norm.TYPE, b"\x07"), (NormState,))
         assert session.read_norm() == held  # nothing refused changed the state
         session.close()
     plain = small_model()
@@ -130,20 +130,8 @@ def test_norm_refusals_say_what_is_wrong(kind: str) -> None:
         with pytest.raises(BoardError, match="no per-speaker normalisation"):
             session.link.norm(Norm.READ)
         with pytest.raises(BoardError, match=r"BAD_NORM.*no speaker normalisation"):
-            session.link.request(_RawNorm(b"\x00"), (NormState,))
+            session.link.request(RawCommand(Norm.TYPE, b"\x00"), (NormState,))
         session.close()
-
-
-class _RawNorm:
-    """A NORM frame with any payload (a wrong op, a command to firmware without statistics)."""
-
-    TYPE = Norm.TYPE
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-
-    def encode(self) -> bytes:
-        return self.payload
 
 
 def _norm_run(folder: Path, corpus: Path, model: bytes, split: str = "loso", fold: int = 1) -> Path:

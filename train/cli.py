@@ -143,6 +143,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "bin) instead of the training part's; a new voice is scored causally and with enrolment sets, a voice "
         "of the training part with its training clips' statistics (train.speaker_norm); default: off",
     )
+    p.add_argument(
+        "--embedding-norm",
+        action="store_true",
+        help="after training, standardise each voice's pooled embedding by that voice's own earlier clips and fit the "
+        "classifier on it (train.embedding_norm); the deployed model ends at the embedding and the board applies the "
+        "classifier; default: off",
+    )
     fe = p.add_argument_group("log-mel front end (spectrogram models; saved in frontend.json, which every later stage reads)")
     fe.add_argument("--n-fft", type=int, help=f"FFT and window length, a power of two; default {DEFAULT_LOGMEL.n_fft}")
     fe.add_argument("--hop", type=int, help=f"samples between frames; default {DEFAULT_LOGMEL.hop}")
@@ -215,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         "average_decay": args.average_decay,
         "refit": args.refit,
         "speaker_norm": args.speaker_norm,
+        "embedding_norm": args.embedding_norm or None,
         "validation_by_speaker": args.validation_speaker or None,
         "speaker_adversarial": args.speaker_adversarial,
     }

@@ -35,6 +35,9 @@ class TrainConfig:
     # Per-speaker normalisation (train.speaker_norm): "scalar" or "bins" replaces the global log-mel mean/std by each
     # speaker's own; None keeps the global one.
     speaker_norm: str | None = None
+    # Per-speaker standardisation of the pooled embedding (train.embedding_norm): after training, fit a classifier on
+    # each voice's standardised embeddings; the deployed model ends at the embedding and the board applies it.
+    embedding_norm: bool = False
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     teachers: tuple[str, ...] = ()  # run folders whose mean soft targets are mixed into the labels (train.teacher)
     distill_weight: float = 0.5

@@ -70,7 +70,7 @@ _lock = threading.Lock()
 @functools.cache
 def _build() -> ctypes.CDLL:
     # -O3 only vectorizes the element-wise loops (same IEEE results); without -ffast-math nothing is reassociated.
-    sources = [FIRMWARE_APP / "ser_frontend.c", FIRMWARE_APP / "ser_speaker_norm.c"]
+    sources = [FIRMWARE_APP / "ser_frontend.c", FIRMWARE_APP / "ser_speaker_norm.c", FIRMWARE_APP / "ser_embedding_norm.c"]
     lib = load("ser_frontend", sources, [FIRMWARE_APP], ["-O3"])
     vp, size, u16, u32, i32 = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_int
     signatures = {
@@ -83,6 +83,14 @@ def _build() -> ctypes.CDLL:
         "ser_sn_stats": (i32, [vp, vp, vp, vp, vp]),
         "ser_sn_sqrtf": (ctypes.c_float, [ctypes.c_float]),
         "ser_sn_sums_size": (size, []),
+        "ser_en_init": (i32, [vp, u16, vp, vp]),
+        "ser_en_clear": (None, [vp]),
+        "ser_en_add": (i32, [vp, vp]),
+        "ser_en_plausible": (i32, [vp]),
+        "ser_en_stats": (i32, [vp, vp, vp, vp]),
+        "ser_en_classify": (i32, [vp, vp, vp, vp, vp, vp]),
+        "ser_en_sums_size": (size, []),
+        "ser_en_head_size": (size, []),
         "ser_fe_workspace_floats": (size, [vp]),
         "ser_fe_init": (ctypes.c_int, [vp, vp, vp, size]),
         "ser_fe_push": (ctypes.c_int, [vp, vp, size, vp]),

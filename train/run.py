@@ -12,10 +12,12 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from train.corpus import Clip
+from train.embedding_norm import EMBEDDING_NORM_FILE, PRIOR_CLIPS, causal, embedding_model, fit_head, save_head, softmax
 from train.fit import TrainConfig, feature_batch, fit_model, standardise
 from train.frontend import FrontEndConfig, clip_features
 from train.frontend import default_frontend as default_frontend  # re-exported: callers import it with train_one
@@ -24,9 +26,20 @@ from train.mcu_probe import ARENA_BUDGET, MACS_BUDGET, MODEL_BUDGET, probe
 from train.metrics import mean_std, scores
 from train.models import count_macs
 from train.plots import plot_confusion, plot_training
-from train.speaker_norm import SPEAKER_NORM_FILE, Stats, by_speaker, pooled, save_speaker_norm, scoring_plan
+from train.speaker_norm import (
+    SPEAKER_NORM_FILE,
+    Stats,
+    by_speaker,
+    pooled,
+    save_speaker_norm,
+    scoring_plan,
+    speaker_features,
+)
 from train.splits import make_manifest, save_manifest
 from train.teacher import check_same_test_clips, distilled_targets, soft_targets, teacher_run
+
+if TYPE_CHECKING:
+    import keras
 
 
 def _write_json(path: Path, data: object) -> None:
@@ -134,6 +147,19 @@ def train_one(
         )
     else:
         probs = model.predict(feature_batch(pcm_of("test"), frontend), verbose=0, batch_size=64)
+    if tcfg.embedding_norm:  # the deployed model: the classifier on each voice's standardised embedding
+        model_test = scores(labels[part["test"]], probs.argmax(axis=1))
+        test_pcm = pcm_of("test")
+        if tcfg.speaker_norm:  # the test voices' log-mel as the board standardises it
+            board_cfg = frontend.with_speaker_norm(tcfg.speaker_norm, prior.mean, prior.std)
+            raws = [clip_features(p, frontend) for p in test_pcm]
+            x_test = np.stack(speaker_features(list(speakers[part["test"]]), raws, board_cfg, speaker_stats))
+        else:
+            x_test = feature_batch(test_pcm, frontend)
+        x_train = feature_batch(pcm_of("train"), frontend, norms.get("train"))
+        probs = _score_embedding_norm(
+            out, model, x_train, labels[part["train"]], list(speakers[part["train"]]), x_test, list(speakers[part["test"]])
+        )
     predicted = probs.argmax(axis=1)
     metrics = {
         "model": tcfg.model,
@@ -156,6 +182,8 @@ def train_one(
     }
     if tcfg.speaker_norm:
         metrics["speaker_norm"] = {"mode": tcfg.speaker_norm, "headline": headline, "protocols": protocols}
+    if tcfg.embedding_norm:
+        metrics["embedding_norm"] = {"model_test": model_test, "prior_clips": PRIOR_CLIPS}
     if mcu_probe:
         rng = np.random.default_rng(tcfg.seed)
         rep_idx = rng.choice(part["train"], size=min(64, len(part["train"])), replace=False)
@@ -176,6 +204,19 @@ def train_one(
     plot_training(history, best_epoch, out / "training.png", title)
     (out / "summary.md").write_text(run_summary_md(metrics))
     return metrics
+
+
+def _score_embedding_norm(
+    out: Path, model: keras.Model, x_train: np.ndarray, y_train: np.ndarray, train_speakers: list[str], x_test: np.ndarray,
+    test_speakers: list[str],
+) -> np.ndarray:  # fmt: skip
+    """Fit the classifier on the training clips' standardised embeddings (saved as ``embedding_norm.json``) and
+    return the test clips' probabilities, each voice scored causally in board order (``train.embedding_norm``)."""
+    embed = embedding_model(model)
+    head = fit_head(embed.predict(x_train, verbose=0, batch_size=64), y_train, train_speakers)
+    save_head(out / EMBEDDING_NORM_FILE, head)
+    emb = embed.predict(x_test, verbose=0, batch_size=64)
+    return softmax(head.logits(causal(emb, test_speakers, (head.prior_mean, head.prior_std), head.prior_clips)))
 
 
 def _score_speaker_norm(
@@ -246,11 +287,18 @@ def run_summary_md(m: dict) -> str:
         else f"best epoch {m['best_epoch']} of {m['epochs']} picked on {m['val_clips']} validation clips carved from "
         "the training part"
     )
+    scored = ""
+    if "embedding_norm" in m:
+        own = m["embedding_norm"]["model_test"]["accuracy"]
+        scored = (
+            " Scored by the classifier on each voice's standardised embedding (`--embedding-norm`, each test voice "
+            f"causally); the network's own classifier scored {own:.2%}."
+        )
     return "\n".join(
         [
             f"# {m['model']} - {m['split']} split, test fold {m['test_fold']}",
             "",
-            f"Test clips: {t['clips']} (never used for any selection); {kept}.",
+            f"Test clips: {t['clips']} (never used for any selection); {kept}.{scored}",
             "",
             "| accuracy | unweighted accuracy | macro-F1 | validation accuracy | params | MACs | train time |",
             "| --- | --- | --- | --- | --- | --- | --- |",

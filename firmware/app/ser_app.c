@@ -18,6 +18,7 @@
 
 #include "model_config.h"
 #include "model_data.h"
+#include "ser_embedding_norm.h"
 #include "ser_frontend.h"
 #include "ser_model.h"
 #include "ser_pcm_codec.h"
@@ -91,6 +92,23 @@ static float sn_mean[SER_FE_N_MELS], sn_std[SER_FE_N_MELS];
 #define SPEAKER_NORM 0
 #endif
 
+/* Per-speaker embedding statistics (ser_embedding_norm.h, PROTOCOL.md 15): the model ends at its pooled
+   embedding; the sums of the embeddings of the clips heard since start-up or the last EMBED, and the
+   classifier that reads the embedding standardised by their statistics. */
+#if defined(SER_EMBEDDING_NORM) && SER_EMBEDDING_NORM && SER_CLIP_PATH
+#define EMBEDDING_NORM 1
+_Static_assert(SER_EN_DIM == SER_OUTPUT_ELEMENTS && SER_EN_DIM <= SER_EMBED_MAX_DIM, "the classifier reads the output");
+_Static_assert(SER_RESULT_SCORES == SER_EN_CLASSES && SER_EN_CLASSES <= SER_EN_MAX_CLASSES, "RESULT carries the classes");
+static const ser_en_head kHead = {SER_EN_DIM,  SER_EN_CLASSES, SER_EN_PRIOR_CLIPS, g_en_weights,
+                                  g_en_bias,   g_en_prior_mean, g_en_prior_std};
+static int32_t en_sum[SER_EN_DIM], en_squares[SER_EN_DIM];
+static ser_en_sums en_total;
+static float en_mean[SER_EN_DIM], en_std[SER_EN_DIM], en_logits[SER_EN_CLASSES];
+static int8_t en_scores[SER_EN_CLASSES];
+#else
+#define EMBEDDING_NORM 0
+#endif
+
 static ser_parser parser;
 /* The frame being sent; a reply's payload is encoded in place (ser_frame_encode then copies
  * nothing). A CHUNK's decoded samples live here too: they are consumed before the reply is built. */
@@ -107,7 +125,7 @@ static bool model_ok;
 #define KEPT_PAYLOAD_MAX 120u
 _Static_assert(SER_NEXT_SIZE <= KEPT_PAYLOAD_MAX, "NEXT must fit the kept reply");
 #if SER_CLIP_PATH
-_Static_assert(SER_RESULT_SIZE(SER_OUTPUT_ELEMENTS) <= KEPT_PAYLOAD_MAX, "RESULT must fit the kept reply");
+_Static_assert(SER_RESULT_SIZE(SER_RESULT_SCORES) <= KEPT_PAYLOAD_MAX, "RESULT must fit the kept reply");
 #endif
 _Static_assert(SER_NUM_LABELS <= SER_INFO_MAX_LABELS, "INFO carries at most SER_INFO_MAX_LABELS labels");
 _Static_assert(SER_INPUT_DIMS <= SER_INFO_MAX_DIMS && SER_OUTPUT_DIMS <= SER_INFO_MAX_DIMS, "INFO's tensor specs");
@@ -221,6 +239,12 @@ static size_t info_payload(uint8_t *out, size_t cap) {
   info.sn_mode = SER_SPEAKER_NORM;
   info.sn_bins = SER_SN_N_BINS;
 #endif
+#if EMBEDDING_NORM
+  info.present |= SER_INFO_HAS(SER_TAG_EMBEDDING_NORM);
+  info.en_dim = SER_EN_DIM;
+  info.en_classes = SER_EN_CLASSES;
+  info.en_prior_clips = SER_EN_PRIOR_CLIPS;
+#endif
   return ser_info_encode(&info, out, cap);
 }
 
@@ -286,7 +310,22 @@ static void finish_clip(const ser_frame *f) {
     send_error_reply(SER_ERR_MODEL_FAILED, f->type, f->seq, ser_model_error(), true);
     return;
   }
-#if SER_CLIP_PATH
+#if EMBEDDING_NORM /* the classifier on the embedding standardised by the voice's earlier clips; then it joins them */
+  const uint32_t head_start = ser_port_cycles();
+  const int8_t *embedding = ser_model_output();
+  int best = SER_EN_ERR_ARG;
+  if (ser_en_stats(&en_total, &kHead, en_mean, en_std) == SER_EN_OK) {
+    best = ser_en_classify(&kHead, en_mean, en_std, embedding, en_logits, en_scores);
+  }
+  if (best < 0) {
+    send_error_reply(SER_ERR_MODEL_FAILED, f->type, f->seq, "embedding classifier in model_config.h is unusable", true);
+    return;
+  }
+  (void)ser_en_add(&en_total, embedding); /* frozen once full */
+  invoke_cycles += ser_port_cycles() - head_start; /* the classifier counts with Invoke */
+  ser_result r = {clip.clip_id, (uint8_t)best, SER_EN_CLASSES, en_scores, clip.fe_cycles, invoke_cycles};
+  send_frame(SER_MSG_RESULT, f->seq, ser_result_encode(&r, payload, SER_MAX_PAYLOAD), true);
+#elif SER_CLIP_PATH
   const int8_t *scores = ser_model_output();
   uint8_t best = 0;
   for (uint8_t i = 1; i < SER_OUTPUT_ELEMENTS; i++) {
@@ -564,6 +603,50 @@ static void handle_norm(const ser_frame *f) {
 #endif
 }
 
+/* EMBED (section 15): read, reset or load the voice's embedding statistics; the reply is the state held
+   afterwards. RESET and LOAD end a clip in progress (its embedding would otherwise join the new statistics). */
+static void handle_embed(const ser_frame *f) {
+  uint8_t op;
+  ser_embed_state m;
+  int err = ser_embed_decode(f->payload, f->len, &op, &m);
+  if (err) {
+    send_error((uint8_t)err, f->type, f->seq, err == SER_ERR_BAD_NORM ? "EMBED op is 0 read, 1 reset or 2 load" : "EMBED payload size");
+    return;
+  }
+#if EMBEDDING_NORM
+  if (op == SER_NORM_LOAD) {
+    if (m.dim != SER_EN_DIM) {
+      send_error(SER_ERR_BAD_NORM, f->type, f->seq, "EMBED load of another embedding size (see INFO EMBEDDING_NORM)");
+      return;
+    }
+    /* Checked in a scratch state first (the sums stay as they are if it is refused). */
+    static int32_t load_sum[SER_EN_DIM], load_squares[SER_EN_DIM];
+    ser_en_sums loaded = {SER_EN_DIM, m.clips, load_sum, load_squares};
+    for (uint16_t i = 0; i < SER_EN_DIM; i++) {
+      load_sum[i] = ser_embed_sum(&m, i);
+      load_squares[i] = ser_embed_square(&m, i);
+    }
+    if (!ser_en_plausible(&loaded)) {
+      send_error(SER_ERR_BAD_NORM, f->type, f->seq, "EMBED load of sums no voice can have");
+      return;
+    }
+    clip.active = false;
+    memcpy(en_sum, load_sum, sizeof en_sum);
+    memcpy(en_squares, load_squares, sizeof en_squares);
+    en_total.clips = m.clips;
+  } else if (op == SER_NORM_RESET) {
+    ser_en_clear(&en_total);
+    clip.active = false;
+  }
+  ser_embed_state r = {en_total.dim, en_total.clips, NULL};
+  send_frame(SER_MSG_EMBED_STATE, f->seq, ser_embed_state_encode(&r, en_total.sum, en_total.squares, payload, SER_MAX_PAYLOAD),
+             false);
+#else
+  (void)op;
+  send_error(SER_ERR_BAD_NORM, f->type, f->seq, "this firmware has no embedding statistics (INFO has no EMBEDDING_NORM)");
+#endif
+}
+
 static void handle_profile(const ser_frame *f) {
   const ser_profile_event *events;
   size_t n = ser_model_profile(&events);
@@ -632,6 +715,9 @@ static void handle_frame(const ser_frame *f) {
     case SER_MSG_NORM:
       handle_norm(f);
       return;
+    case SER_MSG_EMBED:
+      handle_embed(f);
+      return;
     default:
       send_error(SER_ERR_UNKNOWN_TYPE, f->type, f->seq, "unknown message type");
       return;
@@ -648,6 +734,9 @@ int main(void) {
       ser_sn_init(&sn_clip, SER_SPEAKER_NORM, SER_FE_N_MELS, sn_clip_sum, sn_clip_squares) != SER_SN_OK) {
     model_ok = false; /* emission refuses such a model: this is a hand-edited model_config.h */
   }
+#endif
+#if EMBEDDING_NORM
+  if (ser_en_init(&en_total, SER_EN_DIM, en_sum, en_squares) != SER_EN_OK) model_ok = false;
 #endif
   send_frame(SER_MSG_BOOT, 0, info_payload(payload, SER_MAX_PAYLOAD), false);
   ser_port_led(model_ok);

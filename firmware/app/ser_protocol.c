@@ -504,6 +504,52 @@ size_t ser_norm_encode(uint8_t op, const ser_norm_state *state, const int64_t *s
   return n ? n + 1 : 0;
 }
 
+size_t ser_embed_state_encode(const ser_embed_state *m, const int32_t *sum, const int32_t *squares, uint8_t *out,
+                              size_t cap) {
+  const size_t n = SER_EMBED_STATE_SIZE((size_t)m->dim);
+  if (m->dim == 0 || m->dim > SER_EMBED_MAX_DIM || cap < n) return 0;
+  put_u16(out, m->dim);
+  put_u32(out + 2, m->clips);
+  uint8_t *p = out + SER_EMBED_STATE_HEADER_SIZE;
+  for (uint16_t i = 0; i < m->dim; i++) put_u32(p + 4u * i, (uint32_t)sum[i]);
+  p += 4u * m->dim;
+  for (uint16_t i = 0; i < m->dim; i++) put_u32(p + 4u * i, (uint32_t)squares[i]);
+  return n;
+}
+
+int ser_embed_state_decode(const uint8_t *payload, size_t len, ser_embed_state *m) {
+  if (len < SER_EMBED_STATE_HEADER_SIZE) return SER_ERR_BAD_LENGTH;
+  m->dim = get_u16(payload);
+  m->clips = get_u32(payload + 2);
+  m->sums = payload + SER_EMBED_STATE_HEADER_SIZE;
+  if (m->dim == 0 || m->dim > SER_EMBED_MAX_DIM || len != SER_EMBED_STATE_SIZE((size_t)m->dim)) return SER_ERR_BAD_LENGTH;
+  return SER_ERR_NONE;
+}
+
+int32_t ser_embed_sum(const ser_embed_state *m, uint16_t i) { return (int32_t)get_u32(m->sums + 4u * i); }
+
+int32_t ser_embed_square(const ser_embed_state *m, uint16_t i) {
+  return (int32_t)get_u32(m->sums + 4u * ((size_t)m->dim + i));
+}
+
+int ser_embed_decode(const uint8_t *payload, size_t len, uint8_t *op, ser_embed_state *state) {
+  if (len < 1) return SER_ERR_BAD_LENGTH;
+  *op = payload[0];
+  memset(state, 0, sizeof *state);
+  if (*op == SER_NORM_READ || *op == SER_NORM_RESET) return len == 1 ? SER_ERR_NONE : SER_ERR_BAD_LENGTH;
+  if (*op != SER_NORM_LOAD) return SER_ERR_BAD_NORM;
+  return ser_embed_state_decode(payload + 1, len - 1, state);
+}
+
+size_t ser_embed_encode(uint8_t op, const ser_embed_state *state, const int32_t *sum, const int32_t *squares,
+                        uint8_t *out, size_t cap) {
+  if (cap < 1) return 0;
+  out[0] = op;
+  if (op != SER_NORM_LOAD) return 1;
+  size_t n = ser_embed_state_encode(state, sum, squares, out + 1, cap - 1);
+  return n ? n + 1 : 0;
+}
+
 static size_t put_tensor_spec(uint8_t *v, const ser_tensor_spec *t) {
   uint8_t n = t->n_dims > SER_INFO_MAX_DIMS ? SER_INFO_MAX_DIMS : t->n_dims;
   v[0] = t->dtype;
@@ -589,6 +635,12 @@ size_t ser_info_encode(const ser_info *info, uint8_t *out, size_t cap) {
     put_u16(v + 1, info->sn_bins);
     SER_APPEND(SER_TAG_SPEAKER_NORM, v, 3);
   }
+  if (has & SER_INFO_HAS(SER_TAG_EMBEDDING_NORM)) {
+    put_u16(v, info->en_dim);
+    v[2] = info->en_classes;
+    v[3] = info->en_prior_clips;
+    SER_APPEND(SER_TAG_EMBEDDING_NORM, v, 4);
+  }
 #undef SER_APPEND
   return len;
 }
@@ -623,6 +675,7 @@ int ser_info_decode(const uint8_t *payload, size_t len, ser_info *info) {
       case SER_TAG_TENSOR_IO: need = 4; break;
       case SER_TAG_LAYERS: need = 2; break;
       case SER_TAG_SPEAKER_NORM: need = 3; break;
+      case SER_TAG_EMBEDDING_NORM: need = 4; break;
       default: break;
     }
     if (n < need) return SER_ERR_BAD_LENGTH;
@@ -668,6 +721,11 @@ int ser_info_decode(const uint8_t *payload, size_t len, ser_info *info) {
       case SER_TAG_SPEAKER_NORM:
         info->sn_mode = v[0];
         info->sn_bins = get_u16(v + 1);
+        break;
+      case SER_TAG_EMBEDDING_NORM:
+        info->en_dim = get_u16(v);
+        info->en_classes = v[2];
+        info->en_prior_clips = v[3];
         break;
       default: continue; /* unknown tag: skipped */
     }

@@ -39,6 +39,7 @@ enum {
   SER_MSG_TENSOR_READ = 0x0A,
   SER_MSG_LAYER_READ = 0x0B, /* every tensor of the graph (section 13), only to a board whose INFO has LAYERS */
   SER_MSG_NORM = 0x0C,       /* per-speaker statistics (section 14), only to a board whose INFO has SPEAKER_NORM */
+  SER_MSG_EMBED = 0x0D,      /* per-speaker embedding statistics (section 15), only if INFO has EMBEDDING_NORM */
   SER_MSG_BOOT = 0x80,
   SER_MSG_INFO = 0x81,
   SER_MSG_NEXT = 0x82,
@@ -50,6 +51,7 @@ enum {
   SER_MSG_TENSOR_DATA = 0x88,
   SER_MSG_LAYER_DATA = 0x89,
   SER_MSG_NORM_STATE = 0x8A,
+  SER_MSG_EMBED_STATE = 0x8B,
   SER_MSG_ERROR = 0xEE
 };
 
@@ -294,6 +296,28 @@ int ser_norm_decode(const uint8_t *payload, size_t len, uint8_t *op, ser_norm_st
 size_t ser_norm_encode(uint8_t op, const ser_norm_state *state, const int64_t *sum, const int64_t *squares, uint8_t *out,
                        size_t cap);
 
+/* ---- per-speaker embedding statistics (PROTOCOL.md section 15) ----
+ * EMBED(op) with op READ or RESET, or EMBED(LOAD, state) -> EMBED_STATE(state). A state: dim u16,
+ * clips u32, then sum i32[dim] and squares i32[dim] (little-endian), ser_embedding_norm.h's
+ * ser_en_sums on the wire. The ops are NORM's (SER_NORM_READ, _RESET, _LOAD). */
+#define SER_EMBED_STATE_HEADER_SIZE 6
+#define SER_EMBED_STATE_SIZE(dim) (SER_EMBED_STATE_HEADER_SIZE + 8u * (dim))
+#define SER_EMBED_MAX_DIM 255 /* 1 + SER_EMBED_STATE_SIZE(255) = 2047 bytes: a LOAD fits one frame */
+typedef struct {
+  uint16_t dim;
+  uint32_t clips;
+  const uint8_t *sums; /* decode: 8 * dim bytes in the payload; read them with ser_embed_sum/ser_embed_square */
+} ser_embed_state;
+size_t ser_embed_state_encode(const ser_embed_state *m, const int32_t *sum, const int32_t *squares, uint8_t *out,
+                              size_t cap);
+int ser_embed_state_decode(const uint8_t *payload, size_t len, ser_embed_state *m);
+int32_t ser_embed_sum(const ser_embed_state *m, uint16_t i);
+int32_t ser_embed_square(const ser_embed_state *m, uint16_t i);
+/* EMBED: op u8, then for LOAD the state. SER_ERR_BAD_NORM for an unknown op, BAD_LENGTH for a wrong size. */
+int ser_embed_decode(const uint8_t *payload, size_t len, uint8_t *op, ser_embed_state *state);
+size_t ser_embed_encode(uint8_t op, const ser_embed_state *state, const int32_t *sum, const int32_t *squares,
+                        uint8_t *out, size_t cap);
+
 /* ---- INFO / BOOT: a TLV list (tag u8, len u8, value[len]) ----
  * Decoders skip unknown tags. A known tag's value may grow at its end in later versions: decoders
  * read the fields they know and ignore the rest; a value shorter than its fields is BAD_LENGTH. */
@@ -315,7 +339,8 @@ enum {
   SER_TAG_RX_PATHS = 0x0F,          /* u8: ways in for the host's stream, path 0 the UART (section 8) */
   SER_TAG_TENSOR_IO = 0x10,         /* n_inputs u8, n_outputs u8, max_chunk_bytes u16: raw tensors (section 12) */
   SER_TAG_LAYERS = 0x11,            /* n_tensors u16: every tensor is kept and readable (section 13) */
-  SER_TAG_SPEAKER_NORM = 0x12       /* mode u8 (ser_speaker_norm.h SER_SN_*), n_bins u16 (section 14) */
+  SER_TAG_SPEAKER_NORM = 0x12,      /* mode u8 (ser_speaker_norm.h SER_SN_*), n_bins u16 (section 14) */
+  SER_TAG_EMBEDDING_NORM = 0x13     /* dim u16, classes u8, prior_clips u8 (section 15) */
 };
 
 /* ser_info.present: one bit per tag above (1 << tag); the LABEL bit stands for all n_labels labels. */
@@ -361,6 +386,8 @@ typedef struct {
   uint16_t n_tensors; /* LAYERS */
   uint8_t sn_mode;    /* SPEAKER_NORM */
   uint16_t sn_bins;
+  uint16_t en_dim; /* EMBEDDING_NORM */
+  uint8_t en_classes, en_prior_clips;
 } ser_info;
 
 size_t ser_info_encode(const ser_info *info, uint8_t *out, size_t cap);

@@ -38,6 +38,7 @@ static int spec_eq(const ser_tensor_spec *a, const ser_tensor_spec *b) {
 }
 
 static int64_t g_sums[SER_NORM_MAX_BINS], g_squares[SER_NORM_MAX_BINS];
+static int32_t g_embed_sums[SER_EMBED_MAX_DIM], g_embed_squares[SER_EMBED_MAX_DIM];
 
 /* What INFO decoding kept must survive encode + decode. */
 static void check_info_roundtrip(const ser_info *a) {
@@ -132,6 +133,21 @@ static void decode_payload(uint8_t type, const uint8_t *p, size_t n) {
       }
       size_t out = type == SER_MSG_NORM ? ser_norm_encode(op, &m, g_sums, g_squares, g_out, sizeof g_out)
                                         : ser_norm_state_encode(&m, g_sums, g_squares, g_out, sizeof g_out);
+      check(out == n && !memcmp(g_out, p, n));
+      break;
+    }
+    case SER_MSG_EMBED:
+    case SER_MSG_EMBED_STATE: { /* the same for the embedding statistics */
+      ser_embed_state m;
+      uint8_t op = SER_NORM_LOAD;
+      int err = type == SER_MSG_EMBED ? ser_embed_decode(p, n, &op, &m) : ser_embed_state_decode(p, n, &m);
+      if (err != SER_ERR_NONE) break;
+      for (uint16_t i = 0; i < m.dim; i++) {
+        g_embed_sums[i] = ser_embed_sum(&m, i);
+        g_embed_squares[i] = ser_embed_square(&m, i);
+      }
+      size_t out = type == SER_MSG_EMBED ? ser_embed_encode(op, &m, g_embed_sums, g_embed_squares, g_out, sizeof g_out)
+                                         : ser_embed_state_encode(&m, g_embed_sums, g_embed_squares, g_out, sizeof g_out);
       check(out == n && !memcmp(g_out, p, n));
       break;
     }

@@ -1,0 +1,225 @@
+"""Per-speaker standardisation of the pooled embedding, and a classifier fitted on it.
+
+    python -m train.embedding_norm RUN [RUN ...] --data CASIA    (fits the head of finished runs)
+
+Why: per-speaker normalisation of the log-mel (``train.speaker_norm``) removes a voice's constant
+spectral offset, but the voice is still in the network's deeper features: on leave-one-speaker-out a
+new voice's clips crowd into one or two classes. Standardising the pooled embedding (the output of
+global average pooling, the input of the final Dense layer) by the statistics of the voice's own
+embeddings removes what is constant about the voice one level up, with no label, and a linear
+classifier (multinomial logistic regression) fitted on standardised embeddings of the training
+clips reads it. docs/accuracy.md has the measurements.
+
+On the board (``firmware/app/ser_embedding_norm.h``) the int8 model ends at the embedding; the board
+keeps each voice's sums of its int8 embeddings and applies the classifier itself. A voice is scored
+causally: each clip by the embeddings of the clips before it in the fixed label-free order of
+``train.speaker_norm.scoring_order``, its first ``PRIOR_CLIPS`` clips by the training part's pooled
+statistics (one clip has no spread). Training fits the classifier with each training voice
+standardised by all its training clips, its steady state.
+
+A run with ``embedding_norm.json`` (``ser-train --embedding-norm``, or this module on a finished run)
+is converted to a model that ends at the embedding, with the classifier in its metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import keras
+
+EMBEDDING_LAYER = "gap"  # the pooled embedding (train/models.py)
+EMBEDDING_NORM_FILE = "embedding_norm.json"  # in a run folder: the classifier and the prior
+PRIOR_CLIPS = 2  # a voice's first clips are standardised by the prior: one clip has no spread
+C_REGULARISATION = 1.0  # the logistic regression's inverse L2 strength (scikit-learn's default)
+
+
+@dataclass(frozen=True, eq=False)
+class Head:
+    """The classifier on standardised embeddings and the prior a new voice starts from.
+
+    Training keeps it in the float embedding's units; ``in_int8_steps`` gives what the board holds
+    (the prior in steps of the int8 output; the weights read standardised values, which no affine
+    change of units moves).
+    """
+
+    weights: np.ndarray  # (classes, dim) float32
+    bias: np.ndarray  # (classes,)
+    prior_mean: np.ndarray  # (dim,)
+    prior_std: np.ndarray  # (dim,)
+    prior_clips: int = PRIOR_CLIPS
+
+    @property
+    def dim(self) -> int:
+        return int(self.weights.shape[1])
+
+    @property
+    def classes(self) -> int:
+        return int(self.weights.shape[0])
+
+    def to_json(self, compact: bool = False) -> dict:
+        """Plain lists, or (``compact``: in a model's metadata, which the board's flash carries) each array as
+        base64 of its little-endian float32 bytes, a quarter of the size and exact."""
+        arrays = {"weights": self.weights, "bias": self.bias, "prior_mean": self.prior_mean, "prior_std": self.prior_std}
+        out = {"layer": EMBEDDING_LAYER, "prior_clips": self.prior_clips, "classes": self.classes, "dim": self.dim}
+        if compact:
+            return out | {k: base64.b64encode(np.asarray(v, "<f4").tobytes()).decode() for k, v in arrays.items()}
+        return out | {k: v.tolist() for k, v in arrays.items()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Head:
+        def array(key: str) -> np.ndarray:
+            value = data[key]
+            if isinstance(value, str):
+                return np.frombuffer(base64.b64decode(value), "<f4").astype(np.float32)
+            return np.asarray(value, np.float32)
+
+        weights, bias, mean, std = (array(k) for k in ("weights", "bias", "prior_mean", "prior_std"))
+        if "classes" in data and "dim" in data and weights.size == data["classes"] * data["dim"]:
+            weights = weights.reshape(data["classes"], data["dim"])
+        dim = weights.shape[-1]
+        if weights.ndim != 2 or bias.shape != (weights.shape[0],) or mean.shape != (dim,) or std.shape != (dim,):
+            raise ValueError("embedding_norm: weights (classes, dim), bias (classes,), prior_mean and prior_std (dim,)")
+        return cls(weights, bias, mean, std, int(data.get("prior_clips", PRIOR_CLIPS)))
+
+    def in_int8_steps(self, scale: float, zero_point: int) -> Head:
+        """The same head for an int8 embedding ``q`` with ``value = scale * (q - zero_point)``."""
+        mean = (self.prior_mean / np.float32(scale) + np.float32(zero_point)).astype(np.float32)
+        std = (self.prior_std / np.float32(scale)).astype(np.float32)
+        return Head(self.weights, self.bias, mean, std, self.prior_clips)
+
+    def logits(self, z: np.ndarray) -> np.ndarray:
+        return z @ self.weights.T + self.bias
+
+
+def moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and standard deviation of rows ``x`` (a constant column keeps std 1)."""
+    mean, std = x.mean(0), x.std(0)
+    return mean, np.where(std > 0, std, 1.0)
+
+
+def voices_in_order(speakers: Sequence[str]) -> list[np.ndarray]:
+    """Each voice's clip indices in the order a board hears them (``scoring_order``: no label, no path)."""
+    from train.speaker_norm import scoring_order
+
+    speakers = np.asarray(speakers)
+    out = []
+    for speaker in dict.fromkeys(speakers.tolist()):
+        mine = np.flatnonzero(speakers == speaker)
+        out.append(mine[scoring_order(len(mine))])
+    return out
+
+
+def causal(
+    emb: np.ndarray, speakers: Sequence[str], prior: tuple[np.ndarray, np.ndarray], prior_clips: int = PRIOR_CLIPS
+) -> np.ndarray:
+    """Every clip's embedding standardised by its voice's earlier clips (in board order); the first
+    ``prior_clips`` of a voice by ``prior``. Float: the host's twin of the board's stage."""
+    out = np.empty_like(emb)
+    for order in voices_in_order(speakers):
+        for k, i in enumerate(order):
+            mean, std = moments(emb[order[:k]]) if k >= prior_clips else prior
+            out[i] = (emb[i] - mean) / std
+    return out
+
+
+def by_own_voice(emb: np.ndarray, speakers: Sequence[str]) -> np.ndarray:
+    """Every clip's embedding standardised by all of its voice's clips here (a training voice's steady state)."""
+    speakers = np.asarray(speakers)
+    out = np.empty_like(emb)
+    for speaker in set(speakers.tolist()):
+        mine = speakers == speaker
+        mean, std = moments(emb[mine])
+        out[mine] = (emb[mine] - mean) / std
+    return out
+
+
+def fit_head(emb: np.ndarray, labels: np.ndarray, speakers: Sequence[str], prior_clips: int = PRIOR_CLIPS) -> Head:
+    """The classifier on the training clips' embeddings, each voice standardised by its own clips."""
+    from sklearn.linear_model import LogisticRegression
+
+    z = by_own_voice(emb, speakers)
+    fit = LogisticRegression(C=C_REGULARISATION, max_iter=5000).fit(z, labels)
+    if list(fit.classes_) != list(range(fit.coef_.shape[0])):
+        raise ValueError("every emotion must have training clips to fit the embedding classifier")
+    mean, std = moments(emb)
+    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    return Head(f32(fit.coef_), f32(fit.intercept_), f32(mean), f32(std), prior_clips)
+
+
+def save_head(path: Path, head: Head) -> None:
+    Path(path).write_text(json.dumps(head.to_json()) + "\n")
+
+
+def load_head(path: Path) -> Head:
+    return Head.from_json(json.loads(Path(path).read_text()))
+
+
+def embedding_model(model: keras.Model) -> keras.Model:
+    """The network up to its pooled embedding."""
+    import keras
+
+    return keras.Model(model.input, model.get_layer(EMBEDDING_LAYER).output)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def fit_run(run: Path, root: Path) -> Head:
+    """Fit and save (``embedding_norm.json``) the classifier of one finished run folder (one fold)."""
+    import keras
+
+    from train.corpus import read_wav
+    from train.frontend import FrontEndConfig
+    from train.labels import label_index
+    from train.speaker_norm import run_model_inputs
+    from train.splits import clips_with_role, load_manifest
+
+    train = clips_with_role(load_manifest(run / "manifest.json"), "train")
+    cfg = FrontEndConfig.load(run / "frontend.json")
+    speakers = [c["speaker"] for c in train]
+    inputs = np.stack(run_model_inputs(run, cfg, [read_wav(root / c["path"]) for c in train], speakers))
+    model = keras.models.load_model(run / "model.keras", compile=False)
+    emb = embedding_model(model).predict(inputs, batch_size=64, verbose=0)
+    head = fit_head(emb, np.array([label_index(c["emotion"]) for c in train]), speakers)
+    save_head(run / EMBEDDING_NORM_FILE, head)
+    return head
+
+
+def main(argv: list[str] | None = None) -> int:
+    from train.corpus import resolve_root
+    from train.splits import fold_runs
+    from train.tf_env import quiet_tensorflow
+
+    p = argparse.ArgumentParser(
+        prog="python -m train.embedding_norm",
+        description="Fit the per-speaker embedding classifier of finished ser-train runs (each fold): writes "
+        "embedding_norm.json beside model.keras, so ser-convert makes a model that ends at the embedding.",
+    )
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="ser-train run folders")
+    p.add_argument("--data", help="CASIA root; default $CASIA_ROOT")
+    args = p.parse_args(argv)
+    quiet_tensorflow()
+    root = resolve_root(args.data)
+    folds = [f for run in args.runs for f in fold_runs(run)]
+    missing = [str(f) for f in folds if not (f / "model.keras").exists()]
+    if missing:
+        p.error(f"not a finished ser-train run (no model.keras): {', '.join(missing)}")
+    for fold in folds:
+        head = fit_run(fold, root)
+        print(f"{fold}: {EMBEDDING_NORM_FILE} ({head.classes} classes x {head.dim} values)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
