@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from train.speaker_norm import scoring_order
+
 if TYPE_CHECKING:
     import keras
 
@@ -108,8 +110,6 @@ def moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def voices_in_order(speakers: Sequence[str]) -> list[np.ndarray]:
     """Each voice's clip indices in the order a board hears them (``scoring_order``: no label, no path)."""
-    from train.speaker_norm import scoring_order
-
     speakers = np.asarray(speakers)
     out = []
     for speaker in dict.fromkeys(speakers.tolist()):
