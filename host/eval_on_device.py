@@ -38,7 +38,7 @@ from host.board import DEFAULT_BAUD
 from host.clips import EvalClip, board_pcm, select
 from host.eval_report import RESULTS, RUN_INFO, ResultsLog, current_summary, forget_idle, read_results, write_reports
 from host.protocol import NormState
-from host.reference import HostReference, audio_frontend, to_wire
+from host.reference import HostReference, audio_frontend, per_voice, to_wire
 from host.session import BoardSession, ClipFailed, FatalBoardError
 from train.corpus import CorpusError, resolve_root
 from train.embedding_c import SCORE_SCALE
@@ -493,7 +493,7 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, dict]:
     root = resolve_root(args.data)
     done = {k for k, r in read_results(out_dir / RESULTS).items() if r.get("status") == "ok"}
     clips = [EvalClip(c, meta["clip_emotions"][c]) for c in meta["clips"]]
-    todo = streams(clips, done, audio_frontend(tflite).speaker_norm != "off" or model_head(tflite) is not None)
+    todo = streams(clips, done, per_voice(tflite))
     left = sum(not d for stream in todo for _, d in stream)
     print(f"{len(meta['clips'])} clips, {len(meta['clips']) - left} already done, {left} to go; reports in {out_dir}")
     if not todo and (summary := current_summary(out_dir, meta)):  # no board needed: the report stands as it is

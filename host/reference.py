@@ -28,6 +28,12 @@ def audio_frontend(tflite: bytes) -> FrontEndConfig:
     return cfg
 
 
+def per_voice(tflite: bytes) -> bool:
+    """Whether a clip's scores depend on the voice's earlier clips: per-speaker statistics of the log-mel
+    (PROTOCOL.md 14) or of the embedding (15), which the board keeps voice by voice."""
+    return audio_frontend(tflite).speaker_norm != "off" or model_head(tflite) is not None
+
+
 def model_labels(tflite: bytes) -> tuple[str, ...]:
     meta = read_metadata(tflite) or {}
     return tuple(meta.get("labels", ()))

@@ -175,25 +175,43 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def _embeddings(run: Path, model: keras.Model, pcms: Sequence[np.ndarray], speakers: Sequence[str]) -> np.ndarray:
+    """Pooled embeddings of clips as the run's model meets them (``run_model_inputs``: the run's front end, and
+    for a speaker-normalised run its training voices' statistics, any other voice causal)."""
+    from train.frontend import FrontEndConfig
+    from train.speaker_norm import run_model_inputs
+
+    inputs = np.stack(run_model_inputs(run, FrontEndConfig.load(run / "frontend.json"), pcms, list(speakers)))
+    return embedding_model(model).predict(inputs, batch_size=64, verbose=0)
+
+
+def fit_and_save(run: Path, model: keras.Model, pcms: Sequence[np.ndarray], speakers: Sequence[str], labels: np.ndarray) -> Head:
+    """Fit the classifier on a run's training clips and save it there (``embedding_norm.json``)."""
+    head = fit_head(_embeddings(run, model, pcms, speakers), labels, speakers)
+    save_head(run / EMBEDDING_NORM_FILE, head)
+    return head
+
+
+def probabilities(run: Path, model: keras.Model, head: Head, pcms: Sequence[np.ndarray], speakers: Sequence[str]) -> np.ndarray:
+    """Class probabilities of clips, each voice scored causally in board order (float: the host's twin of the board)."""
+    logits = head.logits(
+        causal(_embeddings(run, model, pcms, speakers), speakers, (head.prior_mean, head.prior_std), head.prior_clips)
+    )
+    return softmax(logits)
+
+
 def fit_run(run: Path, root: Path) -> Head:
-    """Fit and save (``embedding_norm.json``) the classifier of one finished run folder (one fold)."""
+    """Fit and save the classifier of one finished run folder (one fold), as ``ser-train --embedding-norm`` does."""
     import keras
 
     from train.corpus import read_wav
-    from train.frontend import FrontEndConfig
     from train.labels import label_index
-    from train.speaker_norm import run_model_inputs
     from train.splits import clips_with_role, load_manifest
 
     train = clips_with_role(load_manifest(run / "manifest.json"), "train")
-    cfg = FrontEndConfig.load(run / "frontend.json")
-    speakers = [c["speaker"] for c in train]
-    inputs = np.stack(run_model_inputs(run, cfg, [read_wav(root / c["path"]) for c in train], speakers))
     model = keras.models.load_model(run / "model.keras", compile=False)
-    emb = embedding_model(model).predict(inputs, batch_size=64, verbose=0)
-    head = fit_head(emb, np.array([label_index(c["emotion"]) for c in train]), speakers)
-    save_head(run / EMBEDDING_NORM_FILE, head)
-    return head
+    labels = np.array([label_index(c["emotion"]) for c in train])
+    return fit_and_save(run, model, [read_wav(root / c["path"]) for c in train], [c["speaker"] for c in train], labels)
 
 
 def main(argv: list[str] | None = None) -> int:

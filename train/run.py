@@ -12,12 +12,11 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from train.corpus import Clip
-from train.embedding_norm import EMBEDDING_NORM_FILE, PRIOR_CLIPS, causal, embedding_model, fit_head, save_head, softmax
+from train.embedding_norm import PRIOR_CLIPS, fit_and_save, probabilities
 from train.fit import TrainConfig, feature_batch, fit_model, standardise
 from train.frontend import FrontEndConfig, clip_features
 from train.frontend import default_frontend as default_frontend  # re-exported: callers import it with train_one
@@ -33,13 +32,9 @@ from train.speaker_norm import (
     pooled,
     save_speaker_norm,
     scoring_plan,
-    speaker_features,
 )
 from train.splits import make_manifest, save_manifest
 from train.teacher import check_same_test_clips, distilled_targets, soft_targets, teacher_run
-
-if TYPE_CHECKING:
-    import keras
 
 
 def _write_json(path: Path, data: object) -> None:
@@ -149,17 +144,8 @@ def train_one(
         probs = model.predict(feature_batch(pcm_of("test"), frontend), verbose=0, batch_size=64)
     if tcfg.embedding_norm:  # the deployed model: the classifier on each voice's standardised embedding
         model_test = scores(labels[part["test"]], probs.argmax(axis=1))
-        test_pcm = pcm_of("test")
-        if tcfg.speaker_norm:  # the test voices' log-mel as the board standardises it
-            board_cfg = frontend.with_speaker_norm(tcfg.speaker_norm, prior.mean, prior.std)
-            raws = [clip_features(p, frontend) for p in test_pcm]
-            x_test = np.stack(speaker_features(list(speakers[part["test"]]), raws, board_cfg, speaker_stats))
-        else:
-            x_test = feature_batch(test_pcm, frontend)
-        x_train = feature_batch(pcm_of("train"), frontend, norms.get("train"))
-        probs = _score_embedding_norm(
-            out, model, x_train, labels[part["train"]], list(speakers[part["train"]]), x_test, list(speakers[part["test"]])
-        )
+        head = fit_and_save(out, model, pcm_of("train"), list(speakers[part["train"]]), labels[part["train"]])
+        probs = probabilities(out, model, head, pcm_of("test"), list(speakers[part["test"]]))
     predicted = probs.argmax(axis=1)
     metrics = {
         "model": tcfg.model,
@@ -204,19 +190,6 @@ def train_one(
     plot_training(history, best_epoch, out / "training.png", title)
     (out / "summary.md").write_text(run_summary_md(metrics))
     return metrics
-
-
-def _score_embedding_norm(
-    out: Path, model: keras.Model, x_train: np.ndarray, y_train: np.ndarray, train_speakers: list[str], x_test: np.ndarray,
-    test_speakers: list[str],
-) -> np.ndarray:  # fmt: skip
-    """Fit the classifier on the training clips' standardised embeddings (saved as ``embedding_norm.json``) and
-    return the test clips' probabilities, each voice scored causally in board order (``train.embedding_norm``)."""
-    embed = embedding_model(model)
-    head = fit_head(embed.predict(x_train, verbose=0, batch_size=64), y_train, train_speakers)
-    save_head(out / EMBEDDING_NORM_FILE, head)
-    emb = embed.predict(x_test, verbose=0, batch_size=64)
-    return softmax(head.logits(causal(emb, test_speakers, (head.prior_mean, head.prior_std), head.prior_clips)))
 
 
 def _score_speaker_norm(
