@@ -5,7 +5,8 @@
                                          [--distill audio_resnet:spectrogram_resnet ...] [--jobs 2]
                                          [--seeds 0 1 2] [--speaker-norm scalar|bins]
                                          [--speed-perturb 0.9,1.0,1.1] [--vtlp 0.1] [--speaker-adversarial 0.3]
-                                         [--mixup 0.4] [--embedding-norm] [--validation-speaker] [--on-board]
+                                         [--mixup 0.4] [--standardised-head 1] [--embedding-norm]
+                                         [--validation-speaker] [--on-board]
 
 Each (model, split) trains through ``ser-train`` in its own process; finished runs (and finished
 folds) are reused, so a cut-off benchmark continues where it stopped.
@@ -66,6 +67,7 @@ class Training:
     vtlp: str | None = None  # ser-train --vtlp
     speaker_adversarial: str | None = None  # ser-train --speaker-adversarial
     mixup: str | None = None  # ser-train --mixup
+    standardised_head: str | None = None  # ser-train --standardised-head
     embedding_norm: bool = False  # ser-train --embedding-norm
     validation_speaker: bool = False  # ser-train --validation-speaker (LOSO)
 
@@ -77,6 +79,7 @@ class Training:
         base = f"{base}-vtlp-{self.vtlp}" if self.vtlp else base
         base = f"{base}-adversarial-{self.speaker_adversarial}" if self.speaker_adversarial else base
         base = f"{base}-mixup-{self.mixup}" if self.mixup else base
+        base = f"{base}-standardised-head-{self.standardised_head}" if self.standardised_head else base
         base = f"{base}-embedding-norm" if self.embedding_norm else base
         base = f"{base}-val-speaker" if self.validation_speaker else base
         return f"{base}-seed{self.seed}" if self.seed else base
@@ -96,6 +99,7 @@ def _ser_train(t: Training, args: argparse.Namespace, out: Path, fold: int | Non
     cmd += ["--vtlp", t.vtlp] if t.vtlp else []
     cmd += ["--speaker-adversarial", t.speaker_adversarial] if t.speaker_adversarial else []
     cmd += ["--mixup", t.mixup] if t.mixup else []
+    cmd += ["--standardised-head", t.standardised_head] if t.standardised_head else []
     cmd += ["--embedding-norm"] if t.embedding_norm else []
     cmd += ["--validation-speaker"] if t.validation_speaker else []
     cmd += ["--data", args.data] if args.data else []
@@ -226,6 +230,7 @@ def options(model: str, args: argparse.Namespace) -> dict:
         "vtlp": args.vtlp if logmel else None,
         "speaker_adversarial": args.speaker_adversarial,
         "mixup": args.mixup,
+        "standardised_head": args.standardised_head,
         "embedding_norm": args.embedding_norm,
         "validation_speaker": args.validation_speaker,
     }
@@ -262,6 +267,7 @@ def main() -> int:
     p.add_argument("--vtlp", metavar="W", help="ser-train --vtlp for every run (log-mel models only), e.g. 0.1")
     p.add_argument("--speaker-adversarial", metavar="W", help="ser-train --speaker-adversarial for every run, e.g. 0.3")
     p.add_argument("--mixup", metavar="ALPHA", help="ser-train --mixup for every run, e.g. 0.4")
+    p.add_argument("--standardised-head", metavar="W", help="ser-train --standardised-head for every run, e.g. 1")
     p.add_argument("--embedding-norm", action="store_true", help="ser-train --embedding-norm for every run (a teacher's too)")
     p.add_argument(
         "--validation-speaker", action="store_true", help="ser-train --validation-speaker for every run (loso splits only)"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 import keras
@@ -13,10 +12,7 @@ import tensorflow as tf
 
 from train.adversary import GradientReversal, ramp, speaker_targets, with_speaker_head
 from train.cli import main
-from train.corpus import discover, load_corpus
-from train.fit import TrainConfig
 from train.models import BUILDERS
-from train.run import default_frontend, train_one
 
 
 def test_the_reversal_is_the_identity_forward_and_scales_the_gradient_by_minus_its_scale() -> None:
@@ -66,21 +62,6 @@ def test_the_speaker_loss_pushes_the_convolutions_the_other_way_and_the_head_its
     for p in head:
         np.testing.assert_array_equal(adversarial[p], plain[p])
     assert "classifier/kernel" not in " ".join(adversarial)  # the speaker loss never reaches the emotion head
-
-
-def test_an_adversarial_run_saves_the_plain_emotion_model(synthetic_corpus: Path, tmp_path: Path) -> None:
-    clips = discover(synthetic_corpus)
-    pcm = load_corpus(synthetic_corpus, clips)
-    frontend = default_frontend("spectrogram_resnet")
-    tcfg = TrainConfig(model="spectrogram_resnet", epochs=2, batch_size=16, warmup_epochs=1, speaker_adversarial=0.5)
-    train_one(tmp_path / "adv", clips, pcm, "loso", 0, tcfg, frontend, mcu_probe=False, show_progress=False)
-    saved = keras.models.load_model(tmp_path / "adv" / "model.keras")
-    plain = BUILDERS["spectrogram_resnet"](frontend.input_shape)
-    assert [layer.name for layer in saved.layers] == [layer.name for layer in plain.layers]
-    assert saved.count_params() == plain.count_params() and len(saved.outputs) == 1
-    history = json.loads((tmp_path / "adv" / "history.json").read_text())
-    assert len(history["speaker_loss"]) == len(history["accuracy"]) == len(history["val_accuracy"]) == 2
-    assert json.loads((tmp_path / "adv" / "train_config.json").read_text())["speaker_adversarial"] == 0.5
 
 
 @pytest.mark.parametrize("weight", ["0", "1.5", "x"])

@@ -123,6 +123,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "so the convolutions learn to hide who speaks (train.adversary; the saved model has no such head); default: off",
     )
     p.add_argument(
+        "--standardised-head",
+        type=_up_to("a weight", "1", 4.0),
+        metavar="W",
+        help="also train a second emotion head on the pooled embedding standardised by each speaker's clips in the "
+        "batch, its loss times W, e.g. 1, so the convolutions learn what --embedding-norm reads "
+        "(train.standardised_head; the saved model has no such head); default: off",
+    )
+    p.add_argument(
         "--refit",
         action=argparse.BooleanOptionalAction,
         help="train on the whole training part, validation part included, and keep the last epoch (no selection); "
@@ -181,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_augment and given:
             print(f"ser-train: {flag} is an augmentation; drop it or --no-augment", file=sys.stderr)
             return 2
+    if args.speaker_adversarial and args.standardised_head:
+        print("ser-train: --speaker-adversarial and --standardised-head do not combine; choose one", file=sys.stderr)
+        return 2
     if args.vtlp and FRONT_END_KIND[args.model] != "logmel":
         print(f"ser-train: --vtlp warps the log-mel; {args.model} takes the raw waveform", file=sys.stderr)
         return 2
@@ -225,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "embedding_norm": args.embedding_norm or None,
         "validation_by_speaker": args.validation_speaker or None,
         "speaker_adversarial": args.speaker_adversarial,
+        "standardised_head": args.standardised_head,
     }
     tcfg = TrainConfig(model=args.model, seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     if args.no_augment:

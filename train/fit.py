@@ -18,6 +18,7 @@ from train.frontend import FrontEndConfig, clip_features, clip_log_mel, features
 from train.labels import NUM_CLASSES
 from train.models import BUILDERS
 from train.speaker_norm import Stats, apply
+from train.standardised_head import with_standardised_head
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class TrainConfig:
     # > 0: a speaker head learns the training speaker from the pooled embedding through a gradient reversed and
     # scaled by up to this weight (train.adversary), so the convolutions learn to hide who speaks. 0: off.
     speaker_adversarial: float = 0.0
+    # > 0: a second emotion head, in training only, reads the pooled embedding standardised by each speaker's clips
+    # in the batch; its loss joins the network's own times this weight (train.standardised_head). 0: off.
+    standardised_head: float = 0.0
 
 
 def make_deterministic(seed: int) -> None:
@@ -212,7 +216,8 @@ def fit_model(
     """Train; returns the model at its best validation epoch, the history and that epoch (0-based).
 
     ``train_norms``/``val_norms``: each clip's speaker statistics (per-speaker normalisation).
-    ``train_speakers``: each training clip's speaker, needed by ``tcfg.speaker_adversarial``.
+    ``train_speakers``: each training clip's speaker, needed by ``tcfg.speaker_adversarial`` and
+    ``tcfg.standardised_head``.
 
     ``train_targets``: class indices, or one target distribution per clip (distillation).
     No validation clips (a refit run): nothing is validated and the last epoch is kept.
@@ -221,22 +226,30 @@ def fit_model(
     model = BUILDERS[tcfg.model](cfg.input_shape, dropout=tcfg.dropout, l2=tcfg.l2)
     emotion_loss = keras.losses.CategoricalCrossentropy(label_smoothing=tcfg.label_smoothing)
     trainer, reversal = model, None
-    if tcfg.speaker_adversarial > 0:
+    two_heads = tcfg.speaker_adversarial > 0 or tcfg.standardised_head > 0
+    if tcfg.speaker_adversarial > 0 and tcfg.standardised_head > 0:
+        raise ValueError("speaker-adversarial training and the standardised head do not combine; choose one")
+    if two_heads:
         if train_speakers is None:
-            raise ValueError("speaker-adversarial training needs each training clip's speaker")
+            raise ValueError("the speaker head and the standardised head need each training clip's speaker")
         targets = np.asarray(train_targets)
         emotions = targets.astype(np.float32) if targets.ndim == 2 else keras.utils.to_categorical(targets, NUM_CLASSES)
         speakers, count = speaker_targets(train_speakers)
         train_targets = np.hstack([emotions, speakers])  # one target row per clip: mixup mixes both alike
-        trainer, reversal = with_speaker_head(model, count)
+        if tcfg.speaker_adversarial > 0:
+            trainer, reversal = with_speaker_head(model, count)
+        else:
+            trainer = with_standardised_head(model, count, tcfg.dropout)
     data = AugmentedClips(train_pcm, train_targets, cfg, tcfg, train_norms)
     optimizer = keras.optimizers.AdamW(learning_rate=_schedule(tcfg, len(data)), weight_decay=tcfg.weight_decay)
-    if reversal is None:
+    if not two_heads:
         model.compile(optimizer=optimizer, loss=emotion_loss, metrics=["accuracy"])
     else:
+        second_loss = keras.losses.CategoricalCrossentropy() if reversal is not None else emotion_loss
         trainer.compile(
             optimizer=optimizer,
-            loss=[emotion_loss, keras.losses.CategoricalCrossentropy()],
+            loss=[emotion_loss, second_loss],
+            loss_weights=[1.0, 1.0 if reversal is not None else tcfg.standardised_head],
             metrics=[["accuracy"], ["accuracy"]],
         )
         model.compile(loss=emotion_loss, metrics=["accuracy"])  # validation only: the trainer fits it
@@ -253,6 +266,8 @@ def fit_model(
         if reversal is not None:
             reversal.scale.assign(ramp(tcfg.speaker_adversarial, epoch, tcfg.epochs))
             y = (y[:, :NUM_CLASSES], y[:, NUM_CLASSES:])
+        elif two_heads:  # the standardised head: the speaker rows are an input, both heads learn the emotion
+            x, y = [x, y[:, NUM_CLASSES:]], (y[:, :NUM_CLASSES], y[:, :NUM_CLASSES])
         fitted = trainer.fit(
             x,
             y,
