@@ -5,7 +5,7 @@
                                          [--distill audio_resnet:spectrogram_resnet ...] [--jobs 2]
                                          [--seeds 0 1 2] [--speaker-norm scalar|bins]
                                          [--speed-perturb 0.9,1.0,1.1] [--vtlp 0.1] [--speaker-adversarial 0.3]
-                                         [--mixup 0.4] [--standardised-head 1] [--embedding-norm]
+                                         [--mixup 0.4] [--standardised-head 1] [--embedding-norm] [--embedding-classifier lda]
                                          [--validation-speaker] [--on-board]
 
 Each (model, split) trains through ``ser-train`` in its own process; finished runs (and finished
@@ -69,6 +69,7 @@ class Training:
     mixup: str | None = None  # ser-train --mixup
     standardised_head: str | None = None  # ser-train --standardised-head
     embedding_norm: bool = False  # ser-train --embedding-norm
+    embedding_classifier: str | None = None  # ser-train --embedding-classifier
     validation_speaker: bool = False  # ser-train --validation-speaker (LOSO)
 
     @property
@@ -81,6 +82,7 @@ class Training:
         base = f"{base}-mixup-{self.mixup}" if self.mixup else base
         base = f"{base}-standardised-head-{self.standardised_head}" if self.standardised_head else base
         base = f"{base}-embedding-norm" if self.embedding_norm else base
+        base = f"{base}-{self.embedding_classifier}" if self.embedding_classifier else base
         base = f"{base}-val-speaker" if self.validation_speaker else base
         return f"{base}-seed{self.seed}" if self.seed else base
 
@@ -101,6 +103,7 @@ def _ser_train(t: Training, args: argparse.Namespace, out: Path, fold: int | Non
     cmd += ["--mixup", t.mixup] if t.mixup else []
     cmd += ["--standardised-head", t.standardised_head] if t.standardised_head else []
     cmd += ["--embedding-norm"] if t.embedding_norm else []
+    cmd += ["--embedding-classifier", t.embedding_classifier] if t.embedding_classifier else []
     cmd += ["--validation-speaker"] if t.validation_speaker else []
     cmd += ["--data", args.data] if args.data else []
     for teacher in teachers_of(t, args):
@@ -232,6 +235,7 @@ def options(model: str, args: argparse.Namespace) -> dict:
         "mixup": args.mixup,
         "standardised_head": args.standardised_head,
         "embedding_norm": args.embedding_norm,
+        "embedding_classifier": args.embedding_classifier,
         "validation_speaker": args.validation_speaker,
     }
 
@@ -269,6 +273,7 @@ def main() -> int:
     p.add_argument("--mixup", metavar="ALPHA", help="ser-train --mixup for every run, e.g. 0.4")
     p.add_argument("--standardised-head", metavar="W", help="ser-train --standardised-head for every run, e.g. 1")
     p.add_argument("--embedding-norm", action="store_true", help="ser-train --embedding-norm for every run (a teacher's too)")
+    p.add_argument("--embedding-classifier", choices=("logistic", "lda"), help="ser-train --embedding-classifier for every run")
     p.add_argument(
         "--validation-speaker", action="store_true", help="ser-train --validation-speaker for every run (loso splits only)"
     )

@@ -7,6 +7,7 @@ classifiers alike; and a run trained with it scored alike by training, conversio
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import json
 import subprocess
@@ -16,9 +17,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from host.protocol import EMBED_MAX_DIM
 from train.corpus import discover, load_corpus
-from train.embedding_c import MAX_CLIPS, SCORE_SCALE, EmbeddingStream, EmbedState, board_scores
-from train.embedding_norm import EMBEDDING_NORM_FILE, PRIOR_CLIPS, Head, by_own_voice, causal, fit_head, load_head
+from train.embedding_c import MAX_CLIPS, MAX_DIM, SCORE_SCALE, EmbeddingStream, EmbedState, _Sums, board_scores, library
+from train.embedding_norm import (
+    C_REGULARISATION,
+    CLASSIFIERS,
+    EMBEDDING_NORM_FILE,
+    PRIOR_CLIPS,
+    Head,
+    by_own_voice,
+    causal,
+    fit_head,
+    load_head,
+)
 from train.fit import TrainConfig
 from train.run import default_frontend, train_one
 from train.speaker_norm import scoring_order
@@ -171,19 +183,45 @@ def test_sums_no_voice_can_have_are_refused_and_full_sums_stop_growing() -> None
     assert other.clips == MAX_CLIPS  # full: frozen, as on the board
 
 
-def test_the_classifier_fit_does_not_see_a_voice_constant_offset() -> None:
+def test_the_widest_embedding_the_c_stage_takes_is_the_python_one_and_the_protocol_s() -> None:
+    sums = np.zeros(MAX_DIM + 1, np.int32), np.zeros(MAX_DIM + 1, np.int32)
+    init = library().ser_en_init
+    for dim, accepted in ((MAX_DIM, True), (MAX_DIM + 1, False)):
+        rc = init(ctypes.addressof(_Sums()), dim, sums[0].ctypes.data, sums[1].ctypes.data)
+        assert (rc == 0) is accepted, (dim, rc)
+    assert EMBED_MAX_DIM == MAX_DIM
+
+
+@pytest.mark.parametrize("classifier", CLASSIFIERS)
+def test_the_classifier_fit_does_not_see_a_voice_constant_offset(classifier: str) -> None:
     """Each training voice is standardised by its own clips, so shifting one voice's embeddings changes the prior
-    only: the classifier is the same."""
+    only: the classifier is the same, and its logits are the fitted classifier's own decision."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.linear_model import LogisticRegression
+
     rng = np.random.default_rng(4)
     labels = np.tile(np.arange(6), 10)
     speakers = ["a"] * 30 + ["b"] * 30
     emb = rng.normal(size=(60, 8)) + 3.0 * np.eye(6, 8)[labels]
     shifted = emb.copy()
     shifted[30:] += 5.0
-    one, two = fit_head(emb, labels, speakers), fit_head(shifted, labels, speakers)
+    one, two = fit_head(emb, labels, speakers, classifier), fit_head(shifted, labels, speakers, classifier)
     np.testing.assert_allclose(one.weights, two.weights, atol=1e-4)
     assert not np.allclose(one.prior_mean, two.prior_mean)
-    assert np.mean(one.logits(by_own_voice(emb, speakers)).argmax(1) == labels) > 0.8
+    z = by_own_voice(emb, speakers)
+    assert np.mean(one.logits(z).argmax(1) == labels) > 0.8
+    reference = {
+        "logistic": LogisticRegression(C=C_REGULARISATION, max_iter=5000),
+        "lda": LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto"),
+    }[classifier].fit(z, labels)
+    probe = rng.normal(size=(40, 8))
+    np.testing.assert_array_equal(one.logits(probe).argmax(1), reference.predict(probe))
+    np.testing.assert_allclose(one.logits(probe), reference.decision_function(probe), rtol=1e-4, atol=1e-4)
+
+
+def test_an_unknown_classifier_is_refused() -> None:
+    with pytest.raises(ValueError, match="lda"):
+        fit_head(np.zeros((12, 3)), np.tile(np.arange(6), 2), ["a"] * 12, "svm")
 
 
 def test_a_run_trained_with_embedding_norm_is_scored_alike_by_training_conversion_and_the_board(

@@ -156,11 +156,22 @@ def test_benchmark_passes_the_option_and_names_its_runs_apart() -> None:
     assert embedded.name == "audio_resnet-loso-embedding-norm" and "--embedding-norm" in bench._ser_train(
         embedded, args, Path("x")
     )
+    headed = bench.Training("audio_resnet", "loso", standardised_head="1", embedding_norm=True, embedding_classifier="lda")
+    assert headed.name == "audio_resnet-loso-standardised-head-1-embedding-norm-lda"
+    cmd = bench._ser_train(headed, args, Path("x"))
+    assert cmd[cmd.index("--standardised-head") + 1] == "1" and cmd[cmd.index("--embedding-classifier") + 1] == "lda"
 
     # Distillation with options: the teacher is the plain run with every option, the waveform student takes
     # the ones that apply to it, and is pointed at that teacher.
     given = dict(
-        speaker_norm="bins", speed_perturb="0.9,1.0,1.1", vtlp=None, speaker_adversarial=None, mixup=None, embedding_norm=False
+        speaker_norm="bins",
+        speed_perturb="0.9,1.0,1.1",
+        vtlp=None,
+        speaker_adversarial=None,
+        mixup=None,
+        standardised_head=None,
+        embedding_norm=False,
+        embedding_classifier=None,
     )
     args = type(
         "Args",

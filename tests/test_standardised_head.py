@@ -94,9 +94,10 @@ def test_a_run_with_a_training_only_head_saves_the_plain_model(
         (["--standardised-head", "0"], "--standardised-head"),
         (["--standardised-head", "5"], "--standardised-head"),
         (["--standardised-head", "1", "--speaker-adversarial", "0.3"], "do not combine"),
+        (["--embedding-classifier", "lda"], "add --embedding-norm"),
     ],
 )
-def test_cli_refuses_a_bad_weight_or_combination(
+def test_cli_refuses_a_bad_weight_or_combination_of_training_options(
     flags: list[str], named: str, synthetic_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     try:

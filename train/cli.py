@@ -158,6 +158,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "classifier on it (train.embedding_norm); the deployed model ends at the embedding and the board applies the "
         "classifier; default: off",
     )
+    p.add_argument(
+        "--embedding-classifier",
+        choices=("logistic", "lda"),
+        help="with --embedding-norm: the linear classifier, logistic regression or linear discriminant analysis with "
+        "a shrunk covariance; default: logistic",
+    )
     fe = p.add_argument_group("log-mel front end (spectrogram models; saved in frontend.json, which every later stage reads)")
     fe.add_argument("--n-fft", type=int, help=f"FFT and window length, a power of two; default {DEFAULT_LOGMEL.n_fft}")
     fe.add_argument("--hop", type=int, help=f"samples between frames; default {DEFAULT_LOGMEL.hop}")
@@ -189,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_augment and given:
             print(f"ser-train: {flag} is an augmentation; drop it or --no-augment", file=sys.stderr)
             return 2
+    if args.embedding_classifier and not args.embedding_norm:
+        print("ser-train: --embedding-classifier chooses --embedding-norm's classifier; add --embedding-norm", file=sys.stderr)
+        return 2
     if args.speaker_adversarial and args.standardised_head:
         print("ser-train: --speaker-adversarial and --standardised-head do not combine; choose one", file=sys.stderr)
         return 2
@@ -234,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         "refit": args.refit,
         "speaker_norm": args.speaker_norm,
         "embedding_norm": args.embedding_norm or None,
+        "embedding_classifier": args.embedding_classifier,
         "validation_by_speaker": args.validation_speaker or None,
         "speaker_adversarial": args.speaker_adversarial,
         "standardised_head": args.standardised_head,

@@ -7,8 +7,10 @@ spectral offset, but the voice is still in the network's deeper features: on lea
 new voice's clips crowd into one or two classes. Standardising the pooled embedding (the output of
 global average pooling, the input of the final Dense layer) by the statistics of the voice's own
 embeddings removes what is constant about the voice one level up, with no label, and a linear
-classifier (multinomial logistic regression) fitted on standardised embeddings of the training
-clips reads it. docs/accuracy.md has the measurements.
+classifier fitted on standardised embeddings of the training clips reads it: multinomial logistic
+regression, or linear discriminant analysis with a shrunk shared covariance (``CLASSIFIERS``; both
+give a weight matrix and a bias, so the board's stage is the same). docs/accuracy.md has the
+measurements.
 
 On the board (``firmware/app/ser_embedding_norm.h``) the int8 model ends at the embedding; the board
 keeps each voice's sums of its int8 embeddings and applies the classifier itself. A voice is scored
@@ -42,6 +44,9 @@ EMBEDDING_LAYER = "gap"  # the pooled embedding (train/models.py)
 EMBEDDING_NORM_FILE = "embedding_norm.json"  # in a run folder: the classifier and the prior
 PRIOR_CLIPS = 2  # a voice's first clips are standardised by the prior: one clip has no spread
 C_REGULARISATION = 1.0  # the logistic regression's inverse L2 strength (scikit-learn's default)
+# The linear classifiers fit_head knows: logistic regression, and LDA with a Ledoit-Wolf shrunk covariance (a few
+# hundred clips per class against 96-168 values: the shrinkage is estimated from the data, nothing to tune).
+CLASSIFIERS = ("logistic", "lda")
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,12 +147,21 @@ def by_own_voice(emb: np.ndarray, speakers: Sequence[str]) -> np.ndarray:
     return out
 
 
-def fit_head(emb: np.ndarray, labels: np.ndarray, speakers: Sequence[str], prior_clips: int = PRIOR_CLIPS) -> Head:
-    """The classifier on the training clips' embeddings, each voice standardised by its own clips."""
+def fit_head(
+    emb: np.ndarray, labels: np.ndarray, speakers: Sequence[str], classifier: str = "logistic", prior_clips: int = PRIOR_CLIPS
+) -> Head:
+    """The classifier (one of ``CLASSIFIERS``) on the training clips' embeddings, each voice standardised by its own
+    clips. Either gives logits ``weights @ z + bias`` (LDA's are its log posteriors up to a constant)."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
     from sklearn.linear_model import LogisticRegression
 
+    if classifier not in CLASSIFIERS:
+        raise ValueError(f"unknown embedding classifier {classifier!r}; choose one of {', '.join(CLASSIFIERS)}")
     z = by_own_voice(emb, speakers)
-    fit = LogisticRegression(C=C_REGULARISATION, max_iter=5000).fit(z, labels)
+    if classifier == "lda":
+        fit = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(z, labels)
+    else:
+        fit = LogisticRegression(C=C_REGULARISATION, max_iter=5000).fit(z, labels)
     if list(fit.classes_) != list(range(fit.coef_.shape[0])):
         raise ValueError("every emotion must have training clips to fit the embedding classifier")
     mean, std = moments(emb)
@@ -185,9 +199,16 @@ def _embeddings(run: Path, model: keras.Model, pcms: Sequence[np.ndarray], speak
     return embedding_model(model).predict(inputs, batch_size=64, verbose=0)
 
 
-def fit_and_save(run: Path, model: keras.Model, pcms: Sequence[np.ndarray], speakers: Sequence[str], labels: np.ndarray) -> Head:
+def fit_and_save(
+    run: Path,
+    model: keras.Model,
+    pcms: Sequence[np.ndarray],
+    speakers: Sequence[str],
+    labels: np.ndarray,
+    classifier: str = "logistic",
+) -> Head:
     """Fit the classifier on a run's training clips and save it there (``embedding_norm.json``)."""
-    head = fit_head(_embeddings(run, model, pcms, speakers), labels, speakers)
+    head = fit_head(_embeddings(run, model, pcms, speakers), labels, speakers, classifier)
     save_head(run / EMBEDDING_NORM_FILE, head)
     return head
 
@@ -200,7 +221,7 @@ def probabilities(run: Path, model: keras.Model, head: Head, pcms: Sequence[np.n
     return softmax(logits)
 
 
-def fit_run(run: Path, root: Path) -> Head:
+def fit_run(run: Path, root: Path, classifier: str = "logistic") -> Head:
     """Fit and save the classifier of one finished run folder (one fold), as ``ser-train --embedding-norm`` does."""
     import keras
 
@@ -211,7 +232,8 @@ def fit_run(run: Path, root: Path) -> Head:
     train = clips_with_role(load_manifest(run / "manifest.json"), "train")
     model = keras.models.load_model(run / "model.keras", compile=False)
     labels = np.array([label_index(c["emotion"]) for c in train])
-    return fit_and_save(run, model, [read_wav(root / c["path"]) for c in train], [c["speaker"] for c in train], labels)
+    pcms = [read_wav(root / c["path"]) for c in train]
+    return fit_and_save(run, model, pcms, [c["speaker"] for c in train], labels, classifier)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="ser-train run folders")
     p.add_argument("--data", help="CASIA root; default $CASIA_ROOT")
+    p.add_argument("--classifier", choices=CLASSIFIERS, default="logistic", help="the linear classifier; default: logistic")
     args = p.parse_args(argv)
     quiet_tensorflow()
     root = resolve_root(args.data)
@@ -234,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         p.error(f"not a finished ser-train run (no model.keras): {', '.join(missing)}")
     for fold in folds:
-        head = fit_run(fold, root)
+        head = fit_run(fold, root, args.classifier)
         print(f"{fold}: {EMBEDDING_NORM_FILE} ({head.classes} classes x {head.dim} values)")
     return 0
 

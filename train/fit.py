@@ -39,6 +39,7 @@ class TrainConfig:
     # Per-speaker standardisation of the pooled embedding (train.embedding_norm): after training, fit a classifier on
     # each voice's standardised embeddings; the deployed model ends at the embedding and the board applies it.
     embedding_norm: bool = False
+    embedding_classifier: str = "logistic"  # with embedding_norm: the classifier fitted (train.embedding_norm.CLASSIFIERS)
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     teachers: tuple[str, ...] = ()  # run folders whose mean soft targets are mixed into the labels (train.teacher)
     distill_weight: float = 0.5

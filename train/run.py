@@ -144,7 +144,9 @@ def train_one(
         probs = model.predict(feature_batch(pcm_of("test"), frontend), verbose=0, batch_size=64)
     if tcfg.embedding_norm:  # the deployed model: the classifier on each voice's standardised embedding
         model_test = scores(labels[part["test"]], probs.argmax(axis=1))
-        head = fit_and_save(out, model, pcm_of("train"), list(speakers[part["train"]]), labels[part["train"]])
+        head = fit_and_save(
+            out, model, pcm_of("train"), list(speakers[part["train"]]), labels[part["train"]], tcfg.embedding_classifier
+        )
         probs = probabilities(out, model, head, pcm_of("test"), list(speakers[part["test"]]))
     predicted = probs.argmax(axis=1)
     metrics = {
@@ -169,7 +171,11 @@ def train_one(
     if tcfg.speaker_norm:
         metrics["speaker_norm"] = {"mode": tcfg.speaker_norm, "headline": headline, "protocols": protocols}
     if tcfg.embedding_norm:
-        metrics["embedding_norm"] = {"model_test": model_test, "prior_clips": PRIOR_CLIPS}
+        metrics["embedding_norm"] = {
+            "model_test": model_test,
+            "prior_clips": PRIOR_CLIPS,
+            "classifier": tcfg.embedding_classifier,
+        }
     if mcu_probe:
         rng = np.random.default_rng(tcfg.seed)
         rep_idx = rng.choice(part["train"], size=min(64, len(part["train"])), replace=False)
