@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from train.corpus import SPEAKERS
+from train.embedding_norm import CLASSIFIERS
 from train.frontend import FRONT_END_KIND
 from train.splits import KFOLD_FOLDS, fold_runs
 
@@ -273,7 +274,7 @@ def main() -> int:
     p.add_argument("--mixup", metavar="ALPHA", help="ser-train --mixup for every run, e.g. 0.4")
     p.add_argument("--standardised-head", metavar="W", help="ser-train --standardised-head for every run, e.g. 1")
     p.add_argument("--embedding-norm", action="store_true", help="ser-train --embedding-norm for every run (a teacher's too)")
-    p.add_argument("--embedding-classifier", choices=("logistic", "lda"), help="ser-train --embedding-classifier for every run")
+    p.add_argument("--embedding-classifier", choices=CLASSIFIERS, help="ser-train --embedding-classifier for every run")
     p.add_argument(
         "--validation-speaker", action="store_true", help="ser-train --validation-speaker for every run (loso splits only)"
     )

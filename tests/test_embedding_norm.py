@@ -68,6 +68,9 @@ def test_a_new_voice_is_standardised_by_its_earlier_clips_and_a_training_voice_b
     ceiling = en.per_speaker(changed, speakers, roles, ceiling=True)
     assert not np.allclose(ceiling[order[0]], again[order[0]])  # the ceiling does see later clips
 
+    held_out = np.where(roles == "test", "val", roles)  # a --validation-speaker run's held-out voice: new, as a test voice
+    np.testing.assert_array_equal(en.per_speaker(emb, speakers, held_out, ceiling=False), out)
+
 
 def test_the_analysis_of_a_loso_run_scores_the_model_as_training_did(synthetic_corpus: Path, tmp_path: Path) -> None:
     clips = discover(synthetic_corpus)
@@ -85,6 +88,12 @@ def test_the_analysis_of_a_loso_run_scores_the_model_as_training_did(synthetic_c
     assert fold["model"]["accuracy"] == trained["accuracy"]  # the causal inputs training scored
     assert set(fold) == {"model", "refit", "per-speaker", "all-clips"}
     assert "| run | per-speaker:" in done.stdout and done.stdout == (tmp_path / "out" / "embedding_norm.md").read_text()
+
+    val = [*cmd[:-2], "--role", "val", "--classifier", "lda", "--out", str(tmp_path / "val")]
+    subprocess.run(val, check=True, capture_output=True, text=True, timeout=600)
+    [scored] = json.loads((tmp_path / "val" / "embedding_norm.json").read_text())
+    manifest = json.loads((run / "manifest.json").read_text())["clips"]
+    assert scored["folds"]["run"]["per-speaker"]["clips"] == sum(c["role"] == "val" for c in manifest) > 0
 
     not_a_run = [sys.executable, str(SCRIPT), str(tmp_path), "--data", str(synthetic_corpus)]
     bad = subprocess.run(not_a_run, capture_output=True, text=True, timeout=600)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 # Light imports only (no TensorFlow): --help and every refusal of bad input are immediate.
 from train.corpus import CorpusError, discover, load_corpus, resolve_root, verify_checksums
+from train.embedding_norm import CLASSIFIERS
 from train.frontend import DEFAULT_LOGMEL, FRONT_END_KIND
 from train.splits import SPLITS
 from train.tf_env import quiet_tensorflow
@@ -160,7 +161,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--embedding-classifier",
-        choices=("logistic", "lda"),
+        choices=CLASSIFIERS,
         help="with --embedding-norm: the linear classifier, logistic regression or linear discriminant analysis with "
         "a shrunk covariance; default: logistic",
     )

@@ -147,21 +147,24 @@ def by_own_voice(emb: np.ndarray, speakers: Sequence[str]) -> np.ndarray:
     return out
 
 
+def linear_classifier(kind: str):
+    """An unfitted scikit-learn classifier of ``CLASSIFIERS``."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.linear_model import LogisticRegression
+
+    if kind == "lda":
+        return LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
+    if kind == "logistic":
+        return LogisticRegression(C=C_REGULARISATION, max_iter=5000)
+    raise ValueError(f"unknown embedding classifier {kind!r}; choose one of {', '.join(CLASSIFIERS)}")
+
+
 def fit_head(
     emb: np.ndarray, labels: np.ndarray, speakers: Sequence[str], classifier: str = "logistic", prior_clips: int = PRIOR_CLIPS
 ) -> Head:
     """The classifier (one of ``CLASSIFIERS``) on the training clips' embeddings, each voice standardised by its own
     clips. Either gives logits ``weights @ z + bias`` (LDA's are its log posteriors up to a constant)."""
-    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-    from sklearn.linear_model import LogisticRegression
-
-    if classifier not in CLASSIFIERS:
-        raise ValueError(f"unknown embedding classifier {classifier!r}; choose one of {', '.join(CLASSIFIERS)}")
-    z = by_own_voice(emb, speakers)
-    if classifier == "lda":
-        fit = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(z, labels)
-    else:
-        fit = LogisticRegression(C=C_REGULARISATION, max_iter=5000).fit(z, labels)
+    fit = linear_classifier(classifier).fit(by_own_voice(emb, speakers), labels)
     if list(fit.classes_) != list(range(fit.coef_.shape[0])):
         raise ValueError("every emotion must have training clips to fit the embedding classifier")
     mean, std = moments(emb)
