@@ -83,7 +83,7 @@ class Training:
         base = f"{base}-mixup-{self.mixup}" if self.mixup else base
         base = f"{base}-standardised-head-{self.standardised_head}" if self.standardised_head else base
         base = f"{base}-embedding-norm" if self.embedding_norm else base
-        base = f"{base}-{self.embedding_classifier}" if self.embedding_classifier else base
+        base = f"{base}-{self.embedding_classifier}" if self.embedding_classifier not in (None, "logistic") else base
         base = f"{base}-val-speaker" if self.validation_speaker else base
         return f"{base}-seed{self.seed}" if self.seed else base
 

@@ -17,7 +17,17 @@ from train.corpus import discover, load_corpus
 from train.fit import TrainConfig
 from train.models import BUILDERS
 from train.run import default_frontend, train_one
-from train.standardised_head import HEAD, SpeakerStandardise, batch_standardised, with_standardised_head
+from train.standardised_head import EPSILON, HEAD, SpeakerStandardise, with_standardised_head
+
+
+def batch_standardised(embedding: np.ndarray, speakers: np.ndarray) -> np.ndarray:
+    """What SpeakerStandardise should give for one batch of plain clips, one speaker at a time."""
+    out = np.empty_like(embedding, dtype=np.float64)
+    for s in set(speakers.tolist()):
+        mine = speakers == s
+        centred = embedding[mine] - embedding[mine].mean(0)
+        out[mine] = centred / np.sqrt(centred.var(0) + EPSILON)
+    return out
 
 
 def _batch() -> tuple[np.ndarray, np.ndarray]:

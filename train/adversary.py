@@ -20,7 +20,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-EMBEDDING_LAYER = "gap"  # the models' global average pooling (train.models._head)
+from train.embedding_norm import EMBEDDING_LAYER
+
 SPEAKER_HEAD = "speaker"
 HIDDEN_UNITS = 64
 

@@ -237,20 +237,21 @@ def fit_model(
         emotions = targets.astype(np.float32) if targets.ndim == 2 else keras.utils.to_categorical(targets, NUM_CLASSES)
         speakers, count = speaker_targets(train_speakers)
         train_targets = np.hstack([emotions, speakers])  # one target row per clip: mixup mixes both alike
-        if tcfg.speaker_adversarial > 0:
+        if tcfg.speaker_adversarial > 0:  # its second output names the speaker, at full weight (the reversal scales)
             trainer, reversal = with_speaker_head(model, count)
-        else:
+            second_loss, second_weight = keras.losses.CategoricalCrossentropy(), 1.0
+        else:  # its second output is an emotion too
             trainer = with_standardised_head(model, count, tcfg.dropout)
+            second_loss, second_weight = emotion_loss, tcfg.standardised_head
     data = AugmentedClips(train_pcm, train_targets, cfg, tcfg, train_norms)
     optimizer = keras.optimizers.AdamW(learning_rate=_schedule(tcfg, len(data)), weight_decay=tcfg.weight_decay)
     if not two_heads:
         model.compile(optimizer=optimizer, loss=emotion_loss, metrics=["accuracy"])
     else:
-        second_loss = keras.losses.CategoricalCrossentropy() if reversal is not None else emotion_loss
         trainer.compile(
             optimizer=optimizer,
             loss=[emotion_loss, second_loss],
-            loss_weights=[1.0, 1.0 if reversal is not None else tcfg.standardised_head],
+            loss_weights=[1.0, second_weight],
             metrics=[["accuracy"], ["accuracy"]],
         )
         model.compile(loss=emotion_loss, metrics=["accuracy"])  # validation only: the trainer fits it

@@ -18,13 +18,12 @@ the statistics.
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from train.embedding_norm import EMBEDDING_LAYER
 from train.labels import NUM_CLASSES
 
-EMBEDDING_LAYER = "gap"  # the models' global average pooling (train.models._head)
 HEAD = "standardised_classifier"
 EPSILON = 1e-3  # added to each speaker's variance: a channel that never moves within a voice stays near zero
 
@@ -52,14 +51,3 @@ def with_standardised_head(model: keras.Model, speakers: int, dropout: float) ->
         x = layers.Dropout(dropout, name="standardised_dropout")(x)
     head = layers.Dense(NUM_CLASSES, activation="softmax", name=HEAD)(x)
     return keras.Model([model.input, speaker_rows], [model.output, head], name=f"{model.name}_standardised_head")
-
-
-def batch_standardised(embedding: np.ndarray, speakers: np.ndarray) -> np.ndarray:
-    """NumPy statement of ``SpeakerStandardise`` for one batch of plain clips (speaker labels), for tests and reading."""
-    speakers = np.asarray(speakers)
-    out = np.empty_like(embedding, dtype=np.float64)
-    for s in set(speakers.tolist()):
-        mine = speakers == s
-        centred = embedding[mine] - embedding[mine].mean(0)
-        out[mine] = centred / np.sqrt(centred.var(0) + EPSILON)
-    return out
