@@ -6,9 +6,9 @@ Why: per-speaker normalisation of the log-mel (``--speaker-norm``) removes a voi
 spectral offset, but the voice is still in the network's deeper features. This standardises the
 168-value pooled embedding (the input of the final Dense layer) by the statistics of the voice's own
 embeddings, as the input normalisation does one level up, and fits a new classifier (``--classifier``:
-multinomial logistic regression or shrinkage LDA, ``train.embedding_norm.CLASSIFIERS``) on the
-standardised embeddings of the training clips. Nothing is retrained in the network; no test label is
-used.
+multinomial logistic regression or shrinkage LDA, each also on the embedding scaled to unit length,
+``train.embedding_norm.CLASSIFIERS``) on the standardised embeddings of the training clips. Nothing
+is retrained in the network; no test label is used.
 
 A test voice is scored as training scores it: a voice of the training part (10-fold) by the
 statistics of its training clips' embeddings; a new voice (LOSO) causally, each clip in the fixed
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from train.corpus import Clip, load_corpus, resolve_root
-from train.embedding_norm import CLASSIFIERS, EMBEDDING_LAYER, causal, linear_classifier, moments
+from train.embedding_norm import CLASSIFIERS, EMBEDDING_LAYER, causal, classifier_input, linear_classifier, moments
 from train.frontend import FrontEndConfig
 from train.labels import label_index
 from train.metrics import mean_std, scores
@@ -97,6 +97,7 @@ def score_fold(fold: Path, root: Path, classifier: str = "logistic", role: str =
         raise ValueError(f"{fold}: no {role} clips to score")
 
     def refit(z: np.ndarray) -> np.ndarray:
+        z = classifier_input(classifier, z)
         return linear_classifier(classifier).fit(z[train], labels[train]).predict(z[scored])
 
     predicted = {

@@ -116,10 +116,10 @@ def norm_model(mode: str) -> bytes:
 
 
 @functools.cache
-def embed_model() -> bytes:
+def embed_model(unit_length: bool = False) -> bytes:
     """The same network up to its pooled embedding (16 values), with a per-speaker classifier in its metadata,
     as ser-convert writes a model for a run with ``embedding_norm.json``: random weights, and a prior pooled from
-    the int8 embeddings of other clips."""
+    the int8 embeddings of other clips; ``unit_length``: the classifier reads the embedding scaled to length 1."""
     from train.embedding_norm import Head
 
     bare = _quantized(classifier=False)
@@ -130,7 +130,7 @@ def embed_model() -> bytes:
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
     head = Head(
         f32(rng.normal(0, 0.5, (len(EMOTIONS), 16))), f32(rng.normal(0, 0.2, len(EMOTIONS))),
-        f32(prior.mean(0)), f32(np.maximum(prior.std(0), 0.5)),
+        f32(prior.mean(0)), f32(np.maximum(prior.std(0), 0.5)), unit_length=unit_length,
     )  # fmt: skip
     meta = {"format": 1, "frontend": CFG.__dict__, "labels": list(EMOTIONS), "embedding_norm": head.to_json(compact=True)}
     return with_metadata(bare, meta)

@@ -8,6 +8,7 @@ classifiers alike; and a run trained with it scored alike by training, conversio
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 
 from host.protocol import EMBED_MAX_DIM
 from train.corpus import discover, load_corpus
-from train.embedding_c import MAX_CLIPS, MAX_DIM, SCORE_SCALE, EmbeddingStream, EmbedState, _Sums, board_scores, library
+from train.embedding_c import MAX_CLIPS, MAX_DIM, SCORE_SCALE, EmbeddingStream, EmbedState, _Head, _Sums, board_scores, library
 from train.embedding_norm import (
     C_REGULARISATION,
     CLASSIFIERS,
@@ -117,8 +118,9 @@ def _voice(n: int, dim: int = 12, seed: int = 1) -> np.ndarray:
     return np.clip(rng.normal(-30, 25, (n, dim)), -128, 127).astype(np.int8)
 
 
-def test_the_board_stage_standardises_each_clip_by_the_voice_earlier_embeddings_only() -> None:
-    head, q = _head(), _voice(9)
+@pytest.mark.parametrize("unit_length", [False, True])
+def test_the_board_stage_standardises_each_clip_by_the_voice_earlier_embeddings_only(unit_length: bool) -> None:
+    head, q = dataclasses.replace(_head(), unit_length=unit_length), _voice(9)
     stream = EmbeddingStream(head)
     scores = []
     for k, e in enumerate(q):
@@ -131,7 +133,9 @@ def test_the_board_stage_standardises_each_clip_by_the_voice_earlier_embeddings_
             np.testing.assert_allclose(mean, before.mean(0), rtol=1e-6)
             np.testing.assert_allclose(std, np.maximum(before.std(0), 0.5), rtol=1e-5)
         scores.append(stream.run(e))
-        logits = ((e.astype(np.float64) - mean) / std) @ head.weights.T.astype(np.float64) + head.bias
+        z = (e.astype(np.float64) - mean) / std
+        z = z / np.linalg.norm(z) if unit_length else z
+        logits = z @ head.weights.T.astype(np.float64) + head.bias
         np.testing.assert_allclose(stream.logits, logits, rtol=1e-4, atol=1e-4)
         np.testing.assert_array_equal(scores[-1], np.clip(np.round(stream.logits * SCORE_SCALE), -128, 127))
     assert stream.clips == len(q)
@@ -143,21 +147,26 @@ def test_the_board_stage_standardises_each_clip_by_the_voice_earlier_embeddings_
 
 
 def test_a_head_survives_its_json_forms_exactly() -> None:
-    head = _head(dim=168)
+    head = dataclasses.replace(_head(dim=168), unit_length=True)
     for compact in (False, True):
         again = Head.from_json(json.loads(json.dumps(head.to_json(compact))))
         for name in ("weights", "bias", "prior_mean", "prior_std"):
             assert np.array_equal(getattr(again, name), getattr(head, name)), (compact, name)
+        assert again.unit_length and again.prior_clips == head.prior_clips
+    older = {k: v for k, v in head.to_json().items() if k != "unit_length"}  # written before the option existed
+    assert Head.from_json(older).unit_length is False
     assert len(json.dumps(head.to_json(compact=True))) < len(json.dumps(head.to_json())) / 3  # what the board's flash holds
 
 
-def test_the_int8_stage_reads_what_the_float_classifier_reads() -> None:
+@pytest.mark.parametrize("unit_length", [False, True])
+def test_the_int8_stage_reads_what_the_float_classifier_reads(unit_length: bool) -> None:
     """A head fitted in float units, moved to the int8 output's steps, gives the board's stage the same
     standardised values (standardisation does not see the units)."""
     head, q = _head(), _voice(40, seed=2)
     scale, zero_point = 0.05, -20
     emb = scale * (q.astype(np.float32) - zero_point)
-    float_head = Head(head.weights, head.bias, scale * (head.prior_mean - zero_point), scale * head.prior_std)
+    prior = scale * (head.prior_mean - zero_point), scale * head.prior_std
+    float_head = Head(head.weights, head.bias, *prior, unit_length=unit_length)
     speakers = ["a"] * 40
     float_logits = float_head.logits(causal(emb, speakers, (float_head.prior_mean, float_head.prior_std)))
     scores, classes = board_scores(q, speakers, float_head.in_int8_steps(scale, zero_point))
@@ -192,6 +201,21 @@ def test_sums_no_voice_can_have_are_refused_and_full_sums_stop_growing() -> None
     assert other.clips == MAX_CLIPS  # full: frozen, as on the board
 
 
+def test_a_clip_at_the_voice_mean_reads_as_zeros_with_unit_length_too() -> None:
+    """A standardised embedding of zeros has no direction: the board's stage leaves it zeros (logits = bias), no NaN."""
+    e = _voice(1)[0]
+    head = dataclasses.replace(_head(), prior_mean=e.astype(np.float32), unit_length=True)
+    stream = EmbeddingStream(head)
+    stream.run(e)  # the first clip is standardised by the prior, whose mean it is
+    np.testing.assert_array_equal(stream.logits, head.bias)
+    np.testing.assert_array_equal(head.logits(np.zeros((1, head.dim))), head.bias[None])
+
+
+def test_the_host_mirrors_of_the_c_structs_have_their_sizes() -> None:
+    lib = library()
+    assert ctypes.sizeof(_Head) == lib.ser_en_head_size() and ctypes.sizeof(_Sums) == lib.ser_en_sums_size()
+
+
 def test_the_widest_embedding_the_c_stage_takes_is_the_python_one_and_the_protocol_s() -> None:
     sums = np.zeros(MAX_DIM + 1, np.int32), np.zeros(MAX_DIM + 1, np.int32)
     init = library().ser_en_init
@@ -219,13 +243,18 @@ def test_the_classifier_fit_does_not_see_a_voice_constant_offset(classifier: str
     assert not np.allclose(one.prior_mean, two.prior_mean)
     z = by_own_voice(emb, speakers)
     assert np.mean(one.logits(z).argmax(1) == labels) > 0.8
+    unit = classifier.startswith("unit-")  # the classifier reads z scaled to length 1
+    read = (lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)) if unit else (lambda x: x)
     reference = {
         "logistic": LogisticRegression(C=C_REGULARISATION, max_iter=5000),
         "lda": LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto"),
-    }[classifier].fit(z, labels)
+    }[classifier.removeprefix("unit-")].fit(read(z), labels)
+    assert one.unit_length is unit
     probe = rng.normal(size=(40, 8))
-    np.testing.assert_array_equal(one.logits(probe).argmax(1), reference.predict(probe))
-    np.testing.assert_allclose(one.logits(probe), reference.decision_function(probe), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(one.logits(probe).argmax(1), reference.predict(read(probe)))
+    np.testing.assert_allclose(one.logits(probe), reference.decision_function(read(probe)), rtol=1e-4, atol=1e-4)
+    if unit:  # only a clip's direction counts
+        np.testing.assert_allclose(one.logits(3.0 * probe), one.logits(probe), rtol=1e-5, atol=1e-5)
 
 
 def test_an_unknown_classifier_is_refused() -> None:
@@ -256,6 +285,17 @@ def test_a_run_trained_with_embedding_norm_is_scored_alike_by_training_conversio
     refit = load_head(run / EMBEDDING_NORM_FILE)
     np.testing.assert_allclose(refit.weights, saved.weights, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(refit.prior_mean, saved.prior_mean, rtol=1e-5, atol=1e-6)
+    # another classifier: the run's reports are rescored with it, the network's own score kept
+    assert embedding_norm_main([str(run), "--data", str(synthetic_corpus), "--classifier", "unit-logistic"]) == 0
+    rescored = json.loads((run / "metrics.json").read_text())
+    assert load_head(run / EMBEDDING_NORM_FILE).unit_length
+    assert rescored["embedding_norm"] == {**metrics["embedding_norm"], "classifier": "unit-logistic"}
+    predictions = json.loads((run / "test_predictions.json").read_text())
+    right = sum(p["true"] == p["predicted"] for p in predictions)
+    assert len(predictions) == 18 and rescored["test"]["accuracy"] == right / 18
+    with pytest.raises(SystemExit) as refused:
+        embedding_norm_main([str(tmp_path / "eval"), "--data", str(synthetic_corpus)])
+    assert refused.value.code == 2
 
     assert convert_main([str(run), "--data", str(synthetic_corpus), "--quiet", "--qat"]) == 2  # it would move the embedding
     assert not (run / MODEL_FILE).exists()
@@ -275,4 +315,5 @@ def test_a_run_trained_with_embedding_norm_is_scored_alike_by_training_conversio
     summary = json.loads((report / "summary.json").read_text())
     assert summary["agreement"]["bit_exact_clips"] == summary["clips"]["ok"] == 18
     assert summary["board"]["accuracy"] == conversion["int8"]["accuracy"]  # the conversion scored the board's way
+    assert conversion["float"]["accuracy"] == rescored["test"]["accuracy"]  # and the float model as the refit did
     assert list(summary["speaker_norm"]["statistics_bit_exact"].values()) == [True]  # the one test voice

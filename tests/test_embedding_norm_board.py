@@ -82,6 +82,22 @@ def test_board_keeps_the_embedding_statistics_itself_bit_exact_with_the_host_acr
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_a_classifier_on_the_unit_length_embedding_is_bit_exact_on_the_board(kind: str) -> None:
+    """The model's metadata tells the board to scale the standardised embedding to length 1 first: its answers are
+    the host's, and not those of the same classifier on the plain standardised embedding."""
+    model, pcms = embed_model(unit_length=True), clips(5, first=1)
+    reference = HostReference(model)
+    with running_board(kind, model) as board:
+        session = BoardSession(board.url, model, timeout=REPLY_TIMEOUT)
+        session.connect()
+        assert _stream(session, reference, pcms) == [True] * len(pcms)
+        session.close()
+    unit, plain = HostReference(model), HostReference(embed_model())  # the same voice heard afresh by both
+    assert unit.embedding.head.unit_length and not plain.embedding.head.unit_length
+    assert [np.array_equal(unit(pcm), plain(pcm)) for pcm in pcms].count(False) >= 3
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_embedding_statistics_survive_a_noisy_link_and_board_resets(kind: str) -> None:
     """Through the fault relay (bytes dropped, flipped; the board reset now and then) every clip is still scored
     as the host expects: after a reset or a failed attempt the session loads the host's state."""

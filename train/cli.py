@@ -163,7 +163,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--embedding-classifier",
         choices=CLASSIFIERS,
         help="with --embedding-norm: the linear classifier, logistic regression or linear discriminant analysis with "
-        "a shrunk covariance; default: logistic",
+        "a shrunk covariance; unit-: on the standardised embedding scaled to length 1; default: logistic",
     )
     fe = p.add_argument_group("log-mel front end (spectrogram models; saved in frontend.json, which every later stage reads)")
     fe.add_argument("--n-fft", type=int, help=f"FFT and window length, a power of two; default {DEFAULT_LOGMEL.n_fft}")

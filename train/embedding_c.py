@@ -29,6 +29,7 @@ class _Head(ctypes.Structure):
         ("dim", ctypes.c_uint16),
         ("classes", ctypes.c_uint16),
         ("prior_clips", ctypes.c_uint16),
+        ("unit_length", ctypes.c_uint16),
         ("weights", ctypes.c_void_p),
         ("bias", ctypes.c_void_p),
         ("prior_mean", ctypes.c_void_p),
@@ -65,7 +66,9 @@ class EmbeddingStream:
         self.sum, self.squares = np.zeros(head.dim, np.int32), np.zeros(head.dim, np.int32)
         self._sums = _Sums()
         self._arrays = [np.ascontiguousarray(a, np.float32) for a in (head.weights, head.bias, head.prior_mean, head.prior_std)]
-        self._head = _Head(head.dim, head.classes, head.prior_clips, *(a.ctypes.data for a in self._arrays))
+        self._head = _Head(
+            head.dim, head.classes, head.prior_clips, int(head.unit_length), *(a.ctypes.data for a in self._arrays)
+        )
         self._check(self._lib.ser_en_init(self._address, head.dim, self.sum.ctypes.data, self.squares.ctypes.data))
         self.mean, self.std = np.zeros(head.dim, np.float32), np.zeros(head.dim, np.float32)
         self.logits = np.zeros(head.classes, np.float32)  # of the last clip

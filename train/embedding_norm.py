@@ -8,9 +8,9 @@ new voice's clips crowd into one or two classes. Standardising the pooled embedd
 global average pooling, the input of the final Dense layer) by the statistics of the voice's own
 embeddings removes what is constant about the voice one level up, with no label, and a linear
 classifier fitted on standardised embeddings of the training clips reads it: multinomial logistic
-regression, or linear discriminant analysis with a shrunk shared covariance (``CLASSIFIERS``; both
-give a weight matrix and a bias, so the board's stage is the same). docs/accuracy.md has the
-measurements.
+regression, or linear discriminant analysis with a shrunk shared covariance, either optionally on
+the standardised embedding scaled to unit length (``CLASSIFIERS``; all give a weight matrix and a
+bias, so the board's stage is the same). docs/accuracy.md has the measurements.
 
 On the board (``firmware/app/ser_embedding_norm.h``) the int8 model ends at the embedding; the board
 keeps each voice's sums of its int8 embeddings and applies the classifier itself. A voice is scored
@@ -45,8 +45,10 @@ EMBEDDING_NORM_FILE = "embedding_norm.json"  # in a run folder: the classifier a
 PRIOR_CLIPS = 2  # a voice's first clips are standardised by the prior: one clip has no spread
 C_REGULARISATION = 1.0  # the logistic regression's inverse L2 strength (scikit-learn's default)
 # The linear classifiers fit_head knows: logistic regression, and LDA with a Ledoit-Wolf shrunk covariance (a few
-# hundred clips per class against 96-168 values: the shrinkage is estimated from the data, nothing to tune).
-CLASSIFIERS = ("logistic", "lda")
+# hundred clips per class against 96-168 values: the shrinkage is estimated from the data, nothing to tune). A
+# "unit-" classifier reads the standardised embedding divided by its length: only its direction counts, so a clip
+# whose values all swing wide (a loud or unusual clip of a voice) does not push its logits to the extremes.
+CLASSIFIERS = ("logistic", "lda", "unit-logistic", "unit-lda")
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,6 +65,7 @@ class Head:
     prior_mean: np.ndarray  # (dim,)
     prior_std: np.ndarray  # (dim,)
     prior_clips: int = PRIOR_CLIPS
+    unit_length: bool = False  # the classifier reads the standardised embedding scaled to unit length
 
     @property
     def dim(self) -> int:
@@ -76,7 +79,8 @@ class Head:
         """Plain lists, or (``compact``: in a model's metadata, which the board's flash carries) each array as
         base64 of its little-endian float32 bytes, a quarter of the size and exact."""
         arrays = {"weights": self.weights, "bias": self.bias, "prior_mean": self.prior_mean, "prior_std": self.prior_std}
-        out = {"layer": EMBEDDING_LAYER, "prior_clips": self.prior_clips, "classes": self.classes, "dim": self.dim}
+        out = {"layer": EMBEDDING_LAYER, "prior_clips": self.prior_clips, "unit_length": self.unit_length}
+        out |= {"classes": self.classes, "dim": self.dim}
         if compact:
             return out | {k: base64.b64encode(np.asarray(v, "<f4").tobytes()).decode() for k, v in arrays.items()}
         return out | {k: v.tolist() for k, v in arrays.items()}
@@ -95,16 +99,23 @@ class Head:
         dim = weights.shape[-1]
         if weights.ndim != 2 or bias.shape != (weights.shape[0],) or mean.shape != (dim,) or std.shape != (dim,):
             raise ValueError("embedding_norm: weights (classes, dim), bias (classes,), prior_mean and prior_std (dim,)")
-        return cls(weights, bias, mean, std, int(data.get("prior_clips", PRIOR_CLIPS)))
+        return cls(weights, bias, mean, std, int(data.get("prior_clips", PRIOR_CLIPS)), bool(data.get("unit_length", False)))
 
     def in_int8_steps(self, scale: float, zero_point: int) -> Head:
         """The same head for an int8 embedding ``q`` with ``value = scale * (q - zero_point)``."""
         mean = (self.prior_mean / np.float32(scale) + np.float32(zero_point)).astype(np.float32)
         std = (self.prior_std / np.float32(scale)).astype(np.float32)
-        return Head(self.weights, self.bias, mean, std, self.prior_clips)
+        return Head(self.weights, self.bias, mean, std, self.prior_clips, self.unit_length)
 
     def logits(self, z: np.ndarray) -> np.ndarray:
-        return z @ self.weights.T + self.bias
+        """The logits of standardised embeddings ``z`` (rows)."""
+        return (to_unit_length(z) if self.unit_length else z) @ self.weights.T + self.bias
+
+
+def to_unit_length(z: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (a row of zeros stays zeros, as on the board)."""
+    norm = np.linalg.norm(z, axis=-1, keepdims=True)
+    return z / np.where(norm > 0, norm, 1.0)
 
 
 def moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -148,15 +159,20 @@ def by_own_voice(emb: np.ndarray, speakers: Sequence[str]) -> np.ndarray:
 
 
 def linear_classifier(kind: str):
-    """An unfitted scikit-learn classifier of ``CLASSIFIERS``."""
+    """An unfitted scikit-learn classifier of ``CLASSIFIERS`` (for a "unit-" kind, fit it on ``classifier_input``)."""
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
     from sklearn.linear_model import LogisticRegression
 
-    if kind == "lda":
+    if kind not in CLASSIFIERS:
+        raise ValueError(f"unknown embedding classifier {kind!r}; choose one of {', '.join(CLASSIFIERS)}")
+    if kind.removeprefix("unit-") == "lda":
         return LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
-    if kind == "logistic":
-        return LogisticRegression(C=C_REGULARISATION, max_iter=5000)
-    raise ValueError(f"unknown embedding classifier {kind!r}; choose one of {', '.join(CLASSIFIERS)}")
+    return LogisticRegression(C=C_REGULARISATION, max_iter=5000)
+
+
+def classifier_input(kind: str, z: np.ndarray) -> np.ndarray:
+    """What a classifier of ``kind`` reads of standardised embeddings ``z``."""
+    return to_unit_length(z) if kind.startswith("unit-") else z
 
 
 def fit_head(
@@ -164,12 +180,12 @@ def fit_head(
 ) -> Head:
     """The classifier (one of ``CLASSIFIERS``) on the training clips' embeddings, each voice standardised by its own
     clips. Either gives logits ``weights @ z + bias`` (LDA's are its log posteriors up to a constant)."""
-    fit = linear_classifier(classifier).fit(by_own_voice(emb, speakers), labels)
+    fit = linear_classifier(classifier).fit(classifier_input(classifier, by_own_voice(emb, speakers)), labels)
     if list(fit.classes_) != list(range(fit.coef_.shape[0])):
         raise ValueError("every emotion must have training clips to fit the embedding classifier")
     mean, std = moments(emb)
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
-    return Head(f32(fit.coef_), f32(fit.intercept_), f32(mean), f32(std), prior_clips)
+    return Head(f32(fit.coef_), f32(fit.intercept_), f32(mean), f32(std), prior_clips, classifier.startswith("unit-"))
 
 
 def save_head(path: Path, head: Head) -> None:
@@ -241,13 +257,15 @@ def fit_run(run: Path, root: Path, classifier: str = "logistic") -> Head:
 
 def main(argv: list[str] | None = None) -> int:
     from train.corpus import resolve_root
+    from train.run import rescore_embedding_classifier, summarise_folds
     from train.splits import fold_runs
     from train.tf_env import quiet_tensorflow
 
     p = argparse.ArgumentParser(
         prog="python -m train.embedding_norm",
         description="Fit the per-speaker embedding classifier of finished ser-train runs (each fold): writes "
-        "embedding_norm.json beside model.keras, so ser-convert makes a model that ends at the embedding.",
+        "embedding_norm.json beside model.keras, so ser-convert makes a model that ends at the embedding, and "
+        "scores the test part with it (metrics.json, test_predictions.json, summary.md, as ser-train --embedding-norm).",
     )
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="ser-train run folders")
     p.add_argument("--data", help="CASIA root; default $CASIA_ROOT")
@@ -255,13 +273,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     quiet_tensorflow()
     root = resolve_root(args.data)
-    folds = [f for run in args.runs for f in fold_runs(run)]
-    missing = [str(f) for f in folds if not (f / "model.keras").exists()]
+    missing = [str(f) for run in args.runs for f in fold_runs(run) if not (f / "metrics.json").exists()]
     if missing:
-        p.error(f"not a finished ser-train run (no model.keras): {', '.join(missing)}")
-    for fold in folds:
-        head = fit_run(fold, root, args.classifier)
-        print(f"{fold}: {EMBEDDING_NORM_FILE} ({head.classes} classes x {head.dim} values)")
+        p.error(f"not a finished ser-train run (no metrics.json): {', '.join(missing)}")
+    for run in args.runs:
+        per_fold = []
+        for fold in fold_runs(run):
+            per_fold.append(rescore_embedding_classifier(fold, root, args.classifier))
+            print(f"{fold}: {EMBEDDING_NORM_FILE} ({args.classifier}), test accuracy {per_fold[-1]['test']['accuracy']:.2%}")
+        if fold_runs(run) != [run]:
+            acc = summarise_folds(run, per_fold)["test"]["accuracy"]
+            print(f"{run}: test accuracy {acc['mean']:.2%} +- {acc['std']:.2%} over {len(per_fold)} folds")
     return 0
 
 

@@ -181,20 +181,51 @@ def train_one(
         rep_idx = rng.choice(part["train"], size=min(64, len(part["train"])), replace=False)
         rep_norms = [speaker_stats[speakers[i]] for i in rep_idx] if tcfg.speaker_norm else None
         metrics["mcu"] = probe(model, feature_batch([pcm[i] for i in rep_idx], frontend, rep_norms))
+    _write_test_reports(out, metrics, [clips[i] for i in part["test"]], probs)
+    plot_training(history, best_epoch, out / "training.png", _title(metrics))
+    return metrics
+
+
+def _title(metrics: dict) -> str:
+    return f"{metrics['model']}, {metrics['split']} split, test fold {metrics['test_fold']}"
+
+
+def _write_test_reports(out: Path, metrics: dict, test: list[Clip], probs: np.ndarray) -> None:
+    """A run folder's ``metrics.json``, ``test_predictions.json``, ``confusion.png`` and ``summary.md``."""
     _write_json(out / "metrics.json", metrics)
     _write_json(
         out / "test_predictions.json",
         [
-            {"path": clips[i].path, "true": clips[i].emotion, "predicted": EMOTIONS[p], "probs": [round(float(v), 5) for v in pr]}
-            for i, p, pr in zip(part["test"], predicted, probs, strict=True)
+            {"path": c.path, "true": c.emotion, "predicted": EMOTIONS[p], "probs": [round(float(v), 5) for v in pr]}
+            for c, p, pr in zip(test, probs.argmax(axis=1), probs, strict=True)
         ],
     )
-    title = f"{tcfg.model}, {split} split, test fold {test_fold}"
-    plot_confusion(
-        metrics["test"]["confusion"], out / "confusion.png", f"{title}: test accuracy {metrics['test']['accuracy']:.1%}"
-    )
-    plot_training(history, best_epoch, out / "training.png", title)
+    title = f"{_title(metrics)}: test accuracy {metrics['test']['accuracy']:.1%}"
+    plot_confusion(metrics["test"]["confusion"], out / "confusion.png", title)
     (out / "summary.md").write_text(run_summary_md(metrics))
+
+
+def rescore_embedding_classifier(out: Path, root: Path, classifier: str) -> dict:
+    """Fit a finished run folder's embedding classifier anew (``classifier``) and score its test part with it, as
+    ``ser-train --embedding-norm --embedding-classifier`` would have: the network is untouched, the run's
+    reports then speak of the new classifier. Returns the new metrics."""
+    import keras
+
+    from train.corpus import read_wav
+    from train.embedding_norm import fit_run
+    from train.splits import clips_with_role, load_manifest
+
+    head = fit_run(out, root, classifier)
+    fields = Clip.__dataclass_fields__
+    manifest = load_manifest(out / "manifest.json")
+    test = [Clip(**{k: v for k, v in c.items() if k in fields}) for c in clips_with_role(manifest, "test")]
+    model = keras.models.load_model(out / "model.keras", compile=False)
+    probs = probabilities(out, model, head, [read_wav(root / c.path) for c in test], [c.speaker for c in test])
+    metrics = json.loads((out / "metrics.json").read_text())
+    own = metrics.get("embedding_norm", {}).get("model_test", metrics["test"])  # the network's own classifier's
+    metrics["test"] = scores(np.array([label_index(c.emotion) for c in test]), probs.argmax(axis=1))
+    metrics["embedding_norm"] = {"model_test": own, "prior_clips": head.prior_clips, "classifier": classifier}
+    _write_test_reports(out, metrics, test, probs)
     return metrics
 
 

@@ -99,8 +99,8 @@ static float sn_mean[SER_FE_N_MELS], sn_std[SER_FE_N_MELS];
 #define EMBEDDING_NORM 1
 _Static_assert(SER_EN_DIM == SER_OUTPUT_ELEMENTS && SER_EN_DIM <= SER_EMBED_MAX_DIM, "the classifier reads the output");
 _Static_assert(SER_RESULT_SCORES == SER_EN_CLASSES && SER_EN_CLASSES <= SER_EN_MAX_CLASSES, "RESULT carries the classes");
-static const ser_en_head kHead = {SER_EN_DIM, SER_EN_CLASSES, SER_EN_PRIOR_CLIPS, g_en_weights,
-                                  g_en_bias, g_en_prior_mean, g_en_prior_std};
+static const ser_en_head kHead = {SER_EN_DIM, SER_EN_CLASSES, SER_EN_PRIOR_CLIPS, SER_EN_UNIT_LENGTH,
+                                  g_en_weights, g_en_bias, g_en_prior_mean, g_en_prior_std};
 static int32_t en_sum[SER_EN_DIM], en_squares[SER_EN_DIM];
 static ser_en_sums en_total;
 static float en_mean[SER_EN_DIM], en_std[SER_EN_DIM], en_logits[SER_EN_CLASSES];

@@ -83,12 +83,22 @@ int ser_en_classify(const ser_en_head *head, const float *mean, const float *std
       head->classes == 0 || head->classes > SER_EN_MAX_CLASSES) {
     return SER_EN_ERR_ARG;
   }
+  float length = 0.0f; /* with unit_length, the standardised embedding's length; 0 leaves it as it is */
+  if (head->unit_length) {
+    float squares = 0.0f;
+    for (uint16_t i = 0; i < head->dim; ++i) {
+      const float z = ((float)embedding[i] - mean[i]) / std[i];
+      squares = squares + z * z;
+    }
+    length = ser_sn_sqrtf(squares);
+  }
   int best = 0;
   for (uint16_t k = 0; k < head->classes; ++k) {
     const float *w = head->weights + (size_t)k * head->dim;
     float acc = head->bias[k];
     for (uint16_t i = 0; i < head->dim; ++i) {
-      const float z = ((float)embedding[i] - mean[i]) / std[i];
+      float z = ((float)embedding[i] - mean[i]) / std[i];
+      if (length > 0.0f) z = z / length;
       acc = acc + w[i] * z;
     }
     logits[k] = acc;

@@ -18,6 +18,8 @@
  * and the classifier, in float basic operations in a fixed order (no fused multiply-add):
  *
  *   z[i] = ((float)e[i] - mean[i]) / std[i]
+ *   with unit_length: n = ser_sn_sqrtf(z[0] z[0] + z[1] z[1] + ...) (left to right), and every
+ *   z[i] read below is z[i] / n (unless n is 0: a clip equal to the voice's mean stays zeros)
  *   logit[k] = bias[k] + w[k][0] z[0] + w[k][1] z[1] + ... (left to right)
  *   score[k] = clamp(round_half_even(logit[k] * SER_EN_SCORE_SCALE), -128, 127); the class is the
  *   first largest logit
@@ -58,6 +60,7 @@ typedef struct {
 typedef struct {
   uint16_t dim, classes;
   uint16_t prior_clips;     /* a voice with fewer clips than this is standardised by the prior */
+  uint16_t unit_length;     /* 1: the classifier reads the standardised embedding scaled to length 1 */
   const float *weights;     /* classes x dim, row by row */
   const float *bias;        /* classes */
   const float *prior_mean;  /* dim: the training part's pooled statistics, in int8 steps */
