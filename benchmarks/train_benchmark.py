@@ -257,7 +257,7 @@ def plan(args: argparse.Namespace) -> list[Training]:
     return trainings
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="CASIA root; default $CASIA_ROOT")
     p.add_argument("--models", nargs="*", default=["audio_resnet", "spectrogram_resnet"])
@@ -281,7 +281,11 @@ def main() -> int:
     p.add_argument("--on-board", action="store_true", help="also convert every run and evaluate it on the emulated board")
     p.add_argument("--jobs", type=int, default=1, help="trainings (or folds) at once, one core and one thread each (when > 1)")
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
-    args = p.parse_args()
+    return p
+
+
+def main() -> int:
+    args = parser().parse_args()
 
     trainings = plan(args)
     cores: queue.Queue[int] | None = None
