@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -82,8 +81,7 @@ def score_fold(fold: Path, root: Path, classifier: str = "logistic", role: str =
     import keras
 
     manifest = load_manifest(fold / "manifest.json")["clips"]
-    names = {f.name for f in fields(Clip)}
-    clips = [Clip(**{k: v for k, v in c.items() if k in names}) for c in manifest]
+    clips = [Clip.from_manifest(c) for c in manifest]
     roles = np.array([c["role"] for c in manifest])
     speakers = np.array([c.speaker for c in clips])
     labels = np.array([label_index(c.emotion) for c in clips])

@@ -34,6 +34,11 @@ class Clip:
     emotion: str
     sentence: str
 
+    @classmethod
+    def from_manifest(cls, entry: dict) -> Clip:
+        """The clip of a split manifest's entry (which adds its role)."""
+        return cls(entry["path"], entry["speaker"], entry["emotion"], entry["sentence"])
+
 
 def resolve_root(flag: str | os.PathLike[str] | None = None) -> Path:
     """The corpus root from ``--data`` or ``$CASIA_ROOT``; never a built-in path."""

@@ -79,8 +79,13 @@ class Head:
         """Plain lists, or (``compact``: in a model's metadata, which the board's flash carries) each array as
         base64 of its little-endian float32 bytes, a quarter of the size and exact."""
         arrays = {"weights": self.weights, "bias": self.bias, "prior_mean": self.prior_mean, "prior_std": self.prior_std}
-        out = {"layer": EMBEDDING_LAYER, "prior_clips": self.prior_clips, "unit_length": self.unit_length}
-        out |= {"classes": self.classes, "dim": self.dim}
+        out = {
+            "layer": EMBEDDING_LAYER,
+            "prior_clips": self.prior_clips,
+            "unit_length": self.unit_length,
+            "classes": self.classes,
+            "dim": self.dim,
+        }
         if compact:
             return out | {k: base64.b64encode(np.asarray(v, "<f4").tobytes()).decode() for k, v in arrays.items()}
         return out | {k: v.tolist() for k, v in arrays.items()}
@@ -240,16 +245,14 @@ def probabilities(run: Path, model: keras.Model, head: Head, pcms: Sequence[np.n
     return softmax(logits)
 
 
-def fit_run(run: Path, root: Path, classifier: str = "logistic") -> Head:
-    """Fit and save the classifier of one finished run folder (one fold), as ``ser-train --embedding-norm`` does."""
-    import keras
-
+def fit_run(run: Path, root: Path, model: keras.Model, classifier: str = "logistic") -> Head:
+    """Fit and save the classifier of one finished run folder (one fold) and its ``model``, as
+    ``ser-train --embedding-norm`` does."""
     from train.corpus import read_wav
     from train.labels import label_index
     from train.splits import clips_with_role, load_manifest
 
     train = clips_with_role(load_manifest(run / "manifest.json"), "train")
-    model = keras.models.load_model(run / "model.keras", compile=False)
     labels = np.array([label_index(c["emotion"]) for c in train])
     pcms = [read_wav(root / c["path"]) for c in train]
     return fit_and_save(run, model, pcms, [c["speaker"] for c in train], labels, classifier)
@@ -277,11 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         p.error(f"not a finished ser-train run (no metrics.json): {', '.join(missing)}")
     for run in args.runs:
-        per_fold = []
-        for fold in fold_runs(run):
+        folds, per_fold = fold_runs(run), []
+        for fold in folds:
             per_fold.append(rescore_embedding_classifier(fold, root, args.classifier))
             print(f"{fold}: {EMBEDDING_NORM_FILE} ({args.classifier}), test accuracy {per_fold[-1]['test']['accuracy']:.2%}")
-        if fold_runs(run) != [run]:
+        if folds != [run]:
             acc = summarise_folds(run, per_fold)["test"]["accuracy"]
             print(f"{run}: test accuracy {acc['mean']:.2%} +- {acc['std']:.2%} over {len(per_fold)} folds")
     return 0

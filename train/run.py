@@ -215,11 +215,9 @@ def rescore_embedding_classifier(out: Path, root: Path, classifier: str) -> dict
     from train.embedding_norm import fit_run
     from train.splits import clips_with_role, load_manifest
 
-    head = fit_run(out, root, classifier)
-    fields = Clip.__dataclass_fields__
-    manifest = load_manifest(out / "manifest.json")
-    test = [Clip(**{k: v for k, v in c.items() if k in fields}) for c in clips_with_role(manifest, "test")]
     model = keras.models.load_model(out / "model.keras", compile=False)
+    head = fit_run(out, root, model, classifier)
+    test = [Clip.from_manifest(c) for c in clips_with_role(load_manifest(out / "manifest.json"), "test")]
     probs = probabilities(out, model, head, [read_wav(root / c.path) for c in test], [c.speaker for c in test])
     metrics = json.loads((out / "metrics.json").read_text())
     own = metrics.get("embedding_norm", {}).get("model_test", metrics["test"])  # the network's own classifier's
