@@ -5,8 +5,8 @@
                                          [--distill audio_resnet:spectrogram_resnet ...] [--jobs 2]
                                          [--seeds 0 1 2] [--speaker-norm scalar|bins]
                                          [--speed-perturb 0.9,1.0,1.1] [--vtlp 0.1] [--speaker-adversarial 0.3]
-                                         [--mixup 0.4] [--standardised-head 1] [--embedding-norm] [--embedding-classifier lda]
-                                         [--validation-speaker] [--on-board]
+                                         [--mixup 0.4] [--standardised-head 1] [--embedding-norm]
+                                         [--embedding-classifier KIND[:VALUE]] [--validation-speaker] [--on-board]
 
 Each (model, split) trains through ``ser-train`` in its own process; finished runs (and finished
 folds) are reused, so a cut-off benchmark continues where it stopped.
@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from train.corpus import SPEAKERS
-from train.embedding_norm import CLASSIFIERS
+from train.embedding_norm import classifier_arg
 from train.frontend import FRONT_END_KIND
 from train.splits import KFOLD_FOLDS, fold_runs
 
@@ -83,7 +83,8 @@ class Training:
         base = f"{base}-mixup-{self.mixup}" if self.mixup else base
         base = f"{base}-standardised-head-{self.standardised_head}" if self.standardised_head else base
         base = f"{base}-embedding-norm" if self.embedding_norm else base
-        base = f"{base}-{self.embedding_classifier}" if self.embedding_classifier not in (None, "logistic") else base
+        classifier = self.embedding_classifier  # KIND[:VALUE], named KIND[-VALUE]
+        base = f"{base}-{classifier.replace(':', '-')}" if classifier not in (None, "logistic") else base
         base = f"{base}-val-speaker" if self.validation_speaker else base
         return f"{base}-seed{self.seed}" if self.seed else base
 
@@ -274,7 +275,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mixup", metavar="ALPHA", help="ser-train --mixup for every run, e.g. 0.4")
     p.add_argument("--standardised-head", metavar="W", help="ser-train --standardised-head for every run, e.g. 1")
     p.add_argument("--embedding-norm", action="store_true", help="ser-train --embedding-norm for every run (a teacher's too)")
-    p.add_argument("--embedding-classifier", choices=CLASSIFIERS, help="ser-train --embedding-classifier for every run")
+    p.add_argument(
+        "--embedding-classifier",
+        type=classifier_arg,
+        metavar="KIND[:VALUE]",
+        help="ser-train --embedding-classifier for every run, e.g. unit-logistic:0.03",
+    )
     p.add_argument(
         "--validation-speaker", action="store_true", help="ser-train --validation-speaker for every run (loso splits only)"
     )

@@ -31,6 +31,7 @@ from train.embedding_norm import (
     causal,
     fit_head,
     load_head,
+    parse_classifier,
 )
 from train.fit import TrainConfig
 from train.run import default_frontend, train_one
@@ -42,6 +43,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "embedding_norm.py
 def _module():
     spec = importlib.util.spec_from_file_location("embedding_norm", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -74,6 +76,7 @@ def test_a_new_voice_is_standardised_by_its_earlier_clips_and_a_training_voice_b
 
 
 def test_the_analysis_of_a_loso_run_scores_the_model_as_training_did(synthetic_corpus: Path, tmp_path: Path) -> None:
+    en = _module()
     clips = discover(synthetic_corpus)
     tcfg = TrainConfig(model="spectrogram_resnet", epochs=1, batch_size=16, warmup_epochs=1, speaker_norm="bins")
     run = tmp_path / "run"
@@ -95,6 +98,13 @@ def test_the_analysis_of_a_loso_run_scores_the_model_as_training_did(synthetic_c
     [scored] = json.loads((tmp_path / "val" / "embedding_norm.json").read_text())
     manifest = json.loads((run / "manifest.json").read_text())["clips"]
     assert scored["folds"]["run"]["per-speaker"]["clips"] == sum(c["role"] == "val" for c in manifest) > 0
+    # the sweep scores every classifier as one --classifier run does, and names the highest
+    swept = subprocess.run([*val[:-2], "--sweep", "--out", str(tmp_path / "sweep")], check=True, capture_output=True, text=True)
+    result = json.loads((tmp_path / "sweep" / "embedding_norm.json").read_text())
+    assert result["runs"]["run"]["lda"] == [scored["folds"]["run"]["per-speaker"]["accuracy"]]
+    assert set(result["mean"]) == set(en.SWEEP) and "unit-logistic:0.03" in en.SWEEP and "lda:0.2" in en.SWEEP
+    assert result["mean"][result["best"]] == max(result["mean"].values())
+    assert f"**{result['best']}**" in swept.stdout
 
     not_a_run = [sys.executable, str(SCRIPT), str(tmp_path), "--data", str(synthetic_corpus)]
     bad = subprocess.run(not_a_run, capture_output=True, text=True, timeout=600)
@@ -225,7 +235,7 @@ def test_the_widest_embedding_the_c_stage_takes_is_the_python_one_and_the_protoc
     assert EMBED_MAX_DIM == MAX_DIM
 
 
-@pytest.mark.parametrize("classifier", CLASSIFIERS)
+@pytest.mark.parametrize("classifier", [*CLASSIFIERS, "unit-logistic:0.03", "lda:0.2"])
 def test_the_classifier_fit_does_not_see_a_voice_constant_offset(classifier: str) -> None:
     """Each training voice is standardised by its own clips, so shifting one voice's embeddings changes the prior
     only: the classifier is the same, and its logits are the fitted classifier's own decision."""
@@ -245,10 +255,11 @@ def test_the_classifier_fit_does_not_see_a_voice_constant_offset(classifier: str
     assert np.mean(one.logits(z).argmax(1) == labels) > 0.8
     unit = classifier.startswith("unit-")  # the classifier reads z scaled to length 1
     read = (lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)) if unit else (lambda x: x)
+    kind, _, value = classifier.removeprefix("unit-").partition(":")  # the strength after the colon
     reference = {
-        "logistic": LogisticRegression(C=C_REGULARISATION, max_iter=5000),
-        "lda": LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto"),
-    }[classifier.removeprefix("unit-")].fit(read(z), labels)
+        "logistic": lambda: LogisticRegression(C=float(value or C_REGULARISATION), max_iter=5000),
+        "lda": lambda: LinearDiscriminantAnalysis(solver="lsqr", shrinkage=float(value) if value else "auto"),
+    }[kind]().fit(read(z), labels)
     assert one.unit_length is unit
     probe = rng.normal(size=(40, 8))
     np.testing.assert_array_equal(one.logits(probe).argmax(1), reference.predict(read(probe)))
@@ -257,9 +268,35 @@ def test_the_classifier_fit_does_not_see_a_voice_constant_offset(classifier: str
         np.testing.assert_allclose(one.logits(3.0 * probe), one.logits(probe), rtol=1e-5, atol=1e-5)
 
 
-def test_an_unknown_classifier_is_refused() -> None:
-    with pytest.raises(ValueError, match="lda"):
-        fit_head(np.zeros((12, 3)), np.tile(np.arange(6), 2), ["a"] * 12, "svm")
+def test_a_classifier_strength_changes_the_fit() -> None:
+    """A stronger penalty (smaller C) or more shrinkage gives a different classifier than the default."""
+    rng = np.random.default_rng(5)
+    labels = np.tile(np.arange(6), 10)
+    emb = rng.normal(size=(60, 8)) + 2.0 * np.eye(6, 8)[labels]
+    speakers = ["a"] * 30 + ["b"] * 30
+    for default, strong in (("logistic", "logistic:0.01"), ("unit-lda", "unit-lda:0.9")):
+        one, two = fit_head(emb, labels, speakers, default), fit_head(emb, labels, speakers, strong)
+        assert np.abs(two.weights).sum() < np.abs(one.weights).sum()  # pulled towards zero / the identity
+    assert parse_classifier("unit-logistic:0.03") == ("unit-logistic", 0.03)
+    assert parse_classifier("lda") == ("lda", None)
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("svm", "choose one of logistic, lda"),
+        ("svm:1", "choose one of"),
+        ("lda:2", "lda takes a shrinkage from 0 to 1"),
+        ("unit-lda:-0.1", "shrinkage from 0 to 1"),
+        ("logistic:0", "logistic takes a C above 0"),
+        ("unit-logistic:inf", "a C above 0"),
+        ("logistic:nan", "a C above 0"),
+        ("logistic:strong", "'strong' is not a number"),
+    ],
+)
+def test_an_unknown_classifier_or_strength_is_refused_by_name(name: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        fit_head(np.zeros((12, 3)), np.tile(np.arange(6), 2), ["a"] * 12, name)
 
 
 def test_a_run_trained_with_embedding_norm_is_scored_alike_by_training_conversion_and_the_board(

@@ -160,6 +160,8 @@ def test_benchmark_passes_the_option_and_names_its_runs_apart() -> None:
     )
     headed = bench.Training("audio_resnet", "loso", standardised_head="1", embedding_norm=True, embedding_classifier="lda")
     assert headed.name == "audio_resnet-loso-standardised-head-1-embedding-norm-lda"
+    strength = bench.Training("audio_resnet", "loso", embedding_norm=True, embedding_classifier="unit-logistic:0.03")
+    assert strength.name == "audio_resnet-loso-embedding-norm-unit-logistic-0.03"  # no colon in a folder's name
     logistic = bench.Training("audio_resnet", "loso", embedding_norm=True, embedding_classifier="logistic")
     assert logistic.name == embedded.name  # the default classifier shares the default's folder
     cmd = bench._ser_train(headed, args, Path("x"))

@@ -105,6 +105,8 @@ def test_a_run_with_a_training_only_head_saves_the_plain_model(
         (["--standardised-head", "5"], "--standardised-head"),
         (["--standardised-head", "1", "--speaker-adversarial", "0.3"], "do not combine"),
         (["--embedding-classifier", "lda"], "add --embedding-norm"),
+        (["--embedding-norm", "--embedding-classifier", "lda:1.5"], "lda takes a shrinkage from 0 to 1"),
+        (["--embedding-norm", "--embedding-classifier", "unit-svm"], "choose one of logistic"),
     ],
 )
 def test_cli_refuses_a_bad_weight_or_combination_of_training_options(

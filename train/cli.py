@@ -11,7 +11,7 @@ from pathlib import Path
 
 # Light imports only (no TensorFlow): --help and every refusal of bad input are immediate.
 from train.corpus import CorpusError, discover, load_corpus, resolve_root, verify_checksums
-from train.embedding_norm import CLASSIFIERS
+from train.embedding_norm import CLASSIFIER_HELP, classifier_arg
 from train.frontend import DEFAULT_LOGMEL, FRONT_END_KIND
 from train.splits import SPLITS
 from train.tf_env import quiet_tensorflow
@@ -161,9 +161,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--embedding-classifier",
-        choices=CLASSIFIERS,
-        help="with --embedding-norm: the linear classifier, logistic regression or linear discriminant analysis with "
-        "a shrunk covariance; unit-: on the standardised embedding scaled to length 1; default: logistic",
+        type=classifier_arg,
+        metavar="KIND[:VALUE]",
+        help=f"with --embedding-norm: the linear classifier, {CLASSIFIER_HELP}; default: logistic",
     )
     fe = p.add_argument_group("log-mel front end (spectrogram models; saved in frontend.json, which every later stage reads)")
     fe.add_argument("--n-fft", type=int, help=f"FFT and window length, a power of two; default {DEFAULT_LOGMEL.n_fft}")

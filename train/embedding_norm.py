@@ -9,7 +9,7 @@ global average pooling, the input of the final Dense layer) by the statistics of
 embeddings removes what is constant about the voice one level up, with no label, and a linear
 classifier fitted on standardised embeddings of the training clips reads it: multinomial logistic
 regression, or linear discriminant analysis with a shrunk shared covariance, either optionally on
-the standardised embedding scaled to unit length (``CLASSIFIERS``; all give a weight matrix and a
+the standardised embedding scaled to unit length (``CLASSIFIER_HELP``; all give a weight matrix and a
 bias, so the board's stage is the same). docs/accuracy.md has the measurements.
 
 On the board (``firmware/app/ser_embedding_norm.h``) the int8 model ends at the embedding; the board
@@ -44,11 +44,17 @@ EMBEDDING_LAYER = "gap"  # the pooled embedding (train/models.py)
 EMBEDDING_NORM_FILE = "embedding_norm.json"  # in a run folder: the classifier and the prior
 PRIOR_CLIPS = 2  # a voice's first clips are standardised by the prior: one clip has no spread
 C_REGULARISATION = 1.0  # the logistic regression's inverse L2 strength (scikit-learn's default)
-# The linear classifiers fit_head knows: logistic regression, and LDA with a Ledoit-Wolf shrunk covariance (a few
-# hundred clips per class against 96-168 values: the shrinkage is estimated from the data, nothing to tune). A
-# "unit-" classifier reads the standardised embedding divided by its length: only its direction counts, so a clip
-# whose values all swing wide (a loud or unusual clip of a voice) does not push its logits to the extremes.
+# The linear classifiers fit_head knows: logistic regression, and LDA with a shrunk covariance (a few hundred clips per
+# class against 96-168 values; by default the Ledoit-Wolf estimate of the shrinkage). A "unit-" classifier reads the
+# standardised embedding divided by its length: only its direction counts, so a clip whose values all swing wide (a
+# loud or unusual clip of a voice) does not push its logits to the extremes. A classifier is named "KIND[:VALUE]",
+# VALUE setting its one strength (``parse_classifier``), e.g. "unit-logistic:0.03".
 CLASSIFIERS = ("logistic", "lda", "unit-logistic", "unit-lda")
+CLASSIFIER_HELP = (
+    "KIND[:VALUE], KIND one of " + ", ".join(CLASSIFIERS) + " (LDA: linear discriminant analysis with a shrunk "
+    "covariance; unit-: on the standardised embedding scaled to length 1); VALUE: logistic regression's C, its inverse "
+    f"L2 strength (default {C_REGULARISATION:g}), or LDA's shrinkage in [0, 1] (default: the Ledoit-Wolf estimate)"
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -163,16 +169,42 @@ def by_own_voice(emb: np.ndarray, speakers: Sequence[str]) -> np.ndarray:
     return out
 
 
-def linear_classifier(kind: str):
-    """An unfitted scikit-learn classifier of ``CLASSIFIERS`` (for a "unit-" kind, fit it on ``classifier_input``)."""
+def parse_classifier(spec: str) -> tuple[str, float | None]:
+    """A classifier's name ``KIND[:VALUE]`` (``CLASSIFIER_HELP``) as its kind and its strength (None: the default)."""
+    kind, colon, text = spec.partition(":")
+    if kind not in CLASSIFIERS:
+        raise ValueError(f"unknown embedding classifier {kind!r}; choose one of {', '.join(CLASSIFIERS)}, optionally :VALUE")
+    if not colon:
+        return kind, None
+    lda = kind.removeprefix("unit-") == "lda"
+    wanted = "a shrinkage from 0 to 1" if lda else "a C above 0"
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"embedding classifier {spec!r}: {text!r} is not a number; {kind} takes {wanted}") from None
+    if not (0.0 <= value <= 1.0 if lda else 0.0 < value < float("inf")):
+        raise ValueError(f"embedding classifier {spec!r}: {kind} takes {wanted}")
+    return kind, value
+
+
+def classifier_arg(spec: str) -> str:
+    """argparse ``type`` for a classifier's name: refused with ``parse_classifier``'s message."""
+    try:
+        parse_classifier(spec)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return spec
+
+
+def linear_classifier(spec: str):
+    """An unfitted scikit-learn classifier named ``KIND[:VALUE]`` (for a "unit-" kind, fit it on ``classifier_input``)."""
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
     from sklearn.linear_model import LogisticRegression
 
-    if kind not in CLASSIFIERS:
-        raise ValueError(f"unknown embedding classifier {kind!r}; choose one of {', '.join(CLASSIFIERS)}")
+    kind, value = parse_classifier(spec)
     if kind.removeprefix("unit-") == "lda":
-        return LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
-    return LogisticRegression(C=C_REGULARISATION, max_iter=5000)
+        return LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto" if value is None else value)
+    return LogisticRegression(C=C_REGULARISATION if value is None else value, max_iter=5000)
 
 
 def classifier_input(kind: str, z: np.ndarray) -> np.ndarray:
@@ -183,8 +215,8 @@ def classifier_input(kind: str, z: np.ndarray) -> np.ndarray:
 def fit_head(
     emb: np.ndarray, labels: np.ndarray, speakers: Sequence[str], classifier: str = "logistic", prior_clips: int = PRIOR_CLIPS
 ) -> Head:
-    """The classifier (one of ``CLASSIFIERS``) on the training clips' embeddings, each voice standardised by its own
-    clips. Either gives logits ``weights @ z + bias`` (LDA's are its log posteriors up to a constant)."""
+    """The classifier (``KIND[:VALUE]``, ``CLASSIFIER_HELP``) on the training clips' embeddings, each voice
+    standardised by its own clips. Either gives logits ``weights @ z + bias`` (LDA's are its log posteriors up to a constant)."""
     fit = linear_classifier(classifier).fit(classifier_input(classifier, by_own_voice(emb, speakers)), labels)
     if list(fit.classes_) != list(range(fit.coef_.shape[0])):
         raise ValueError("every emotion must have training clips to fit the embedding classifier")
@@ -272,7 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="ser-train run folders")
     p.add_argument("--data", help="CASIA root; default $CASIA_ROOT")
-    p.add_argument("--classifier", choices=CLASSIFIERS, default="logistic", help="the linear classifier; default: logistic")
+    p.add_argument(
+        "--classifier",
+        type=classifier_arg,
+        metavar="KIND[:VALUE]",
+        default="logistic",
+        help=f"the linear classifier: {CLASSIFIER_HELP}; default: logistic",
+    )
     args = p.parse_args(argv)
     quiet_tensorflow()
     root = resolve_root(args.data)
