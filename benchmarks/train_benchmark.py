@@ -7,6 +7,7 @@
                                          [--speed-perturb 0.9,1.0,1.1] [--vtlp 0.1] [--speaker-adversarial 0.3]
                                          [--mixup 0.4] [--standardised-head 1] [--embedding-norm]
                                          [--embedding-classifier KIND[:VALUE]] [--validation-speaker] [--on-board]
+                                         [--classifier-on-int8]
 
 Each (model, split) trains through ``ser-train`` in its own process; finished runs (and finished
 folds) are reused, so a cut-off benchmark continues where it stopped.
@@ -31,7 +32,8 @@ to ``<out>/benchmark.md``.
 emulated board (``ser-eval --board qemu``, the firmware built from ``$SER_DEPS_DIR``), and adds a
 second table: int8 accuracy, unweighted accuracy and macro-F1 on the board over the folds, per test
 speaker, bit-exact clips and (with ``--speaker-norm``) whether the board's statistics were the
-host's, front end and Invoke instructions per clip. Finished conversions and evaluations are reused.
+host's, front end and Invoke instructions per clip. Finished conversions and evaluations are reused
+(``--classifier-on-int8`` names its runs apart, since it changes the conversion).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class Training:
     embedding_norm: bool = False  # ser-train --embedding-norm
     embedding_classifier: str | None = None  # ser-train --embedding-classifier
     validation_speaker: bool = False  # ser-train --validation-speaker (LOSO)
+    classifier_on_int8: bool = False  # ser-convert --classifier-on-int8 (with --on-board)
 
     @property
     def name(self) -> str:
@@ -86,6 +89,7 @@ class Training:
         classifier = self.embedding_classifier  # KIND[:VALUE], named KIND[-VALUE]
         base = f"{base}-{classifier.replace(':', '-')}" if classifier not in (None, "logistic") else base
         base = f"{base}-val-speaker" if self.validation_speaker else base
+        base = f"{base}-int8-classifier" if self.classifier_on_int8 else base
         return f"{base}-seed{self.seed}" if self.seed else base
 
 
@@ -190,7 +194,8 @@ def on_board(run: Path, args: argparse.Namespace) -> list[dict]:
     for fold in fold_runs(run):
         data = ["--data", args.data] if args.data else []
         if not (fold / "model_int8.tflite").exists():
-            subprocess.run([sys.executable, "-m", "convert", str(fold), *data, "--no-report"], check=True)
+            int8 = ["--classifier-on-int8"] if args.classifier_on_int8 else []
+            subprocess.run([sys.executable, "-m", "convert", str(fold), *data, "--no-report", *int8], check=True)
         report = fold / "board-eval"
         if not (report / "summary.json").exists():
             where = (
@@ -239,6 +244,7 @@ def options(model: str, args: argparse.Namespace) -> dict:
         "embedding_norm": args.embedding_norm,
         "embedding_classifier": args.embedding_classifier,
         "validation_speaker": args.validation_speaker,
+        "classifier_on_int8": args.classifier_on_int8,
     }
 
 
@@ -285,6 +291,7 @@ def parser() -> argparse.ArgumentParser:
         "--validation-speaker", action="store_true", help="ser-train --validation-speaker for every run (loso splits only)"
     )
     p.add_argument("--on-board", action="store_true", help="also convert every run and evaluate it on the emulated board")
+    p.add_argument("--classifier-on-int8", action="store_true", help="with --on-board: ser-convert --classifier-on-int8")
     p.add_argument("--jobs", type=int, default=1, help="trainings (or folds) at once, one core and one thread each (when > 1)")
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
     return p

@@ -59,6 +59,12 @@ def convert_main(argv: list[str] | None = None) -> int:
         help="QAT only when post-training quantization loses more than a point on the validation clips (what ser-main does)",
     )
     p.add_argument("--qat-epochs", type=int, default=10, help="QAT fine-tuning epochs")
+    p.add_argument(
+        "--classifier-on-int8",
+        action="store_true",
+        help="for an --embedding-norm run: fit its classifier anew on the int8 model's own embeddings of the training "
+        "clips (host TFLM), the values the board reads, instead of the float network's; default: off",
+    )
     args = p.parse_args(argv)
 
     from train.corpus import CorpusError, resolve_root
@@ -69,6 +75,12 @@ def convert_main(argv: list[str] | None = None) -> int:
     from train.embedding_norm import EMBEDDING_NORM_FILE
 
     embedding_head = (args.run / EMBEDDING_NORM_FILE).exists()
+    if args.classifier_on_int8 and not embedding_head:
+        return _fail(
+            "ser-convert",
+            f"--classifier-on-int8 refits an --embedding-norm run's classifier, and {args.run} has no {EMBEDDING_NORM_FILE}: "
+            "drop the flag, or fit one with python -m train.embedding_norm RUN",
+        )
     if embedding_head and args.qat:
         return _fail(
             "ser-convert",
@@ -81,7 +93,7 @@ def convert_main(argv: list[str] | None = None) -> int:
         from convert.quantize import convert_run
         from convert.verify import drop_warning, report_md, summary, verify_run
 
-        path = convert_run(args.run, root)
+        path = convert_run(args.run, root, classifier_on_int8=args.classifier_on_int8, show_progress=not args.quiet)
         check_ops(path.read_bytes())
         report = verify_run(args.run, root, show_progress=not args.quiet)
         if args.qat or (args.qat_if_advised and report["qat_advised"] and not embedding_head):

@@ -15,9 +15,9 @@ import tensorflow as tf
 from convert.interpreters import quiet_fds
 from convert.tflite_file import METADATA_NAME, MODEL_FILE, io_specs, sha256, with_metadata
 from train.corpus import read_wav
-from train.embedding_norm import EMBEDDING_NORM_FILE, embedding_model, load_head
+from train.embedding_norm import EMBEDDING_NORM_FILE, Head, embedding_model, fit_head, load_head, run_classifier
 from train.frontend import FrontEndConfig
-from train.labels import EMOTIONS
+from train.labels import EMOTIONS, label_index
 from train.speaker_norm import run_model_inputs
 from train.splits import clips_with_role, load_manifest
 
@@ -75,22 +75,55 @@ def model_metadata(run: Path, keras_file: str = KERAS_FILE, quantization: str = 
     }
 
 
+def int8_head(run: Path, root: Path, tflite: bytes, show_progress: bool = False) -> Head:
+    """The run's embedding classifier fitted anew on the int8 model's own embeddings of its training clips.
+
+    Why: the board's stage reads the int8 embedding, quantization error included, and a classifier
+    fitted on the float network's embedding does not know that error. The embeddings come from host
+    TFLM (the board's reference), dequantized; the classifier kind is the run's (``run_classifier``)."""
+    from tqdm import tqdm
+
+    from convert.interpreters import TflmRunner, dequantize, quantize_input
+
+    train = clips_with_role(load_manifest(run / "manifest.json"), "train")
+    speakers = [c["speaker"] for c in train]
+    cfg = FrontEndConfig.load(run / "frontend.json")
+    inputs = run_model_inputs(run, cfg, [read_wav(root / c["path"]) for c in train], speakers)
+    in_spec, out_spec = io_specs(tflite)
+    runner = TflmRunner(tflite)
+    bar = tqdm(inputs, desc="int8 embeddings of the training clips", unit="clip", disable=not show_progress)
+    emb = np.stack([dequantize(runner(quantize_input(x, in_spec)), out_spec) for x in bar])
+    labels = np.array([label_index(c["emotion"]) for c in train])
+    return fit_head(emb, labels, speakers, run_classifier(run))
+
+
 def convert_run(
-    run: Path, root: Path, model: keras.Model | None = None, keras_file: str = KERAS_FILE, quantization: str = "ptq"
+    run: Path,
+    root: Path,
+    model: keras.Model | None = None,
+    keras_file: str = KERAS_FILE,
+    quantization: str = "ptq",
+    classifier_on_int8: bool = False,
+    show_progress: bool = False,
 ) -> Path:
     """Write ``model_int8.tflite`` (with metadata ``ser_tinyml``, 16-byte aligned) beside the run.
 
     ``model`` defaults to the run's ``keras_file``; ``quantization`` ("ptq" or "qat") is recorded in the metadata.
     A run with ``embedding_norm.json`` gives a model that ends at its pooled embedding and carries the
-    classifier in its metadata, the prior in the int8 output's steps (``train.embedding_norm``).
+    classifier in its metadata, the prior in the int8 output's steps (``train.embedding_norm``); with
+    ``classifier_on_int8`` that classifier is fitted on the int8 model's embeddings (``int8_head``).
     """
     model = model or keras.models.load_model(run / keras_file)
     head = load_head(run / EMBEDDING_NORM_FILE) if (run / EMBEDDING_NORM_FILE).exists() else None
+    if classifier_on_int8 and head is None:
+        raise ValueError(f"{run} has no {EMBEDDING_NORM_FILE}: only an --embedding-norm run has a classifier to fit on int8")
     tflite = quantize_int8(embedding_model(model) if head else model, calibration_inputs(run, root))
     meta = model_metadata(run, keras_file, quantization)
     if head is not None:
         out_spec = io_specs(tflite)[1]
+        head = int8_head(run, root, tflite, show_progress) if classifier_on_int8 else head
         meta["embedding_norm"] = head.in_int8_steps(out_spec.scale, out_spec.zero_point).to_json(compact=True)
+        meta["embedding_classifier_fitted_on"] = "int8" if classifier_on_int8 else "float"
     out = run / MODEL_FILE
     out.write_bytes(with_metadata(tflite, meta, METADATA_NAME))
     return out

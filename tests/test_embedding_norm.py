@@ -11,6 +11,7 @@ import ctypes
 import dataclasses
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -354,3 +355,38 @@ def test_a_run_trained_with_embedding_norm_is_scored_alike_by_training_conversio
     assert summary["board"]["accuracy"] == conversion["int8"]["accuracy"]  # the conversion scored the board's way
     assert conversion["float"]["accuracy"] == rescored["test"]["accuracy"]  # and the float model as the refit did
     assert list(summary["speaker_norm"]["statistics_bit_exact"].values()) == [True]  # the one test voice
+
+    # --classifier-on-int8: the same classifier kind, fitted on the int8 model's own (TFLM) embeddings of the
+    # training clips; the board still matches the host, and the conversion scores the board's way
+    from convert.interpreters import TflmRunner, dequantize, quantize_input
+    from train.corpus import Clip
+    from train.frontend import FrontEndConfig
+    from train.labels import label_index
+    from train.speaker_norm import run_model_inputs
+    from train.splits import clips_with_role, load_manifest
+
+    plain = tmp_path / "plain"
+    shutil.copytree(run, plain)
+    (plain / EMBEDDING_NORM_FILE).unlink()
+    assert convert_main([str(plain), "--data", str(synthetic_corpus), "--quiet", "--classifier-on-int8"]) == 2
+    assert convert_main([str(run), "--data", str(synthetic_corpus), "--quiet", "--no-report", "--classifier-on-int8"]) == 0
+    refitted = (run / MODEL_FILE).read_bytes()
+    in_spec, out_spec = io_specs(refitted)
+    train = [Clip.from_manifest(c) for c in clips_with_role(load_manifest(run / "manifest.json"), "train")]
+    speakers = [c.speaker for c in train]
+    x = run_model_inputs(run, FrontEndConfig.load(run / "frontend.json"), load_corpus(synthetic_corpus, train), speakers)
+    tflm = TflmRunner(refitted)
+    emb = np.stack([dequantize(tflm(quantize_input(xi, in_spec)), out_spec) for xi in x])
+    expected = fit_head(emb, np.array([label_index(c.emotion) for c in train]), speakers, "unit-logistic")
+    on_int8 = model_head(refitted)
+    np.testing.assert_allclose(on_int8.weights, expected.weights, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(on_int8.prior_std, expected.prior_std / out_spec.scale, rtol=1e-5)
+    assert on_int8.unit_length and not np.allclose(on_int8.weights, head.weights, atol=1e-3)  # not the float fit
+    refit_conversion = json.loads((run / "conversion.json").read_text())
+    assert refit_conversion["float"] == conversion["float"]  # the float network and its classifier are untouched
+    with SimulatedBoard(refitted) as board:
+        argv = ["--run", str(run), "--data", str(synthetic_corpus), "--quiet", "--port", board.url, "--out", str(tmp_path / "e8")]
+        assert eval_on_device.main(argv) == 0
+    again = json.loads((tmp_path / "e8" / "summary.json").read_text())
+    assert again["agreement"]["bit_exact_clips"] == again["clips"]["ok"] == 18
+    assert again["board"]["accuracy"] == refit_conversion["int8"]["accuracy"]

@@ -188,6 +188,7 @@ def test_benchmark_passes_the_option_and_names_its_runs_apart() -> None:
         {
             **given,
             "validation_speaker": False,
+            "classifier_on_int8": False,
             "models": ["spectrogram_resnet"],
             "splits": ["loso"],
             "seeds": [0],

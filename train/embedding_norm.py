@@ -225,6 +225,12 @@ def fit_head(
     return Head(f32(fit.coef_), f32(fit.intercept_), f32(mean), f32(std), prior_clips, classifier.startswith("unit-"))
 
 
+def run_classifier(run: Path) -> str:
+    """The classifier (``KIND[:VALUE]``) a finished ``--embedding-norm`` run fitted, as its ``metrics.json`` records it."""
+    metrics = json.loads((Path(run) / "metrics.json").read_text())
+    return metrics.get("embedding_norm", {}).get("classifier") or "logistic"
+
+
 def save_head(path: Path, head: Head) -> None:
     Path(path).write_text(json.dumps(head.to_json()) + "\n")
 
