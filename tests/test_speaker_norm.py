@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from host.main_job import LOSO_COMMAND
+from host.main_job import LOSO_COMMANDS
 from train.cli import main, parse_args
 from train.corpus import Clip, discover, load_corpus
 from train.fit import AugmentedClips, TrainConfig, feature_batch
@@ -167,8 +167,14 @@ def test_benchmark_passes_the_option_and_names_its_runs_apart() -> None:
     cmd = bench._ser_train(headed, args, Path("x"))
     assert cmd[cmd.index("--standardised-head") + 1] == "1" and cmd[cmd.index("--embedding-classifier") + 1] == "lda"
     # the command ser-main names for a voice never heard is the benchmark's, and plans the README's lead run
-    [told] = bench.plan(bench.parser().parse_args(shlex.split(LOSO_COMMAND)[2:]))
-    assert told.name == "spectrogram_resnet-loso-speaker-norm-bins-speed-0.9-1.0-1.1-embedding-norm-unit-logistic"
+    named = {
+        "spectrogram_resnet": "spectrogram_resnet-loso-speaker-norm-bins-speed-0.9-1.0-1.1-embedding-norm-unit-lda-0.9",
+        "audio_resnet": "audio_resnet-loso-standardised-head-1-embedding-norm-unit-lda-0.1-int8-classifier",
+    }
+    for model, command in LOSO_COMMANDS.items():
+        told_args = bench.parser().parse_args(shlex.split(command)[2:])
+        [told] = bench.plan(told_args)
+        assert (told.model, told.name) == (model, named[model]) and told_args.on_board
 
     # Distillation with options: the teacher is the plain run with every option, the waveform student takes
     # the ones that apply to it, and is pointed at that teacher.
