@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from convert.compare import agreement, error_metrics
 from convert.interpreters import LiteRtRunner, TflmRunner, dequantize, quantize_input, tflm_arena_bytes
-from convert.tflite_file import MODEL_FILE, TensorSpec, io_specs, model_head, op_versions, sha256
+from convert.tflite_file import MODEL_FILE, TensorSpec, io_specs, model_head, op_versions, read_metadata, sha256
 from train.corpus import read_wav
 from train.embedding_c import SCORE_SCALE, board_scores
 from train.embedding_norm import EMBEDDING_NORM_FILE, Head, causal, embedding_model, load_head
@@ -133,6 +133,7 @@ def verify_run(run: Path, root: Path, show_progress: bool = True) -> dict:
         "int8_vs_float_scores": error_metrics(float_probs, int8_probs),
         "tflm_vs": {name: agreement(outputs["tflm"], out) for name, out in outputs.items() if name != "tflm"},
         "embedding_norm": scoring.head_q is not None,
+        "embedding_classifier_fitted_on": (read_metadata(tflite) or {}).get("embedding_classifier_fitted_on"),
     }
     report["accuracy_drop"] = report["float"]["accuracy"] - report["int8"]["accuracy"]
     report["accuracy_drop_too_large"] = report["accuracy_drop"] > ACCURACY_DROP_LIMIT
@@ -162,6 +163,11 @@ def report_md(r: dict, run: Path) -> str:
         row("float (Keras)", r["float"]),
         row("int8 (TFLM)", r["int8"]),
         "",
+    ]
+    fitted_on = r.get("embedding_classifier_fitted_on")
+    if fitted_on:
+        lines += [f"The per-speaker embedding classifier of the int8 model was fitted on the {fitted_on} embeddings.", ""]
+    lines += [
         validation_line(r),
         "",
         f"Predictions agree on {r['prediction_agreement_float_int8']:.2%} of clips. Dequantized int8 scores vs float: "

@@ -384,6 +384,8 @@ def test_a_run_trained_with_embedding_norm_is_scored_alike_by_training_conversio
     assert on_int8.unit_length and not np.allclose(on_int8.weights, head.weights, atol=1e-3)  # not the float fit
     refit_conversion = json.loads((run / "conversion.json").read_text())
     assert refit_conversion["float"] == conversion["float"]  # the float network and its classifier are untouched
+    assert (conversion["embedding_classifier_fitted_on"], refit_conversion["embedding_classifier_fitted_on"]) == ("float", "int8")
+    assert "fitted on the int8 embeddings" in (run / "conversion.md").read_text()
     with SimulatedBoard(refitted) as board:
         argv = ["--run", str(run), "--data", str(synthetic_corpus), "--quiet", "--port", board.url, "--out", str(tmp_path / "e8")]
         assert eval_on_device.main(argv) == 0
