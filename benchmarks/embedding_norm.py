@@ -189,7 +189,8 @@ def markdown(results: list[dict]) -> str:
 
 
 def sweep(runs: list[Path], root: Path, role: str) -> dict:
-    """Every classifier of ``SWEEP`` on every run (``per-speaker``): accuracy per fold, per run and over the runs."""
+    """Every classifier of ``SWEEP`` on every run (``per-speaker``): accuracy per fold, per run and over the runs,
+    and the best by that mean (a tie goes to the one listed first)."""
     per_run = {}
     for run in runs:
         folds = [sweep_fold(f, root, SWEEP, role) for f in fold_runs(run)]
