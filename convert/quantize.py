@@ -15,9 +15,17 @@ import tensorflow as tf
 from convert.interpreters import quiet_fds
 from convert.tflite_file import METADATA_NAME, MODEL_FILE, io_specs, sha256, with_metadata
 from train.corpus import read_wav
-from train.embedding_norm import EMBEDDING_NORM_FILE, Head, embedding_model, fit_head, load_head, run_classifier
+from train.embedding_norm import (
+    EMBEDDING_NORM_FILE,
+    Head,
+    embedding_model,
+    fit_head,
+    load_head,
+    run_classifier,
+    training_part,
+)
 from train.frontend import FrontEndConfig
-from train.labels import EMOTIONS, label_index
+from train.labels import EMOTIONS
 from train.speaker_norm import run_model_inputs
 from train.splits import clips_with_role, load_manifest
 
@@ -85,15 +93,12 @@ def int8_head(run: Path, root: Path, tflite: bytes, show_progress: bool = False)
 
     from convert.interpreters import TflmRunner, dequantize, quantize_input
 
-    train = clips_with_role(load_manifest(run / "manifest.json"), "train")
-    speakers = [c["speaker"] for c in train]
-    cfg = FrontEndConfig.load(run / "frontend.json")
-    inputs = run_model_inputs(run, cfg, [read_wav(root / c["path"]) for c in train], speakers)
+    pcms, speakers, labels = training_part(run, root)
+    inputs = run_model_inputs(run, FrontEndConfig.load(run / "frontend.json"), pcms, speakers)
     in_spec, out_spec = io_specs(tflite)
     runner = TflmRunner(tflite)
     bar = tqdm(inputs, desc="int8 embeddings of the training clips", unit="clip", disable=not show_progress)
     emb = np.stack([dequantize(runner(quantize_input(x, in_spec)), out_spec) for x in bar])
-    labels = np.array([label_index(c["emotion"]) for c in train])
     return fit_head(emb, labels, speakers, run_classifier(run))
 
 

@@ -283,17 +283,22 @@ def probabilities(run: Path, model: keras.Model, head: Head, pcms: Sequence[np.n
     return softmax(logits)
 
 
-def fit_run(run: Path, root: Path, model: keras.Model, classifier: str = "logistic") -> Head:
-    """Fit and save the classifier of one finished run folder (one fold) and its ``model``, as
-    ``ser-train --embedding-norm`` does."""
+def training_part(run: Path, root: Path) -> tuple[list[np.ndarray], list[str], np.ndarray]:
+    """A finished run folder's training clips, what its classifier is fitted on: audio, speakers, label indices."""
     from train.corpus import read_wav
     from train.labels import label_index
     from train.splits import clips_with_role, load_manifest
 
     train = clips_with_role(load_manifest(run / "manifest.json"), "train")
-    labels = np.array([label_index(c["emotion"]) for c in train])
     pcms = [read_wav(root / c["path"]) for c in train]
-    return fit_and_save(run, model, pcms, [c["speaker"] for c in train], labels, classifier)
+    return pcms, [c["speaker"] for c in train], np.array([label_index(c["emotion"]) for c in train])
+
+
+def fit_run(run: Path, root: Path, model: keras.Model, classifier: str = "logistic") -> Head:
+    """Fit and save the classifier of one finished run folder (one fold) and its ``model``, as
+    ``ser-train --embedding-norm`` does."""
+    pcms, speakers, labels = training_part(run, root)
+    return fit_and_save(run, model, pcms, speakers, labels, classifier)
 
 
 def main(argv: list[str] | None = None) -> int:
